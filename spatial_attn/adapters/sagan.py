@@ -1,0 +1,42 @@
+"""SAGAN's ``Self_Attn`` (Zhang et al. 2019), the layer the seed question quotes.
+
+Three 1x1 convolutions make queries and keys with C/8 channels and values with C. The energy is the
+plain product ``q^T k`` (no 1/sqrt(d) scale), softmax runs over keys, and the block returns
+``gamma * (V A^T) + x``. Queries, keys and values are read from the convolutions' outputs, so the
+layer holds exactly what the model multiplied.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .base import Call, Extracted, ModuleAdapter, check_output, map_tokens, unverifiable
+
+
+class SaganAdapter(ModuleAdapter):
+    """Modules with ``query_conv``, ``key_conv``, ``value_conv`` and a ``gamma`` residual weight."""
+
+    family = "sagan"
+
+    def matches(self, module: nn.Module) -> bool:
+        convs = ("query_conv", "key_conv", "value_conv")
+        return all(isinstance(getattr(module, c, None), nn.Module) for c in convs) and hasattr(module, "gamma")
+
+    def taps(self, module: nn.Module) -> dict:
+        return {"q": (module.query_conv, "out"), "k": (module.key_conv, "out"), "v": (module.value_conv, "out")}
+
+    def extract(self, call: Call) -> Extracted:
+        q, k, v = call.taps["q"], call.taps["k"], call.taps["v"]  # (B, C/8 | C/8 | C, H, W)
+        gamma = float(call.module.gamma.detach().reshape(-1)[0])
+        if gamma == 0:
+            verify = unverifiable("gamma is 0: attention does not reach the output yet, nothing to check")
+        else:
+            x = map_tokens(call.arg("x", 0).detach().cpu())[:, 0]  # (B, N, C)
+            out = map_tokens(call.first_output().detach().cpu())[:, 0]  # (B, N, C)
+            verify = check_output(
+                map_tokens(v),
+                lambda idx: out[:, idx],
+                "gamma * attention + x",
+                project=lambda o, idx: gamma * o[:, 0] + x[:, idx],
+            )
+        return Extracted(q=map_tokens(q).float(), k=map_tokens(k), query_grid=tuple(q.shape[-2:]), verify=verify)

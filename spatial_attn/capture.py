@@ -1,0 +1,363 @@
+"""``sa.capture(model)``: record every attention call of one forward, exactly, and leave no trace.
+
+One :class:`Capture` owns every hook it makes (pytorch-grad-cam's lesson: leaks come from hooks
+registered anywhere else). Inside ``with``:
+
+* every module gets a pre- and post-hook that keep a stack of running modules, so a call can be named
+  after the module that made it and find the feature map it was flattened from;
+* modules that an adapter recognises (SAGAN, diffusers, MultiheadAttention, ...) are *claimed*: their
+  adapter reads queries and keys from the call, and while a claimed module runs nothing else inside it
+  is recorded, so one attention call yields exactly one layer;
+* a thread-local torch function mode watches ``scaled_dot_product_attention`` and ``softmax`` outside
+  claimed modules. It is lifted while a claimed module runs, because torch's fused fast paths
+  (``TransformerEncoderLayer`` in eval) turn themselves off under a mode, and capturing must not
+  change a single bit of the model's output.
+
+Hooks act only for the thread that entered the capture and never during a backward pass (gradient
+checkpointing re-runs forwards there), so concurrent users of one model do not see each other's
+calls. Hooks hold the capture weakly: a capture that is dropped without ``__exit__`` releases itself.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import threading
+import warnings
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode, _get_current_function_mode, _pop_mode, _push_mode
+
+from .adapters import FUNCTION_ADAPTERS, MODULE_ADAPTERS
+from .adapters.base import Call, Extracted, FunctionAdapter, ModuleAdapter, keep
+from .grid import Grid, TokenLayout, grid_layout, infer_layout, pooled_grid, text_layout
+from .layer import AttentionLayer, LayerList, QKScores, StoredProbs, Verification
+
+GridOverride = Grid | dict[str, Grid] | None
+
+
+@dataclass
+class _Frame:
+    """A module that is running right now."""
+
+    name: str
+    module: nn.Module
+    map_hw: Grid | None  # (H, W) of its input feature map, if its first tensor input is 4D
+    call: Call | None = None  # set when this module is a claimed attention call
+
+
+class Capture:
+    """Records the attention layers of the forwards run inside its ``with`` block.
+
+    Use :func:`capture` to make one. After the block, ``layers`` holds one
+    :class:`~spatial_attn.layer.AttentionLayer` per attention call, in call order, and ``problems``
+    lists calls that were seen but could not be read (with the reason).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        include: str | Iterable[str] | None = None,
+        exclude: str | Iterable[str] | None = None,
+        grid: GridOverride = None,
+    ) -> None:
+        self.model = model
+        self.layers = LayerList()
+        self.problems: list[str] = []
+        self._include = _patterns(include)
+        self._exclude = _patterns(exclude)
+        self._grid = grid
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._owners: dict[nn.Module, tuple[str, ModuleAdapter | None]] = {}
+        self._functions: list[FunctionAdapter] = []
+        self._mode: _Watch | None = None
+        self._lifted = False
+        self._thread: int | None = None
+        self._frames: list[_Frame] = []
+        self._claim: _Frame | None = None
+        self._input: tuple[int, Grid | None] | None = None  # (batch, (H, W)) of the outermost input
+        self._counts: dict[str, int] = {}
+
+    # -- lifetime -------------------------------------------------------------------------------
+    def __enter__(self) -> Capture:
+        if self._thread is not None:
+            raise RuntimeError("this capture is already active; make a new one with sa.capture()")
+        self._thread = threading.get_ident()
+        try:
+            self._register()
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Remove every hook and the function mode. Safe to call twice, and from ``__del__``."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self._mode is not None and threading.get_ident() == self._thread:
+            if self._lifted:
+                self._lifted = False
+            elif _get_current_function_mode() is self._mode:
+                _pop_mode()
+            else:
+                warnings.warn("another torch function mode was left above the capture's", stacklevel=2)
+        self._mode = None
+        self._frames.clear()
+        self._claim = None
+
+    def _register(self) -> None:
+        ref = weakref.ref(self)
+        adapters = [cls() for cls in MODULE_ADAPTERS]
+        for name, module in self.model.named_modules():
+            adapter = next((a for a in adapters if a.matches(module)), None)
+            self._owners[module] = (name, adapter)
+            self._handles += [
+                module.register_forward_pre_hook(partial(_enter, ref, module), with_kwargs=True),
+                module.register_forward_hook(
+                    partial(_exit, ref, module), with_kwargs=True, always_call=True
+                ),
+            ]
+            for role, (sub, where) in (adapter.taps(module) if adapter else {}).items():
+                self._handles.append(_tap(sub, where, partial(_on_tap, ref, module, role)))
+        self._functions = [cls() for cls in FUNCTION_ADAPTERS]
+        watched = frozenset().union(*(f.functions for f in self._functions))
+        self._mode = _Watch(ref, watched)
+        _push_mode(self._mode)
+
+    # -- events from the hooks ------------------------------------------------------------------
+    def _mine(self) -> bool:
+        """Hooks act for the capturing thread only, and never while autograd runs a backward."""
+        return threading.get_ident() == self._thread and torch._C._current_graph_task_id() == -1
+
+    def _on_enter(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        name, adapter = self._owners[module]
+        frame = _Frame(name, module, _map_hw(args, kwargs))
+        if not self._frames:
+            first = _first_tensor(args, kwargs)
+            if first is not None and first.ndim >= 1:
+                self._input = (first.shape[0], frame.map_hw)
+        self._frames.append(frame)
+        if adapter is not None and self._claim is None:
+            frame.call = Call(module, args, kwargs)
+            self._claim = frame
+            self._lift_mode()
+
+    def _on_exit(self, module: nn.Module, output: Any) -> None:
+        while self._frames:
+            frame = self._frames.pop()
+            if frame.module is module:
+                break
+        else:
+            return
+        if frame is not self._claim:
+            return
+        try:  # the adapter runs while the claim holds, so its own math is not seen as attention
+            if output is not None:  # None: the forward raised, and the exception is on its way
+                call, adapter = frame.call, self._owners[module][1]
+                assert call is not None and adapter is not None
+                call.output = output
+                self._record(frame.name, adapter.family, lambda: adapter.extract(call))
+        finally:
+            self._claim = None
+            self._restore_mode()
+
+    def _on_tap(self, owner: nn.Module, role: str, tensor: torch.Tensor) -> None:
+        if self._claim is not None and self._claim.module is owner and self._claim.call is not None:
+            self._claim.call.taps[role] = keep(tensor)
+
+    def _on_function(self, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
+        if self._claim is not None:
+            return
+        batch = self._input[0] if self._input else None
+        for adapter in self._functions:
+            if func in adapter.functions:
+                extracted = adapter.on_call(func, args, kwargs, out, batch)
+                if extracted is not None:
+                    self._record(self._context_name(), adapter.family, lambda e=extracted: e)
+
+    # -- turning an extraction into a layer -----------------------------------------------------
+    def _record(self, base: str, family: str, extract: Callable[[], Extracted]) -> None:
+        """Make a layer, unless its name is filtered out. A call an adapter cannot read becomes a
+        problem report, never a crash of the user's forward. Excluded modules are still claimed, so
+        the attention inside them does not resurface as another layer."""
+        try:
+            extracted = extract()
+            base = base + extracted.name_suffix if base else family
+            if not self._wanted(base):
+                return
+            queries, keys = self._layouts(base, extracted)
+            if extracted.require_grid and queries.grid is None:
+                return
+            name = self._unique(base)
+            scores = (
+                StoredProbs(extracted.probs)
+                if extracted.probs is not None
+                else QKScores(extracted.q, extracted.k, extracted.mask, extracted.causal)
+            )
+            layer = AttentionLayer(name, family, scores, queries, keys)
+            layer.verification = (
+                extracted.verify(layer) if extracted.verify else Verification(None, None, "no output")
+            )
+        except Exception as error:  # noqa: BLE001 - reported, see docstring
+            message = f"{base or family} ({family}): could not be read: {error}"
+            self.problems.append(message)
+            warnings.warn(message, stacklevel=2)
+            return
+        if layer.verification.ok is False:
+            warnings.warn(f"{name}: captured attention does not reproduce the output "
+                          f"({layer.verification.detail})", stacklevel=2)
+        self.layers.append(layer)
+
+    def _layouts(self, name: str, ex: Extracted) -> tuple[TokenLayout, TokenLayout]:
+        shape = ex.probs.shape if ex.probs is not None else (*ex.q.shape[:3], ex.k.shape[2])
+        n, m = shape[2], shape[3]
+        override = self._override(name)
+        if ex.query_grid is not None and override is None:
+            queries = grid_layout(ex.query_grid, n, "grid from the layer's feature map")
+        else:
+            hints = [f.map_hw for f in reversed(self._frames) if f.map_hw is not None]
+            queries = infer_layout(n, hints, self._input[1] if self._input else None, override)
+        specials = len(ex.key_prefix) + len(ex.key_suffix)
+        kind = ex.keys
+        if kind == "auto":
+            kind = "self" if m == n else "pooled"
+        if kind == "self" and m - specials == n:
+            base = queries
+        elif kind == "pooled" and queries.grid is not None:
+            key_grid = ex.key_grid or pooled_grid(queries.grid, m - specials)
+            base = (
+                grid_layout(key_grid, m - specials, "keys pooled from the query grid")
+                if key_grid is not None and key_grid[0] * key_grid[1] == m - specials
+                else text_layout(m - specials)
+            )
+        else:
+            base = text_layout(m - specials)
+        return queries, base.with_special(ex.key_prefix, ex.key_suffix)
+
+    def _override(self, name: str) -> Grid | None:
+        if isinstance(self._grid, dict):
+            return next((g for pat, g in self._grid.items() if fnmatch.fnmatchcase(name, pat)), None)
+        return self._grid
+
+    def _context_name(self) -> str:
+        """The module a functional call belongs to: the innermost running one, skipping a bare
+        ``nn.Softmax`` (the attention module is its parent)."""
+        for frame in reversed(self._frames):
+            if not isinstance(frame.module, nn.Softmax):
+                return frame.name
+        return ""
+
+    def _unique(self, name: str) -> str:
+        """``name`` for a module's first call, ``name#2``, ``name#3``, ... for later ones."""
+        self._counts[name] = self._counts.get(name, 0) + 1
+        count = self._counts[name]
+        return name if count == 1 else f"{name}#{count}"
+
+    def _wanted(self, name: str) -> bool:
+        if self._include and not any(fnmatch.fnmatchcase(name, p) for p in self._include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, p) for p in self._exclude)
+
+    # -- the function mode is lifted inside claimed modules (see module docstring) -------------
+    def _lift_mode(self) -> None:
+        if self._mode is not None and _get_current_function_mode() is self._mode:
+            _pop_mode()
+            self._lifted = True
+
+    def _restore_mode(self) -> None:
+        if self._lifted and self._mode is not None:
+            _push_mode(self._mode)
+            self._lifted = False
+
+
+def capture(
+    model: nn.Module,
+    *,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+    grid: GridOverride = None,
+) -> Capture:
+    """Capture the attention of every forward run inside ``with sa.capture(model) as cap:``.
+
+    ``include``/``exclude`` are glob patterns on layer names (``"up_blocks.*"``). ``grid`` overrides
+    grid inference: an ``(H, W)`` for every layer whose tokens it fits, or ``{pattern: (H, W)}``.
+    """
+    return Capture(model, include=include, exclude=exclude, grid=grid)
+
+
+class _Watch(TorchFunctionMode):
+    """The thread-local function mode: passes every call through, reports the watched ones."""
+
+    def __init__(self, ref: weakref.ref[Capture], functions: frozenset) -> None:
+        super().__init__()
+        self._ref = ref
+        self._functions = functions
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in self._functions:
+            cap = self._ref()
+            if cap is not None and cap._mine():
+                cap._on_function(func, args, kwargs, out)
+        return out
+
+
+# Hook functions live at module level and reach the capture through a weak reference, so a model
+# that outlives a forgotten capture does not keep it (and its tensors) alive.
+
+
+def _enter(ref: weakref.ref[Capture], module: nn.Module, _: nn.Module, args: tuple, kwargs: dict) -> None:
+    cap = ref()
+    if cap is not None and cap._mine():
+        cap._on_enter(module, args, kwargs)
+
+
+def _exit(
+    ref: weakref.ref[Capture], module: nn.Module, _: nn.Module, args: tuple, kwargs: dict, output: Any
+) -> None:
+    cap = ref()
+    if cap is not None and cap._mine():
+        cap._on_exit(module, output)
+
+
+def _on_tap(ref: weakref.ref[Capture], owner: nn.Module, role: str, tensor: torch.Tensor) -> None:
+    cap = ref()
+    if cap is not None and cap._mine():
+        cap._on_tap(owner, role, tensor)
+
+
+def _tap(sub: nn.Module, where: str, record: Callable[[torch.Tensor], None]) -> Any:
+    """A hook on ``sub`` that records its first input or its output."""
+    if where == "in":
+        return sub.register_forward_pre_hook(lambda _m, args: record(args[0]))
+    return sub.register_forward_hook(lambda _m, _a, out: record(out))
+
+
+def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    return next(
+        (a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None
+    )
+
+
+def _map_hw(args: tuple, kwargs: dict) -> Grid | None:
+    first = _first_tensor(args, kwargs)
+    return (first.shape[-2], first.shape[-1]) if first is not None and first.ndim == 4 else None
+
+
+def _patterns(p: str | Iterable[str] | None) -> list[str]:
+    if p is None:
+        return []
+    return [p] if isinstance(p, str) else list(p)

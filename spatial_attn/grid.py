@@ -1,0 +1,181 @@
+"""Where a token sits in the image: token layouts, and clicks mapped to grid cells and back.
+
+Spatial attention flattens a ``C x H x W`` feature map into ``N = H*W`` tokens, row-major: token
+``i = y*W + x`` is cell ``(y, x)``. Some layers add tokens that are not pixels (a ViT's CLS token,
+register tokens, MultiheadAttention's ``bias_k``, text tokens in cross-attention); a
+:class:`TokenLayout` says which block of a layer's token axis is the grid and names the rest.
+
+A cell of an ``H x W`` grid covers a rectangle of an ``Hi x Wi`` image: rows
+``[y*Hi/H, (y+1)*Hi/H)`` and columns ``[x*Wi/W, (x+1)*Wi/W)``. :func:`cell_at` and :func:`cell_box`
+are the only places that arithmetic lives, so a click means the same cell in the app, the exports
+and the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Grid = tuple[int, int]
+
+#: Most non-pixel tokens we look for when inferring a grid from a token count alone
+#: (CLS plus a handful of register tokens).
+MAX_SPECIAL = 8
+
+
+def cell_at(point: tuple[float, float], image_hw: tuple[int, int], grid: Grid) -> tuple[int, int]:
+    """The grid cell containing image pixel ``point = (py, px)``.
+
+    ``point`` is a pixel index as a click reports it (row, column); the cell is the one that holds
+    the pixel's centre, so every pixel belongs to exactly one cell whatever the two sizes are.
+    """
+    py, px = point
+    hi, wi = image_hw
+    if not (0 <= py < hi and 0 <= px < wi):
+        raise ValueError(f"point {(py, px)} is outside the {hi}x{wi} image")
+    h, w = grid
+    y = int((py + 0.5) * h // hi)
+    x = int((px + 0.5) * w // wi)
+    return min(y, h - 1), min(x, w - 1)
+
+
+def cell_box(
+    cell: tuple[int, int], grid: Grid, image_hw: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """The rectangle ``(top, left, bottom, right)`` in image pixels that grid ``cell`` covers."""
+    y, x = cell
+    h, w = grid
+    if not (0 <= y < h and 0 <= x < w):
+        raise ValueError(f"cell {cell} is outside the {h}x{w} grid")
+    hi, wi = image_hw
+    return y * hi / h, x * wi / w, (y + 1) * hi / h, (x + 1) * wi / w
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """How one token axis of a layer maps to the image.
+
+    Tokens ``start .. start + H*W - 1`` are the grid, row-major; every other token is special and
+    named in ``labels`` (in token order). ``grid=None`` means the tokens are not pixels at all
+    (text tokens of cross-attention): then every token is listed and none is special.
+    """
+
+    count: int
+    grid: Grid | None
+    start: int = 0
+    labels: tuple[str, ...] = ()
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.grid is not None:
+            h, w = self.grid
+            if self.start < 0 or self.start + h * w > self.count:
+                raise ValueError(f"a {h}x{w} grid at {self.start} does not fit {self.count} tokens")
+            if len(self.labels) != self.count - h * w:
+                raise ValueError("every token outside the grid needs a label")
+
+    @property
+    def grid_size(self) -> int:
+        """Number of grid tokens (all tokens when the axis is not spatial)."""
+        return self.count if self.grid is None else self.grid[0] * self.grid[1]
+
+    @property
+    def grid_slice(self) -> slice:
+        """The block of the token axis that holds the grid."""
+        return slice(self.start, self.start + self.grid_size)
+
+    def special_indices(self) -> list[int]:
+        """Token indices outside the grid, in the order of ``labels``."""
+        inside = range(self.start, self.start + self.grid_size)
+        return [i for i in range(self.count) if i not in inside]
+
+    def token(self, y: int, x: int) -> int:
+        """Token index of cell ``(y, x)``: ``start + y*W + x``."""
+        if self.grid is None:
+            raise ValueError("these tokens are not spatial; there is no cell (y, x)")
+        h, w = self.grid
+        if not (0 <= y < h and 0 <= x < w):
+            raise ValueError(f"cell {(y, x)} is outside the {h}x{w} grid")
+        return self.start + y * w + x
+
+    def with_special(self, prefix: tuple[str, ...] = (), suffix: tuple[str, ...] = ()) -> TokenLayout:
+        """This layout with extra special tokens before and after it (e.g. MHA's ``bias_k``)."""
+        if not prefix and not suffix:
+            return self
+        if self.grid is None:
+            return TokenLayout(self.count + len(prefix) + len(suffix), None, note=self.note)
+        return TokenLayout(
+            self.count + len(prefix) + len(suffix),
+            self.grid,
+            self.start + len(prefix),
+            prefix + self.labels + suffix,
+            self.note,
+        )
+
+
+def grid_layout(grid: Grid, count: int, note: str = "") -> TokenLayout:
+    """A layout whose grid is known, with any surplus tokens taken as special tokens in front."""
+    h, w = grid
+    extra = count - h * w
+    if extra < 0:
+        raise ValueError(f"a {h}x{w} grid needs {h * w} tokens, the layer has {count}")
+    return TokenLayout(count, grid, extra, _special_labels(extra), note)
+
+
+def text_layout(count: int, note: str = "keys are not spatial") -> TokenLayout:
+    """A layout for tokens with no place in the image (text, memory)."""
+    return TokenLayout(count, None, note=note)
+
+
+def infer_layout(
+    count: int,
+    hints: list[Grid],
+    input_hw: tuple[int, int] | None,
+    override: Grid | None = None,
+) -> TokenLayout:
+    """Find the grid of ``count`` tokens, and say how it was found.
+
+    In order: an explicit ``override``; a feature map seen on the way in (``hints``: the 4D inputs of
+    the enclosing modules, innermost first) with exactly ``count`` cells; otherwise the factorings of
+    ``count - s`` (``s`` special tokens, assumed first) whose aspect ratio equals the model input's.
+    When several factorings fit, the one with the fewest special tokens wins and the note says the
+    choice was ambiguous; when none fits, the layout is not spatial and the note says to pass
+    ``grid=``.
+    """
+    if override is not None:
+        return grid_layout(override, count, "grid given by the caller")
+    for h, w in hints:
+        if h * w == count:
+            return TokenLayout(count, (h, w), note="grid from the enclosing module's feature map")
+    if input_hw is None:
+        return text_layout(count, f"no feature map of {count} cells seen; pass grid=(H, W)")
+    hi, wi = input_hw
+    fits = [
+        (s, h, (count - s) // h)
+        for s in range(min(MAX_SPECIAL, count - 1) + 1)
+        for h in range(1, count - s + 1)
+        if (count - s) % h == 0 and h * wi == ((count - s) // h) * hi
+    ]
+    if not fits:
+        return text_layout(count, f"{count} tokens match no grid of the input's aspect; pass grid=")
+    s, h, w = fits[0]
+    note = f"{h}x{w} grid inferred from {count} tokens and the input's aspect ratio"
+    if s:
+        note += f"; the first {s} token(s) taken as special"
+    if len(fits) > 1:
+        others = ", ".join(f"{hh}x{ww}+{ss}" for ss, hh, ww in fits[1:])
+        note += f"; ambiguous (also fits {others}): pass grid=(H, W) to choose"
+    return grid_layout((h, w), count, note)
+
+
+def pooled_grid(query_grid: Grid, count: int) -> Grid | None:
+    """The key grid when keys are the query grid pooled by an integer factor (BigGAN-style)."""
+    h, w = query_grid
+    for f in (2, 4, 8):
+        if h % f == 0 and w % f == 0 and (h // f) * (w // f) == count:
+            return h // f, w // f
+    return None
+
+
+def _special_labels(n: int) -> tuple[str, ...]:
+    """Names for ``n`` leading non-pixel tokens: the first is a CLS token by near-universal habit."""
+    return tuple("CLS" if i == 0 else f"special {i}" for i in range(n))

@@ -1,0 +1,378 @@
+"""One captured attention call: its queries and keys, and the rows and columns they imply.
+
+The softmax matrix of a spatial layer is ``N x N'`` (a 128x128 map gives N = 16384 and a 1 GiB
+matrix), so it is never stored. A layer keeps what the model multiplied, ``q`` and ``k``, and
+computes what a click asks for:
+
+* a row (where query pixel ``i`` looks) is ``softmax(q_i . k^T)``: O(N' d) per head;
+* a column (who looks at key pixel ``j``) is ``exp(q . k_j - lse)``: O(N d) once the per-query
+  log-sum-exp normalisers ``lse`` are known, computed once per layer in memory-bounded chunks.
+
+Where an adapter could not recover ``q`` and ``k`` (hand-written attention whose scores came from
+something other than a product of two tensors), the layer keeps the probabilities the model
+computed instead (:class:`StoredProbs`); both kinds answer the same two questions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .grid import TokenLayout
+
+Head = int | str | None
+
+#: Memory allowed for one block of scores while computing normalisers or sampled rows.
+_BLOCK_BYTES = 16 * 2**20
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Whether the layer's probabilities reproduce what the model did with them.
+
+    ``ok=None`` means it could not be checked, and ``detail`` says why; a map is then shown with that
+    caveat rather than silently.
+    """
+
+    ok: bool | None
+    max_error: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One query pixel's attention, reduced over heads, ready to draw and to read."""
+
+    values: np.ndarray  # shaped like the key grid (or (N',) for non-spatial keys): the map
+    special: dict[str, float]  # probability mass on each non-pixel key token (CLS, bias_k, ...)
+    entropy: float  # bits, of the whole row (map and special tokens)
+    distance: float | None  # attention-weighted mean distance to the query, in image fractions
+    token: int  # the query's token index i = start + y*W + x
+    cell: tuple[int, int]  # the query cell (y, x) on this layer's query grid
+
+
+class QKScores:
+    """Attention probabilities as a function of stored queries and keys: ``softmax(q k^T + mask)``.
+
+    ``q`` is ``(B, h, N, d)`` with the softmax scale already folded in, ``k`` is ``(B, h, N', d)``;
+    ``mask`` broadcasts to ``(B, h, N, N')`` and is either boolean (True = may attend, as in
+    ``scaled_dot_product_attention``) or additive. ``causal`` hides keys ``j > i``.
+    """
+
+    def __init__(
+        self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False
+    ) -> None:
+        if q.ndim != 4 or k.ndim != 4 or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+            raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} are not (B, h, N, d) pairs")
+        if mask is not None:
+            mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
+        self.q, self.k, self.mask, self.causal = q, k, mask, causal
+        self._lse: dict[int, torch.Tensor] = {}
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(B, h, N, N')``."""
+        b, h, n, _ = self.q.shape
+        return b, h, n, self.k.shape[2]
+
+    def _bias(self, batch: int, queries: torch.Tensor | slice, keys: slice) -> torch.Tensor | None:
+        """The additive mask for a block of queries x keys, ``(h|1, n|1, m)``; None if unmasked."""
+        bias: torch.Tensor | None = None
+        if self.mask is not None:
+            m = self.mask[batch if self.mask.shape[0] > 1 else 0]  # (h|1, N|1, N'|1)
+            m = m[:, queries] if m.shape[1] > 1 else m
+            m = m[:, :, keys] if m.shape[2] > 1 else m
+            bias = torch.zeros(m.shape).masked_fill(~m, -math.inf) if m.dtype == torch.bool else m.float()
+        if self.causal:
+            qi = torch.arange(self.q.shape[2])[queries].reshape(-1, 1)
+            kj = torch.arange(self.k.shape[2])[keys].reshape(1, -1)
+            causal = torch.zeros(qi.shape[0], kj.shape[1]).masked_fill(kj > qi, -math.inf)
+            bias = causal if bias is None else bias + causal
+        return bias
+
+    def probs(self, batch: int, queries: torch.Tensor) -> torch.Tensor:
+        """Exact probability rows ``(h, len(queries), N')`` for the given query tokens."""
+        q = self.q[batch][:, queries].float()  # (h, s, d)
+        logits = q @ self.k[batch].float().transpose(-1, -2)  # (h, s, N')
+        bias = self._bias(batch, queries, slice(None))
+        if bias is not None:
+            logits = logits + bias
+        return torch.softmax(logits, dim=-1)
+
+    def lse(self, batch: int) -> torch.Tensor:
+        """Per-query log-sum-exp of the logits, ``(h, N)``: computed once, in bounded chunks."""
+        if batch not in self._lse:
+            _, h, n, m = self.shape
+            step = max(1, _BLOCK_BYTES // (4 * h * m))
+            k_t = self.k[batch].float().transpose(-1, -2)  # (h, d, N')
+            parts = []
+            for start in range(0, n, step):
+                block = slice(start, min(n, start + step))
+                logits = self.q[batch][:, block].float() @ k_t  # (h, step, N')
+                bias = self._bias(batch, block, slice(None))
+                if bias is not None:
+                    logits = logits + bias
+                parts.append(torch.logsumexp(logits, dim=-1))
+            self._lse[batch] = torch.cat(parts, dim=-1)
+        return self._lse[batch]
+
+    def column(self, batch: int, key: int) -> torch.Tensor:
+        """Probability that every query gives to key token ``key``: ``(h, N)``."""
+        logits = self.q[batch].float() @ self.k[batch][:, key].float().unsqueeze(-1)  # (h, N, 1)
+        logits = logits.squeeze(-1)
+        bias = self._bias(batch, slice(None), slice(key, key + 1))  # (h|1, N|1, 1)
+        if bias is not None:
+            logits = logits + bias[..., 0]
+        return torch.exp(logits - self.lse(batch))
+
+    def nbytes(self) -> int:
+        """Memory held: queries, keys and the mask (never an N x N' matrix of our own)."""
+        held = [self.q, self.k] + ([self.mask] if self.mask is not None else [])
+        return sum(t.numel() * t.element_size() for t in held)
+
+
+class StoredProbs:
+    """Probabilities kept as the model computed them, ``(B, h, N, N')``.
+
+    The fallback for attention whose queries and keys could not be recovered; it costs the full
+    matrix, so it is used only where nothing smaller is known.
+    """
+
+    def __init__(self, probs: torch.Tensor) -> None:
+        if probs.ndim != 4:
+            raise ValueError(f"probabilities must be (B, h, N, N'), got {tuple(probs.shape)}")
+        self.p = probs
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(B, h, N, N')``."""
+        b, h, n, m = self.p.shape
+        return b, h, n, m
+
+    def probs(self, batch: int, queries: torch.Tensor) -> torch.Tensor:
+        """Stored rows ``(h, len(queries), N')``."""
+        return self.p[batch][:, queries].float()
+
+    def column(self, batch: int, key: int) -> torch.Tensor:
+        """Stored column ``(h, N)``."""
+        return self.p[batch][:, :, key].float()
+
+    def nbytes(self) -> int:
+        """Memory held by the matrix."""
+        return self.p.numel() * self.p.element_size()
+
+
+Scores = QKScores | StoredProbs
+
+
+@dataclass
+class AttentionLayer:
+    """One attention call captured from a model (see the module docstring for how rows are made)."""
+
+    name: str
+    family: str
+    scores: Scores
+    queries: TokenLayout
+    keys: TokenLayout
+    verification: Verification = field(default_factory=lambda: Verification(None, None, "not run"))
+
+    def __post_init__(self) -> None:
+        _, _, n, m = self.scores.shape
+        if (n, m) != (self.queries.count, self.keys.count):
+            raise ValueError(f"{self.name}: scores are {n}x{m} tokens, layouts say "
+                             f"{self.queries.count}x{self.keys.count}")
+
+    # -- what the layer is ----------------------------------------------------------------------
+    @property
+    def heads(self) -> int:
+        """Number of attention heads."""
+        return self.scores.shape[1]
+
+    @property
+    def batch_size(self) -> int:
+        """Batch entries captured (classifier-free guidance keeps its halves apart here)."""
+        return self.scores.shape[0]
+
+    @property
+    def query_grid(self) -> tuple[int, int] | None:
+        """``(H, W)`` of the query tokens (None if they are not spatial)."""
+        return self.queries.grid
+
+    @property
+    def key_grid(self) -> tuple[int, int] | None:
+        """``(h, w)`` of the key tokens; None when keys are not spatial (text tokens)."""
+        return self.keys.grid
+
+    @property
+    def q(self) -> torch.Tensor | None:
+        """Queries ``(B, heads, N, d)``, softmax scale folded in (None when only probs are kept)."""
+        return self.scores.q if isinstance(self.scores, QKScores) else None
+
+    @property
+    def k(self) -> torch.Tensor | None:
+        """Keys ``(B, heads, N', d)`` (None when only probabilities are kept)."""
+        return self.scores.k if isinstance(self.scores, QKScores) else None
+
+    @property
+    def verified(self) -> bool | None:
+        """Shortcut for ``verification.ok``."""
+        return self.verification.ok
+
+    def nbytes(self) -> int:
+        """Memory this layer holds."""
+        return self.scores.nbytes()
+
+    # -- what a click asks ----------------------------------------------------------------------
+    def row(self, y: int, x: int, head: Head = None, batch: int = 0) -> np.ndarray:
+        """Where query pixel ``(y, x)`` looks: a map shaped like ``key_grid``.
+
+        ``head`` is a head index, ``None``/``"mean"`` for the mean over heads, or ``"max"``. Mass
+        on special key tokens is left out of the map; :meth:`attend` reports it.
+        """
+        return self.attend(y, x, head, batch).values
+
+    def column(self, y: int, x: int, head: Head = None, batch: int = 0) -> np.ndarray:
+        """How much every query pixel attends to key pixel ``(y, x)``: a map shaped like
+        ``query_grid``."""
+        key = self.keys.token(y, x)
+        cols = self.scores.column(self._batch(batch), key)  # (h, N)
+        col = _reduce_heads(cols, self._head(head))
+        return _spatial(col, self.queries).numpy()
+
+    def attend(self, y: int, x: int, head: Head = None, batch: int = 0) -> Row:
+        """The row of query pixel ``(y, x)`` with its statistics (special-token mass, entropy,
+        mean distance)."""
+        token = self.queries.token(y, x)
+        return self.attend_token(token, head, batch, cell=(y, x))
+
+    def attend_token(
+        self, token: int, head: Head = None, batch: int = 0, cell: tuple[int, int] = (-1, -1)
+    ) -> Row:
+        """The row of any query token, special ones (a CLS query) included."""
+        if not 0 <= token < self.queries.count:
+            raise ValueError(f"token {token} is outside the {self.queries.count} queries")
+        probs = self.scores.probs(self._batch(batch), torch.tensor([token]))[:, 0]  # (h, N')
+        head_index = self._head(head)
+        row = _reduce_heads(probs, head_index)
+        dist = row if head_index != "max" else probs.mean(0)
+        special = {
+            label: float(row[i])
+            for label, i in zip(self.keys.labels, self.keys.special_indices(), strict=True)
+        }
+        return Row(
+            values=_spatial(row, self.keys).numpy(),
+            special=special,
+            entropy=_entropy_bits(dist),
+            distance=self._mean_distance(dist, cell),
+            token=token,
+            cell=cell,
+        )
+
+    def head_rows(self, y: int, x: int, batch: int = 0) -> np.ndarray:
+        """Every head's map for query pixel ``(y, x)``: ``(heads, *key_grid)``."""
+        token = self.queries.token(y, x)
+        probs = self.scores.probs(self._batch(batch), torch.tensor([token]))[:, 0]  # (h, N')
+        return torch.stack([_spatial(p, self.keys) for p in probs]).numpy()
+
+    def sampled_output(self, values: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """``P[queries] @ values`` for every batch entry: ``(B, h, s, dv)``.
+
+        Adapters compare this with what the model produced to verify the capture, on a sample of
+        queries so that verification stays O(s N' d).
+        """
+        return torch.stack(
+            [self.scores.probs(b, queries) @ values[b].float() for b in range(self.batch_size)]
+        )
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _batch(self, batch: int) -> int:
+        if not 0 <= batch < self.batch_size:
+            raise ValueError(f"batch {batch} is outside the {self.batch_size} captured entries")
+        return batch
+
+    def _head(self, head: Head) -> int | str:
+        if head is None or head == "mean":
+            return "mean"
+        if head == "max":
+            return "max"
+        if isinstance(head, int) and not isinstance(head, bool) and 0 <= head < self.heads:
+            return head
+        raise ValueError(f"head must be None, 'mean', 'max' or 0..{self.heads - 1}; got {head!r}")
+
+    def _mean_distance(self, dist: torch.Tensor, cell: tuple[int, int]) -> float | None:
+        """Expected distance from the query cell's centre to the attended key cells' centres."""
+        if self.queries.grid is None or self.keys.grid is None or cell[0] < 0:
+            return None
+        (qh, qw), (kh, kw) = self.queries.grid, self.keys.grid
+        qy, qx = (cell[0] + 0.5) / qh, (cell[1] + 0.5) / qw
+        ky = (torch.arange(kh, dtype=torch.float32) + 0.5) / kh
+        kx = (torch.arange(kw, dtype=torch.float32) + 0.5) / kw
+        d = torch.sqrt((ky[:, None] - qy) ** 2 + (kx[None, :] - qx) ** 2).flatten()
+        w = dist[self.keys.grid_slice]
+        total = float(w.sum())
+        return float((w * d).sum()) / total if total > 0 else None
+
+
+class LayerList(list):
+    """The captured layers in call order; also indexable by name (``layers["mid_block.attentions.0"]``)."""
+
+    def __getitem__(self, key):  # type: ignore[override]
+        if isinstance(key, str):
+            for layer in self:
+                if layer.name == key:
+                    return layer
+            raise KeyError(f"no layer named {key!r}; captured: {', '.join(self.names())}")
+        return super().__getitem__(key)
+
+    def names(self) -> list[str]:
+        """Layer names in call order."""
+        return [layer.name for layer in self]
+
+
+def compare(expected: torch.Tensor, got: torch.Tensor, what: str) -> Verification:
+    """Verification from the model's own output (``expected``) and our recomputation (``got``).
+
+    The tolerance follows the dtype the model ran in: float32 kernels agree to ~1e-6 relative,
+    half precision to ~1e-3.
+    """
+    expected, got = expected.float(), got.float()
+    if expected.shape != got.shape:
+        return Verification(False, None, f"{what}: shapes differ {tuple(expected.shape)} vs "
+                                         f"{tuple(got.shape)}")
+    err = float((expected - got).abs().max()) if expected.numel() else 0.0
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    ok = err <= 1e-4 + 2e-3 * scale
+    return Verification(ok, err, f"{what}: max |difference| {err:.2e}")
+
+
+def sample_queries(count: int, n: int = 16) -> torch.Tensor:
+    """Up to ``n`` query tokens spread evenly over the axis (first and last included)."""
+    return torch.unique(torch.linspace(0, count - 1, min(n, count)).round().long())
+
+
+def _reduce_heads(per_head: torch.Tensor, head: int | str) -> torch.Tensor:
+    """(h, n) -> (n,) by the head choice."""
+    if head == "mean":
+        return per_head.mean(0)
+    if head == "max":
+        return per_head.max(0).values
+    return per_head[head]
+
+
+def _spatial(values: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """The grid block of a token vector, shaped like the grid (or the whole vector if not spatial)."""
+    part = values[layout.grid_slice]
+    return part if layout.grid is None else part.reshape(layout.grid)
+
+
+def _entropy_bits(p: torch.Tensor) -> float:
+    """Shannon entropy in bits of a probability vector (zeros contribute nothing)."""
+    p = p[p > 0]
+    return float(-(p * torch.log2(p)).sum())
+
+
+VerifyFn = Callable[[AttentionLayer], Verification]
