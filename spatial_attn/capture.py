@@ -125,9 +125,7 @@ class Capture:
             self._owners[module] = (name, adapter)
             self._handles += [
                 module.register_forward_pre_hook(partial(_enter, ref, module), with_kwargs=True),
-                module.register_forward_hook(
-                    partial(_exit, ref, module), with_kwargs=True, always_call=True
-                ),
+                module.register_forward_hook(partial(_exit, ref, module), with_kwargs=True, always_call=True),
             ]
             for role, (sub, where) in (adapter.taps(module) if adapter else {}).items():
                 self._handles.append(_tap(sub, where, partial(_on_tap, ref, module, role)))
@@ -210,14 +208,16 @@ class Capture:
             layer.verification = (
                 extracted.verify(layer) if extracted.verify else Verification(None, None, "no output")
             )
-        except Exception as error:  # noqa: BLE001 - reported, see docstring
+        except Exception as error:
             message = f"{base or family} ({family}): could not be read: {error}"
             self.problems.append(message)
             warnings.warn(message, stacklevel=2)
             return
         if layer.verification.ok is False:
-            warnings.warn(f"{name}: captured attention does not reproduce the output "
-                          f"({layer.verification.detail})", stacklevel=2)
+            warnings.warn(
+                f"{name}: captured attention does not reproduce the output ({layer.verification.detail})",
+                stacklevel=2,
+            )
         self.layers.append(layer)
 
     def _layouts(self, name: str, ex: Extracted) -> tuple[TokenLayout, TokenLayout]:
@@ -305,7 +305,7 @@ class _Watch(TorchFunctionMode):
         self._ref = ref
         self._functions = functions
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if func in self._functions:
@@ -326,7 +326,12 @@ def _enter(ref: weakref.ref[Capture], module: nn.Module, _: nn.Module, args: tup
 
 
 def _exit(
-    ref: weakref.ref[Capture], module: nn.Module, _: nn.Module, args: tuple, kwargs: dict, output: Any
+    ref: weakref.ref[Capture],
+    module: nn.Module,
+    _: nn.Module,
+    args: tuple,
+    kwargs: dict,
+    output: Any,
 ) -> None:
     cap = ref()
     if cap is not None and cap._mine():
@@ -347,9 +352,7 @@ def _tap(sub: nn.Module, where: str, record: Callable[[torch.Tensor], None]) -> 
 
 
 def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
-    return next(
-        (a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None
-    )
+    return next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
 
 
 def _map_hw(args: tuple, kwargs: dict) -> Grid | None:

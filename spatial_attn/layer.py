@@ -64,7 +64,11 @@ class QKScores:
     """
 
     def __init__(
-        self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
     ) -> None:
         if q.ndim != 4 or k.ndim != 4 or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
             raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} are not (B, h, N, d) pairs")
@@ -183,8 +187,9 @@ class AttentionLayer:
     def __post_init__(self) -> None:
         _, _, n, m = self.scores.shape
         if (n, m) != (self.queries.count, self.keys.count):
-            raise ValueError(f"{self.name}: scores are {n}x{m} tokens, layouts say "
-                             f"{self.queries.count}x{self.keys.count}")
+            raise ValueError(
+                f"{self.name}: scores are {n}x{m} tokens, layouts say {self.queries.count}x{self.keys.count}"
+            )
 
     # -- what the layer is ----------------------------------------------------------------------
     @property
@@ -341,8 +346,9 @@ def compare(expected: torch.Tensor, got: torch.Tensor, what: str) -> Verificatio
     """
     expected, got = expected.float(), got.float()
     if expected.shape != got.shape:
-        return Verification(False, None, f"{what}: shapes differ {tuple(expected.shape)} vs "
-                                         f"{tuple(got.shape)}")
+        return Verification(
+            False, None, f"{what}: shapes differ {tuple(expected.shape)} vs {tuple(got.shape)}"
+        )
     err = float((expected - got).abs().max()) if expected.numel() else 0.0
     scale = float(expected.abs().max()) if expected.numel() else 0.0
     ok = err <= 1e-4 + 2e-3 * scale

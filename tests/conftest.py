@@ -11,7 +11,9 @@ import pytest
 import torch
 
 
-def reference_probs(q: torch.Tensor, k: torch.Tensor, scale: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+def reference_probs(
+    q: torch.Tensor, k: torch.Tensor, scale: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """``softmax(q k^T * scale + mask)`` for ``(B, h, N, d)`` inputs: the full ``(B, h, N, N')``."""
     q, k = q.detach(), k.detach()
     logits = (q.double() @ k.double().transpose(-1, -2)) * scale

@@ -94,10 +94,10 @@ def test_column_equals_reference_column():
     j = 2 * 6 + 3
     for head in range(4):
         expected = probs[0, head, :, j].reshape(5, 6).numpy()
-        torch.testing.assert_close(torch.from_numpy(layer.column(2, 3, head=head)), torch.from_numpy(expected))
-    torch.testing.assert_close(
-        torch.from_numpy(layer.column(2, 3)), probs[0, :, :, j].mean(0).reshape(5, 6)
-    )
+        torch.testing.assert_close(
+            torch.from_numpy(layer.column(2, 3, head=head)), torch.from_numpy(expected)
+        )
+    torch.testing.assert_close(torch.from_numpy(layer.column(2, 3)), probs[0, :, :, j].mean(0).reshape(5, 6))
 
 
 def test_sdpa_in_a_named_submodule_takes_its_name_and_repeats_are_numbered():

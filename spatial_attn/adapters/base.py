@@ -93,7 +93,9 @@ class FunctionAdapter:
     family: ClassVar[str]
     functions: ClassVar[frozenset]
 
-    def on_call(self, func: Callable, args: tuple, kwargs: dict, out: Any, batch: int | None) -> Extracted | None:
+    def on_call(
+        self, func: Callable, args: tuple, kwargs: dict, out: Any, batch: int | None
+    ) -> Extracted | None:
         """Called after a watched function ran; returns an attention call, or None if it was not one.
 
         ``batch`` is the batch size of the model input, used to split flattened ``B*heads`` axes.

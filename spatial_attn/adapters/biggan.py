@@ -20,11 +20,17 @@ class BigGanAdapter(ModuleAdapter):
 
     def matches(self, module: nn.Module) -> bool:
         convs = ("theta", "phi", "g", "o")
-        return all(isinstance(getattr(module, c, None), nn.Module) for c in convs) and hasattr(module, "gamma")
+        return all(isinstance(getattr(module, c, None), nn.Module) for c in convs) and hasattr(
+            module, "gamma"
+        )
 
     def taps(self, module: nn.Module) -> dict:
-        return {"q": (module.theta, "out"), "k": (module.phi, "out"), "v": (module.g, "out"),
-                "attended": (module.o, "in")}
+        return {
+            "q": (module.theta, "out"),
+            "k": (module.phi, "out"),
+            "v": (module.g, "out"),
+            "attended": (module.o, "in"),
+        }
 
     def extract(self, call: Call) -> Extracted:
         q = call.taps["q"]  # (B, C/8, H, W)

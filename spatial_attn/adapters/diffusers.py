@@ -21,8 +21,15 @@ from torch import nn
 from .base import Call, Extracted, ModuleAdapter, check_output, keep, per_head, split_heads
 
 #: Processors whose scores come from ``attn.get_attention_scores`` (and so from ``attn.scale``).
-_SCALED_BY_ATTN = frozenset({"AttnProcessor", "SlicedAttnProcessor", "AttnAddedKVProcessor",
-                             "SlicedAttnAddedKVProcessor", "CustomDiffusionAttnProcessor"})
+_SCALED_BY_ATTN = frozenset(
+    {
+        "AttnProcessor",
+        "SlicedAttnProcessor",
+        "AttnAddedKVProcessor",
+        "SlicedAttnAddedKVProcessor",
+        "CustomDiffusionAttnProcessor",
+    }
+)
 
 
 class DiffusersAdapter(ModuleAdapter):
@@ -51,7 +58,9 @@ class DiffusersAdapter(ModuleAdapter):
         cross = call.arg("encoder_hidden_states", 1) is not None
         mask = call.arg("attention_mask", 2)
         if mask is not None:  # the processors' own preparation: (B*h, 1 | N, N') additive
-            mask = keep(attn.prepare_attention_mask(mask, k.shape[2], batch)).reshape(batch, heads, -1, k.shape[2])
+            mask = keep(attn.prepare_attention_mask(mask, k.shape[2], batch)).reshape(
+                batch, heads, -1, k.shape[2]
+            )
         scale = attn.scale if type(attn.processor).__name__ in _SCALED_BY_ATTN else head_dim**-0.5
         return Extracted(
             q=q.float() * scale,
@@ -63,6 +72,6 @@ class DiffusersAdapter(ModuleAdapter):
         )
 
 
-def _heads(t, heads: int):  # noqa: ANN001, ANN202 - tensor in, tensor out
+def _heads(t, heads: int):
     """Projections arrive as ``(B, N, h*d)``, or already split ``(B, h, N, d)`` after norm_q/norm_k."""
     return t if t.ndim == 4 else split_heads(t, heads)

@@ -39,8 +39,12 @@ class MultiheadAdapter(ModuleAdapter):
             ex.verify = unverifiable("dropout is active (training mode); rows are pre-dropout")
         else:
             out = _batch_first(mha, keep(call.first_output()))  # (B, L, E)
-            ex.verify = check_output(_values(mha, value), lambda idx: out[:, idx], "MHA output",
-                                     project=lambda o, idx: _out_proj(mha, o))
+            ex.verify = check_output(
+                _values(mha, value),
+                lambda idx: out[:, idx],
+                "MHA output",
+                project=lambda o, idx: _out_proj(mha, o),
+            )
         if raw[1] is not raw[0]:  # cross-attention: keys are other tokens
             ex.keys = "auto"
         return ex
@@ -66,8 +70,9 @@ def _encoder_layer(call: Call) -> Extracted:
             y = _norm(layer.norm1, y)
             return _norm(layer.norm2, y + _feed_forward(layer, y))
 
-        ex.verify = check_output(_values(mha, x), lambda idx: out[:, idx], "encoder layer output",
-                                 project=rest_of_layer)
+        ex.verify = check_output(
+            _values(mha, x), lambda idx: out[:, idx], "encoder layer output", project=rest_of_layer
+        )
     return ex
 
 
@@ -98,7 +103,9 @@ def _values(mha: nn.MultiheadAttention, value: torch.Tensor) -> torch.Tensor:
     return _extra_keys(mha, v, mha.bias_v)[0]
 
 
-def _extra_keys(mha: nn.MultiheadAttention, t: torch.Tensor, learned: torch.Tensor | None) -> tuple[torch.Tensor, tuple[str, ...]]:
+def _extra_keys(
+    mha: nn.MultiheadAttention, t: torch.Tensor, learned: torch.Tensor | None
+) -> tuple[torch.Tensor, tuple[str, ...]]:
     """Append ``bias_k``/``bias_v`` and the ``add_zero_attn`` zero token, as MHA does, and name them."""
     b, h, _, hd = t.shape
     labels: tuple[str, ...] = ()
@@ -111,13 +118,19 @@ def _extra_keys(mha: nn.MultiheadAttention, t: torch.Tensor, learned: torch.Tens
 
 
 def _mask(
-    attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None, batch: int, heads: int, extra: int
+    attn_mask: torch.Tensor | None,
+    key_padding_mask: torch.Tensor | None,
+    batch: int,
+    heads: int,
+    extra: int,
 ) -> torch.Tensor | None:
     """MHA's masks as one additive ``(B|1, h|1, L|1, S')`` tensor (boolean True means masked here)."""
     parts = []
     if attn_mask is not None:
         m = _additive(keep(attn_mask))
-        parts.append(m.reshape(batch, heads, *m.shape[-2:]) if m.ndim == 3 else m.reshape(1, 1, *m.shape[-2:]))
+        parts.append(
+            m.reshape(batch, heads, *m.shape[-2:]) if m.ndim == 3 else m.reshape(1, 1, *m.shape[-2:])
+        )
     if key_padding_mask is not None:
         parts.append(_additive(keep(key_padding_mask)).reshape(batch, 1, 1, -1))
     if not parts:

@@ -1,9 +1,10 @@
 """guided-diffusion / OpenAI ``QKVAttention`` and ``QKVAttentionLegacy`` (improved DDPM, ADM, GLIDE).
 
 Both take one tensor ``qkv`` of shape ``(B, 3*h*c, T)`` and split it into queries, keys and values;
-they differ only in the order of the split (GLIDE's class of the new name uses the legacy order). The scale ``c^-1/4`` is applied to both q and k (so
-``c^-1/2`` overall). GLIDE's variant also takes ``encoder_kv``, text keys and values placed before the
-image tokens. ``T`` tokens are the flattened map of the enclosing ``AttentionBlock``.
+they differ only in the order of the split (GLIDE's class of the new name uses the legacy order). The
+scale ``c^-1/4`` is applied to both q and k (so ``c^-1/2`` overall). GLIDE's variant also takes
+``encoder_kv``, text keys and values placed before the image tokens. ``T`` tokens are the flattened
+map of the enclosing ``AttentionBlock``.
 """
 
 from __future__ import annotations

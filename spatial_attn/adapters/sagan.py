@@ -20,10 +20,16 @@ class SaganAdapter(ModuleAdapter):
 
     def matches(self, module: nn.Module) -> bool:
         convs = ("query_conv", "key_conv", "value_conv")
-        return all(isinstance(getattr(module, c, None), nn.Module) for c in convs) and hasattr(module, "gamma")
+        return all(isinstance(getattr(module, c, None), nn.Module) for c in convs) and hasattr(
+            module, "gamma"
+        )
 
     def taps(self, module: nn.Module) -> dict:
-        return {"q": (module.query_conv, "out"), "k": (module.key_conv, "out"), "v": (module.value_conv, "out")}
+        return {
+            "q": (module.query_conv, "out"),
+            "k": (module.key_conv, "out"),
+            "v": (module.value_conv, "out"),
+        }
 
     def extract(self, call: Call) -> Extracted:
         q, k, v = call.taps["q"], call.taps["k"], call.taps["v"]  # (B, C/8 | C/8 | C, H, W)
@@ -39,4 +45,6 @@ class SaganAdapter(ModuleAdapter):
                 "gamma * attention + x",
                 project=lambda o, idx: gamma * o[:, 0] + x[:, idx],
             )
-        return Extracted(q=map_tokens(q).float(), k=map_tokens(k), query_grid=tuple(q.shape[-2:]), verify=verify)
+        return Extracted(
+            q=map_tokens(q).float(), k=map_tokens(k), query_grid=tuple(q.shape[-2:]), verify=verify
+        )

@@ -18,7 +18,7 @@ from .base import Extracted, FunctionAdapter, check_output, keep, per_head, to_h
 
 def _arguments(
     query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
-) -> dict[str, Any]:  # noqa: ANN001 - mirrors torch's signature
+) -> dict[str, Any]:
     """SDPA's arguments by name, however they were passed."""
     return locals()
 

@@ -23,8 +23,17 @@ from ..layer import AttentionLayer, Verification, compare, sample_queries
 from .base import Extracted, FunctionAdapter, keep, to_heads
 
 _SOFTMAX = frozenset({torch.softmax, F.softmax, torch.Tensor.softmax, torch.special.softmax})
-_PRODUCTS = frozenset({torch.matmul, torch.Tensor.matmul, torch.bmm, torch.Tensor.bmm,
-                       torch.baddbmm, torch.Tensor.baddbmm, torch.einsum})
+_PRODUCTS = frozenset(
+    {
+        torch.matmul,
+        torch.Tensor.matmul,
+        torch.bmm,
+        torch.Tensor.bmm,
+        torch.baddbmm,
+        torch.Tensor.baddbmm,
+        torch.einsum,
+    }
+)
 _SCALINGS = frozenset({torch.mul, torch.Tensor.mul, torch.div, torch.Tensor.div})
 
 Origin = tuple[torch.Tensor, torch.Tensor, float]  # (queries (..., N, d), keys (..., N', d), scale)
@@ -40,7 +49,9 @@ class SoftmaxAdapter(FunctionAdapter):
         # scores tensor -> where it came from; entries die with the scores, so nothing is kept alive
         self._origins: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
-    def on_call(self, func: Callable, args: tuple, kwargs: dict, out: Any, batch: int | None) -> Extracted | None:
+    def on_call(
+        self, func: Callable, args: tuple, kwargs: dict, out: Any, batch: int | None
+    ) -> Extracted | None:
         if func in _PRODUCTS:
             origin = _product(func, args, kwargs)
         elif func in _SCALINGS:
@@ -58,7 +69,11 @@ class SoftmaxAdapter(FunctionAdapter):
         tensor, number = (args[0], args[1]) if isinstance(args[0], torch.Tensor) else (args[1], args[0])
         origin = self._origins.get(tensor) if isinstance(tensor, torch.Tensor) else None
         factor = _number(number)
-        if origin is None or factor is None or (func in (torch.div, torch.Tensor.div) and tensor is not args[0]):
+        if (
+            origin is None
+            or factor is None
+            or (func in (torch.div, torch.Tensor.div) and tensor is not args[0])
+        ):
             return None
         q, k, scale = origin
         return q, k, scale / factor if func in (torch.div, torch.Tensor.div) else scale * factor
@@ -71,8 +86,14 @@ class SoftmaxAdapter(FunctionAdapter):
         probs = to_heads(keep(out), batch)  # (B, h, N, N')
         origin = self._origins.get(scores)
         if origin is None:
-            return Extracted(q=None, k=None, probs=probs, keys="auto", require_grid=True,
-                             verify=lambda layer: Verification(True, 0.0, "probabilities stored as computed"))
+            return Extracted(
+                q=None,
+                k=None,
+                probs=probs,
+                keys="auto",
+                require_grid=True,
+                verify=lambda layer: Verification(True, 0.0, "probabilities stored as computed"),
+            )
         q, k, scale = origin
         return Extracted(
             q=to_heads(keep(q), batch).float() * scale,
@@ -106,7 +127,9 @@ def _product(func: Callable, args: tuple, kwargs: dict) -> Origin | None:
         if len(args) != 2 or kwargs:
             return None
         a, b, alpha = args[0], args[1], 1
-    if not all(isinstance(t, torch.Tensor) and t.ndim >= 2 and not isinstance(t, nn.Parameter) for t in (a, b)):
+    if not all(
+        isinstance(t, torch.Tensor) and t.ndim >= 2 and not isinstance(t, nn.Parameter) for t in (a, b)
+    ):
         return None
     return a, b.transpose(-1, -2), float(alpha)
 

@@ -1,0 +1,169 @@
+"""The capture leaves no trace: hooks and the function mode go on exit, on error and on garbage
+collection; threads do not see each other's calls; checkpoint re-runs are not counted twice."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_gan_attention import SelfAttn
+from torch import nn
+from torch.overrides import _is_torch_function_mode_enabled
+from torch.utils.checkpoint import checkpoint
+
+import spatial_attn as sa
+
+
+class SdpaMap(nn.Module):
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.qkv = nn.Conv2d(c, 3 * c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).flatten(2).transpose(1, 2).unsqueeze(1).chunk(3, dim=-1)  # (B, 1, N, c)
+        return x + F.scaled_dot_product_attention(q, k, v).squeeze(1).transpose(1, 2).reshape(x.shape)
+
+
+def _net() -> nn.Module:
+    net = nn.Sequential(SdpaMap(), SelfAttn(16))
+    net[1].gamma.data.fill_(0.5)
+    return net.eval()
+
+
+def _hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def _run(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = net[0](x)
+    return net[1](out)[0]
+
+
+def test_hooks_and_mode_removed_on_exit_and_output_bit_identical():
+    net, x = _net(), torch.randn(1, 16, 5, 5)
+    with torch.no_grad():
+        plain = _run(net, x)
+        with sa.capture(net) as cap:
+            assert _hook_count(net) > 0 and _is_torch_function_mode_enabled()
+            out = _run(net, x)
+    assert torch.equal(plain, out)
+    assert _hook_count(net) == 0 and not _is_torch_function_mode_enabled()
+    assert cap.layers.names() == ["0", "1"]
+    assert cap.layers[0].family == "sdpa" and cap.layers[1].family == "sagan"
+
+
+def test_hooks_removed_when_the_forward_raises():
+    net = _net()
+    with pytest.raises(RuntimeError, match="channels"), sa.capture(net):
+        net(torch.randn(1, 3, 5, 5))
+    assert _hook_count(net) == 0 and not _is_torch_function_mode_enabled()
+
+
+def test_hooks_removed_when_a_forgotten_capture_is_collected():
+    net = _net()
+    cap = sa.capture(net)
+    cap.__enter__()
+    assert _hook_count(net) > 0
+    del cap
+    gc.collect()
+    assert _hook_count(net) == 0 and not _is_torch_function_mode_enabled()
+
+
+def test_layers_hold_no_graph():
+    net, x = _net(), torch.randn(1, 16, 4, 4)
+    with sa.capture(net) as cap:
+        _run(net, x).sum().backward()
+    assert all(not layer.q.requires_grad and not layer.k.requires_grad for layer in cap.layers)
+
+
+@pytest.mark.parametrize("same_model", [False, True])
+def test_threads_do_not_see_each_other(same_model):
+    nets = [_net(), _net()]
+    if same_model:
+        nets[1] = nets[0]
+    sizes = [(4, 4), (6, 3)]
+    barrier = threading.Barrier(2)
+    result: dict[int, list] = {}
+
+    def work(i: int) -> None:
+        x = torch.randn(1, 16, *sizes[i])
+        with torch.no_grad(), sa.capture(nets[i]) as cap:
+            barrier.wait()  # both captures are active at once
+            for _ in range(3):
+                _run(nets[i], x)
+            barrier.wait()
+        result[i] = [layer.query_grid for layer in cap.layers]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        assert result[i] == [sizes[i]] * 6  # 2 layers x 3 forwards, all of this thread's size
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing_reruns_are_not_counted(reentrant):
+    net = _net().train()
+    x = torch.randn(1, 16, 4, 4, requires_grad=True)
+    with sa.capture(net) as cap:
+        out = checkpoint(_run, net, x, use_reentrant=reentrant)
+        out.sum().backward()
+    assert cap.layers.names() == ["0", "1"]
+
+
+def test_include_exclude_and_numbering():
+    net, x = _net(), torch.randn(1, 16, 4, 4)
+    with torch.no_grad():
+        with sa.capture(net, include="1") as only_sagan:
+            _run(net, x)
+            _run(net, x)
+        with sa.capture(net, exclude=["1*"]) as no_sagan:
+            _run(net, x)
+    assert only_sagan.layers.names() == ["1", "1#2"]
+    assert no_sagan.layers.names() == ["0"]
+
+
+class Tokens(nn.Module):
+    """Receives an image and attends over ``count`` tokens of its own making (a ViT-like layer)."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count = count
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        t = torch.randn(1, 1, self.count, 8)
+        return F.scaled_dot_product_attention(t, t, t)
+
+
+def _grid_of(count: int, image_hw: tuple[int, int], **kwargs) -> sa.AttentionLayer:
+    model = Tokens(count)
+    with sa.capture(model, **kwargs) as cap:
+        model(torch.randn(1, 3, *image_hw))
+    return cap.layers[0]
+
+
+def test_grid_inference_from_aspect_ratio_and_override():
+    layer = _grid_of(2 + 72, (60, 120))  # 2 special tokens + a 6x12 grid, on a 1:2 image
+    assert layer.query_grid == (6, 12) and layer.queries.labels == ("CLS", "special 1")
+    assert "aspect" in layer.queries.note and "ambiguous" not in layer.queries.note
+    layer = _grid_of(2 + 72, (60, 120), grid=(8, 9))  # the caller knows better
+    assert layer.query_grid == (8, 9) and layer.queries.labels == ("CLS", "special 1")
+
+
+def test_ambiguous_or_impossible_grids_say_so():
+    layer = _grid_of(17, (16, 16))  # 4x4 + CLS, or 3x3 + 8 special tokens
+    assert layer.query_grid == (4, 4) and "ambiguous" in layer.queries.note
+    assert "grid=" in layer.queries.note
+    layer = _grid_of(100, (10, 30))  # no 1:3 grid has 92..100 cells
+    assert layer.query_grid is None and "grid=" in layer.queries.note
+
+
+def test_capture_cannot_be_entered_twice():
+    cap = sa.capture(_net())
+    with cap, pytest.raises(RuntimeError, match="already active"), cap:
+        pass
