@@ -1,0 +1,438 @@
+"""The web app: click a pixel of the input and see, for every attention layer, where it looks.
+
+Widgets only: the model runs and the maps are computed in :mod:`spatial_attn.explore`. Each handler is
+a plain function of its inputs (and therefore also an HTTP endpoint); per-user state is one small
+:class:`Session` in ``gr.State``; the bundled models are loaded once at start-up and only read.
+The heatmaps come back as one HTML block of PNG data URIs, so a click costs one round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import functools
+import html
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
+
+import gradio as gr
+from PIL import Image
+
+from . import render
+from .explore import Exploration, LayerClick, View, explain
+from .grid import cell_at
+from .images import ImageError, load_image
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DISPLAY = 384  # the clickable image, px: a 32x32 input at 12x, crisp
+UNTRAINED = " (untrained)"
+DEFAULT_TIMESTEP = 250
+DEFAULT_POINT = (16, 16)
+
+CSS = """
+#input-image img { image-rendering: pixelated; cursor: crosshair; }
+#model-input img { image-rendering: pixelated; }
+.sa-panels { display: flex; flex-wrap: wrap; gap: 14px; }
+.sa-panel { margin: 0; max-width: 420px; }
+.sa-panel img { display: block; image-rendering: pixelated; border-radius: 4px; }
+.sa-panel figcaption { font-size: 12px; line-height: 1.35; margin-top: 4px; }
+"""
+
+
+class Library:
+    """The bundled models and their untrained twins, loaded once; afterwards only read."""
+
+    def __init__(self, names: list[str] | None = None) -> None:
+        from .models import available_models, load_model
+
+        self.models = {}
+        for name in names or available_models():
+            self.models[name] = load_model(name, pretrained=True)
+            self.models[name + UNTRAINED] = load_model(name, pretrained=False)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.models:
+            raise ImageError(f"unknown model {name!r}; choose one of {', '.join(self.models)}")
+        return self.models[name]
+
+    def choices(self) -> list[str]:
+        return list(self.models)
+
+
+@dataclass
+class Session:
+    """One user's state: the current exploration, its source and the last click (a few hundred KB)."""
+
+    exploration: Exploration
+    source: Image.Image | None  # the clean image; None when the model generated it from the seed
+    note: str
+    point: tuple[int, int] = DEFAULT_POINT  # (y, x) in model-input pixels
+
+
+def examples() -> list[Path]:
+    """The example images shipped in ``assets/faces``."""
+    return sorted((ASSETS / "faces").glob("*.png"))
+
+
+def default_image() -> tuple[Image.Image, str]:
+    """The first example face: what the app shows before anything is uploaded."""
+    first = examples()[0]
+    return Image.open(first).convert("RGB"), f"example {first.name}"
+
+
+def run(
+    library: Library, model: str, timestep: float, seed: float, source: Image.Image | None, note: str
+) -> Session:
+    """Run ``model`` once on ``source`` (None: generate from ``seed``) under capture."""
+    bundled = library[model]
+    t = int(timestep) if bundled.num_timesteps else None
+    if source is not None:
+        source = source.copy()
+        source.thumbnail((256, 256))  # bounds the session; the model sees 32x32 anyway
+    return Session(Exploration(bundled, source, timestep=t, seed=int(seed)), source, note)
+
+
+def draw(session: Session, view: View) -> tuple[Image.Image, str, str]:
+    """The clickable image with its marker, the heatmap panels and the explanation."""
+    ex = session.exploration
+    clicks = ex.click(session.point, ex.image_hw, view)
+    shown = render.upscale(ex.image, (DISPLAY, DISPLAY))
+    render.draw_cell(shown, session.point, ex.image_hw)
+    return shown, panels_html(clicks), explain(clicks, session.point, view.mode)
+
+
+def panels_html(clicks: list[LayerClick]) -> str:
+    """One ``<figure>`` per layer, its PNG inline, its caption below."""
+    figures = []
+    for c in clicks:
+        buffer = io.BytesIO()
+        c.panel.save(buffer, format="PNG", compress_level=1)
+        data = base64.b64encode(buffer.getvalue()).decode()
+        name = html.escape(c.layer.name)
+        figures.append(
+            f'<figure class="sa-panel" data-layer="{name}">'
+            f'<img alt="attention of {name}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(c.caption())}</figcaption></figure>"
+        )
+    return '<div class="sa-panels">' + "".join(figures) + "</div>"
+
+
+def input_note(session: Session) -> str:
+    """What the model was shown, and what it said."""
+    ex = session.exploration
+    parts = [session.note, ex.prepared.note]
+    summary = ex.summary or {}
+    if "probs" in summary:
+        best = max(summary["probs"], key=summary["probs"].get)
+        parts.append(f"classified **{best}** ({summary['probs'][best]:.0%})")
+    if "score" in summary:
+        parts.append(f"discriminator score {summary['score']:.2f}")
+    parts += [f"⚠ {p}" for p in ex.problems]
+    return " · ".join(p for p in parts if p)
+
+
+def view_of(
+    head: str, mode: str, cmap: str, scale: str, upsampling: str, opacity: float, layout: str, over: str
+) -> View:
+    """The display controls as a :class:`View`."""
+    return View(
+        head=head,
+        mode="column" if mode.startswith("column") else "row",
+        cmap=cmap,
+        scale=scale,
+        smooth=upsampling == "smooth",
+        opacity=float(opacity),
+        heads_grid=layout != "per layer",
+        over="input" if over.startswith("model") else "image",
+    )
+
+
+def attend(
+    library: Library,
+    image: str | None,
+    model: str,
+    timestep: float,
+    x: float,
+    y: float,
+    head: str = "mean",
+    seed: float = 0,
+) -> tuple[list[tuple[Image.Image, str]], dict]:
+    """The HTTP API: every layer's attention row for pixel ``(x, y)`` of ``image``.
+
+    ``image`` is a file path (None: the default example face); ``x``/``y`` are pixels of that image,
+    whatever its size. Returns the panels and, per layer, its grids, the query cell and the row.
+    """
+    source, notes = load_image(image) if image else (default_image()[0], [])
+    session = run(library, model, timestep, seed, source, "")
+    ex = session.exploration
+    hw = (source.height, source.width)
+    clicks = ex.click((float(y), float(x)), hw, View(head=head))
+    return [(c.panel, c.caption()) for c in clicks], {
+        "model": model,
+        "timestep": ex.timestep,
+        "seed": int(seed),
+        "image_size": list(hw),
+        "point": [float(y), float(x)],
+        "model_pixel": list(cell_at((float(y), float(x)), hw, ex.image_hw)),
+        "notes": notes,
+        "layers": [c.to_json() for c in clicks],
+    }
+
+
+def guarded(fn: Callable[..., tuple]) -> Callable[..., tuple]:
+    """User mistakes become a short message in the app (``gr.Error``); the app keeps serving."""
+
+    @functools.wraps(fn)  # keeps the signature: Gradio reads it to pass gr.SelectData
+    def wrapper(*args: Any) -> tuple:
+        try:
+            return fn(*args)
+        except (ImageError, ValueError) as error:
+            raise gr.Error(str(error), print_exception=False) from None
+
+    return wrapper
+
+
+class Handlers:
+    """The app's event handlers: plain functions of their inputs, testable without a browser.
+
+    ``*view`` is always the display controls in the order of :func:`view_of`. Handlers that re-run the
+    model return the outputs listed in ``RERAN``; those that only redraw return ``DRAWN``.
+    """
+
+    DRAWN = ("state", "image", "heatmaps", "explanation")
+    RERAN = (*DRAWN, "note", "model_input", "head", "timestep", "sample")
+
+    def __init__(self, library: Library) -> None:
+        self.library = library
+        self.example_paths = examples()
+
+    def _after_run(self, session: Session, *view: Any) -> tuple:
+        ex = session.exploration
+        heads = ["mean", "max"] + [f"head {k}" for k in range(ex.max_heads())]
+        chosen = view[0] if view[0] in heads else "mean"
+        shown, panels, text = draw(session, view_of(chosen, *view[1:]))
+        steps = ex.model.num_timesteps
+        return (
+            session,
+            shown,
+            panels,
+            text,
+            input_note(session),
+            render.upscale(ex.input, (160, 160)) if steps else None,
+            gr.Dropdown(choices=heads, value=chosen),
+            gr.Slider(maximum=(steps or 1000) - 1, visible=bool(steps)),
+            gr.Button(visible=ex.model.kind != "vit"),
+        )
+
+    @guarded
+    def start(self, name: str, t: float, s: float, *view: Any) -> tuple:
+        """The first page load: the default example face."""
+        source, note = default_image()
+        return self._after_run(run(self.library, name, t, s, source, note), *view)
+
+    @guarded
+    def rerun(self, session: Session | None, name: str, t: float, s: float, *view: Any) -> tuple:
+        """Model, timestep or seed changed: same image, new capture, same click."""
+        if session is None:
+            return self.start(name, t, s, *view)
+        source, note = session.source, session.note
+        if source is None and self.library[name].kind == "vit":
+            source, note = default_image()  # the classifier needs an image, not a seed
+        return self._after_run(
+            replace(run(self.library, name, t, s, source, note), point=session.point), *view
+        )
+
+    @guarded
+    def uploaded(self, path: str | None, name: str, t: float, s: float, *view: Any) -> tuple:
+        """A user's file: validated, converted, resized to the model's input."""
+        if path is None:
+            return (gr.skip(),) * len(self.RERAN)
+        source, notes = load_image(path)
+        text = f"upload {Path(path).name} ({source.width}×{source.height}, resized to 32×32)"
+        return self._after_run(run(self.library, name, t, s, source, " · ".join([text, *notes])), *view)
+
+    @guarded
+    def picked(self, evt: gr.SelectData, name: str, t: float, s: float, *view: Any) -> tuple:
+        """An example from the gallery."""
+        path = self.example_paths[evt.index]
+        source = Image.open(path).convert("RGB")
+        return self._after_run(run(self.library, name, t, s, source, f"example {path.name}"), *view)
+
+    @guarded
+    def generated(self, name: str, t: float, s: float, *view: Any) -> tuple:
+        """A new sample: the DDPM's fast sampler (then noised to t), or the SAGAN generator itself."""
+        bundled = self.library[name]
+        if bundled.kind == "ddpm":
+            source, note = Image.fromarray(bundled.sample(int(s))[0]), f"DDPM sample, seed {int(s)}"
+        else:
+            source, note = None, f"generated from seed {int(s)}"
+        return self._after_run(run(self.library, name, t, s, source, note), *view)
+
+    @guarded
+    def clicked(self, evt: gr.SelectData, session: Session | None, *view: Any) -> tuple:
+        """A click on the image: rows only, no model run."""
+        if session is None:
+            raise ValueError("the image is still loading; click again in a moment")
+        x, y = evt.index
+        point = cell_at((y, x), (DISPLAY, DISPLAY), session.exploration.image_hw)
+        session = replace(session, point=point)
+        return (session, *draw(session, view_of(*view)))
+
+    @guarded
+    def redraw(self, session: Session | None, *view: Any) -> tuple:
+        """A display control changed: same rows, drawn anew."""
+        if session is None:
+            return (gr.skip(),) * len(self.DRAWN)
+        return (session, *draw(session, view_of(*view)))
+
+    @guarded
+    def attend(self, path: str | None, name: str, t: float, x: float, y: float, head: str, s: float) -> tuple:
+        """``/attend``: see :func:`attend`."""
+        return attend(self.library, path, name, t, x, y, head, s)
+
+
+def build_demo(model: str = "ddpm-faces", library: Library | None = None) -> gr.Blocks:
+    """The Blocks app, on bundled model ``model``."""
+    library = library or Library()
+    if model not in library.models:
+        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(library.models)}")
+    on = Handlers(library)
+    with gr.Blocks(title="spatial-attn", analytics_enabled=False) as demo:
+        gr.Markdown(
+            "# spatial-attn\nClick any pixel of the image: every attention layer of the model shows "
+            "where that pixel looks (its row of the softmax matrix), drawn over the image."
+        )
+        state = gr.State(None)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=400):
+                image = gr.Image(
+                    label="click a pixel",
+                    elem_id="input-image",
+                    interactive=False,
+                    format="png",
+                    height=DISPLAY + 16,
+                    width=DISPLAY + 16,
+                    buttons=[],
+                )
+                note = gr.Markdown(elem_id="input-note")
+                with gr.Row():
+                    models = gr.Dropdown(library.choices(), value=model, label="model", elem_id="model")
+                    seed = gr.Number(0, label="seed", precision=0, minimum=0, elem_id="seed")
+                timestep = gr.Slider(
+                    0,
+                    999,
+                    value=DEFAULT_TIMESTEP,
+                    step=1,
+                    label="timestep t (noise level)",
+                    elem_id="timestep",
+                )
+                with gr.Row():
+                    sample = gr.Button("new sample from seed", elem_id="new-sample")
+                    upload = gr.File(label="upload an image", file_types=["image"], elem_id="upload")
+                model_input = gr.Image(
+                    label="what the model sees (x_t)",
+                    elem_id="model-input",
+                    interactive=False,
+                    format="png",
+                    height=160,
+                    width=160,
+                    buttons=[],
+                )
+                gallery = gr.Gallery(
+                    [str(p) for p in on.example_paths],
+                    label="examples",
+                    columns=6,
+                    allow_preview=False,
+                    height=140,
+                    elem_id="examples",
+                )
+            with gr.Column(scale=3):
+                with gr.Row():
+                    head = gr.Dropdown(["mean", "max"], value="mean", label="head", elem_id="head")
+                    mode = gr.Radio(
+                        ["row: where it looks", "column: who looks at it"],
+                        value="row: where it looks",
+                        label="show",
+                        elem_id="mode",
+                    )
+                    layout = gr.Radio(["per layer", "layers × heads"], value="per layer", label="layout")
+                with gr.Row():
+                    cmap = gr.Dropdown(list(render.COLORMAPS), value="viridis", label="colormap")
+                    scale = gr.Dropdown(
+                        ["per map", "shared", "percentile"], value="per map", label="colour scale"
+                    )
+                    upsampling = gr.Radio(["nearest", "smooth"], value="nearest", label="upsampling")
+                    over = gr.Radio(["image", "model input"], value="image", label="draw over")
+                opacity = gr.Slider(0, 1, value=0.65, step=0.05, label="heatmap opacity", elem_id="opacity")
+                heatmaps = gr.HTML(elem_id="heatmaps", js_on_load=None)
+                explanation = gr.Markdown(elem_id="explanation")
+
+        view_inputs = [head, mode, cmap, scale, upsampling, opacity, layout, over]
+        drawn = [state, image, heatmaps, explanation]
+        reran = [*drawn, note, model_input, head, timestep, sample]
+        run_inputs = [models, timestep, seed, *view_inputs]
+        quiet = {"api_name": False, "show_progress": "hidden"}
+        demo.load(on.start, run_inputs, reran, api_name=False)
+        models.change(on.rerun, [state, *run_inputs], reran, api_name=False)
+        timestep.release(on.rerun, [state, *run_inputs], reran, api_name=False)
+        seed.submit(on.rerun, [state, *run_inputs], reran, api_name=False)
+        upload.upload(on.uploaded, [upload, *run_inputs], reran, api_name=False)
+        gallery.select(on.picked, run_inputs, reran, api_name=False)
+        sample.click(on.generated, run_inputs, reran, api_name=False)
+        image.select(on.clicked, [state, *view_inputs], drawn, **quiet)
+        for control in view_inputs:
+            event = control.release if isinstance(control, gr.Slider) else control.change
+            event(on.redraw, [state, *view_inputs], drawn, **quiet)
+
+        with gr.Row(visible=False):  # the /attend endpoint: inputs and outputs for API callers only
+            api_inputs = [
+                gr.File(label="image"),
+                gr.Textbox(model, label="model"),
+                gr.Number(DEFAULT_TIMESTEP, label="timestep"),
+                gr.Number(16, label="x"),
+                gr.Number(16, label="y"),
+                gr.Textbox("mean", label="head"),
+                gr.Number(0, label="seed"),
+            ]
+            api_outputs = [gr.Gallery(format="png", label="heatmaps"), gr.JSON(label="rows")]
+        gr.on(None, on.attend, api_inputs, api_outputs, api_name="attend")
+    return demo
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags shared by ``python app.py`` and ``spatial-attn serve``."""
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes the app on your network)",
+    )
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--model", default="ddpm-faces", help="bundled model to open (default ddpm-faces)")
+    parser.add_argument(
+        "--share", action="store_true", help="ask Gradio for a public share link (off by default)"
+    )
+
+
+def launch(
+    model: str = "ddpm-faces", host: str = "127.0.0.1", port: int = 7860, share: bool = False, **kwargs: Any
+) -> Any:
+    """Build the app and serve it (blocks until stopped unless ``prevent_thread_lock=True``)."""
+    demo = build_demo(model)
+    demo.queue(default_concurrency_limit=4)
+    theme = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        css=CSS,
+        theme=theme,
+        state_session_capacity=256,
+        footer_links=["api"],
+        **kwargs,
+    )

@@ -1,0 +1,204 @@
+"""One image through one model, captured once; every click after that only reads rows.
+
+This is the app without its widgets: an :class:`Exploration` runs a bundled model on an image under
+:func:`spatial_attn.capture` (once per image, model, timestep and seed), and :meth:`Exploration.click`
+maps a click to each layer's own cell, reads that row (or column) from the cached queries and keys,
+and renders the panels. The Gradio UI and the ``/attend`` endpoint are thin wrappers around it, so
+all of it is testable without a browser.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import render
+from .capture import capture
+from .grid import cell_at
+from .layer import AttentionLayer
+
+if TYPE_CHECKING:
+    from .models import BundledModel
+
+PANEL = 192  # side of each heatmap panel, px (32 x 6: every cell of every grid is whole pixels)
+
+
+@dataclass(frozen=True)
+class View:
+    """How to draw a click: which heads, what direction, which colours."""
+
+    head: str = "mean"  # "mean", "max" or "head k"
+    mode: Literal["row", "column"] = "row"  # where the pixel looks / who looks at it
+    cmap: str = "viridis"
+    scale: render.Scale = "per map"
+    smooth: bool = False
+    opacity: float = 0.65
+    heads_grid: bool = False  # one panel per head (and the mean) for every layer
+    over: Literal["image", "input"] = "image"  # draw over the clean image, or what the model saw
+
+
+@dataclass
+class LayerClick:
+    """What one click shows of one layer."""
+
+    layer: AttentionLayer
+    cell: tuple[int, int]  # the clicked cell on the grid the map is about (query grid for rows)
+    token: int  # its index on the flattened axis: start + y*W + x
+    values: np.ndarray  # the map: key grid for rows, query grid for columns
+    head_note: str = ""
+    special: dict[str, float] = field(default_factory=dict)
+    entropy: float | None = None
+    distance: float | None = None
+    panel: Image.Image | None = None
+
+    def caption(self) -> str:
+        """One line under the panel: name, grids, heads, entropy, special-token mass, caveats."""
+        layer = self.layer
+        parts = [
+            layer.name,
+            f"{_grid_text(layer.query_grid)} queries → {_grid_text(layer.key_grid)} keys",
+            f"{layer.heads} head{'s' if layer.heads > 1 else ''}{self.head_note}",
+        ]
+        if self.entropy is not None:
+            parts.append(f"entropy {self.entropy:.2f} bits")
+        parts += [f"{label} {mass:.1%}" for label, mass in self.special.items()]
+        if layer.verification.ok is not True:
+            parts.append(f"unverified: {layer.verification.detail}")
+        return " · ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        """The numbers behind the panel, for the HTTP API."""
+        layer = self.layer
+        return {
+            "name": layer.name,
+            "family": layer.family,
+            "query_grid": list(layer.query_grid) if layer.query_grid else None,
+            "key_grid": list(layer.key_grid) if layer.key_grid else None,
+            "heads": layer.heads,
+            "cell": list(self.cell),
+            "token": self.token,
+            "values": np.round(self.values.astype(np.float64), 7).tolist(),
+            "special": self.special,
+            "entropy_bits": self.entropy,
+            "verified": layer.verification.ok,
+        }
+
+
+class Exploration:
+    """A bundled model run once on one image under capture."""
+
+    def __init__(
+        self, model: BundledModel, image: Image.Image | None, *, timestep: int | None = None, seed: int = 0
+    ) -> None:
+        self.model = model
+        self.prepared = model.prepare(image, timestep=timestep, seed=seed)
+        with torch.no_grad(), capture(model.module) as cap:
+            self.summary = model.run(self.prepared)
+        self.layers = [layer for layer in cap.layers if layer.query_grid is not None]
+        self.problems = cap.problems
+        size = model.image_size
+        clean = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC) if image else None
+        self.image = np.asarray(clean) if clean is not None else self.prepared.display  # what the user sees
+        self.input = self.prepared.display  # what the model saw (x_t for the DDPM)
+        self.timestep, self.seed = timestep, seed
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """Size of the model's input, in pixels."""
+        return self.image.shape[0], self.image.shape[1]
+
+    def max_heads(self) -> int:
+        """The most heads any layer has (for the head selector)."""
+        return max((layer.heads for layer in self.layers), default=1)
+
+    def click(self, point: tuple[float, float], image_hw: tuple[int, int], view: View) -> list[LayerClick]:
+        """Every layer's map for a click at ``point = (y, x)`` in an image of size ``image_hw``.
+
+        The point is mapped to each layer's own grid with :func:`~spatial_attn.grid.cell_at`, so an
+        uploaded photo, the upscaled display and the 32x32 model input all agree on the cell.
+        """
+        clicks = [self._read(layer, point, image_hw, view) for layer in self.layers]
+        shared = max((float(c.values.max()) for c in clicks), default=1.0)
+        base = render.upscale(self.image if view.over == "image" else self.input, (PANEL, PANEL))
+        for c in clicks:
+            c.panel = self._draw(c, base, view, shared)
+        return clicks
+
+    def _read(
+        self, layer: AttentionLayer, point: tuple[float, float], image_hw: tuple[int, int], view: View
+    ) -> LayerClick:
+        head, note = _head(view.head, layer.heads)
+        if view.mode == "column" and layer.key_grid is not None:
+            cell = cell_at(point, image_hw, layer.key_grid)
+            values = layer.column(*cell, head=head)
+            return LayerClick(layer, cell, layer.keys.token(*cell), values, note)
+        cell = cell_at(point, image_hw, layer.query_grid)
+        row = layer.attend(*cell, head=head)
+        return LayerClick(layer, cell, row.token, row.values, note, row.special, row.entropy, row.distance)
+
+    def _draw(self, c: LayerClick, base: Image.Image, view: View, shared: float) -> Image.Image:
+        layer = c.layer
+        vmax = render.vmax_of(c.values, view.scale, shared)
+        if c.values.ndim == 1:  # keys with no place in the image
+            return render.strip(c.values, vmax=vmax, cmap=view.cmap)
+        grid = layer.key_grid if view.mode == "column" and layer.key_grid else layer.query_grid
+        outline = (c.cell, grid)
+        draw = dict(vmax=vmax, cmap=view.cmap, opacity=view.opacity, smooth=view.smooth, outline=outline)
+        if not view.heads_grid or view.mode == "column":
+            return render.panel(base, c.values, **draw)
+        per_head = layer.head_rows(*c.cell)
+        maps = [*per_head, per_head.mean(0)]
+        if view.scale != "shared":
+            draw["vmax"] = max(render.vmax_of(m, view.scale) for m in maps)
+        small = base.resize((PANEL // 2, PANEL // 2), Image.Resampling.NEAREST)
+        return render.side_by_side([render.panel(small, m, **draw) for m in maps])
+
+
+def explain(clicks: list[LayerClick], pixel: tuple[int, int], mode: str = "row") -> str:
+    """The paragraph beside the panels: what a row is, for this very click, layer by layer."""
+    y, x = pixel
+    lines = [
+        f"You clicked pixel **(y, x) = ({y}, {x})** of the model's input. An attention layer flattens its "
+        "C × H × W feature map into N = H·W tokens, row by row: **token i = y·W + x** is the cell at (y, x). "
+        + (
+            "Row i of the N × N′ softmax matrix says how that token's attention is spread over the keys: "
+            "that row is each map (it sums to 1 with any special tokens)."
+            if mode == "row"
+            else "Column j of the softmax matrix says how much every query token gives to key j: "
+            "each map shows who looks at the clicked cell."
+        )
+        + " The matrix is never built: each row is computed from the cached queries and keys.",
+        "",
+        "| layer | grid | your cell (y, x) | token i = y·W + x | matrix |",
+        "|---|---|---|---|---|",
+    ]
+    for c in clicks:
+        layer = c.layer
+        grid = layer.query_grid if mode == "row" or layer.key_grid is None else layer.key_grid
+        h, w = grid
+        start = (layer.queries if mode == "row" else layer.keys).start
+        offset = f"{start} + " if start else ""
+        lines.append(
+            f"| `{layer.name}` | {h}×{w} | ({c.cell[0]}, {c.cell[1]}) | "
+            f"{offset}{c.cell[0]}·{w} + {c.cell[1]} = **{c.token}** | "
+            f"{layer.queries.count} × {layer.keys.count} |"
+        )
+    return "\n".join(lines)
+
+
+def _head(choice: str, heads: int) -> tuple[int | str | None, str]:
+    """The head argument for a layer, and a caption note when the layer lacks the chosen head."""
+    if choice in ("mean", "max"):
+        return (None if choice == "mean" else "max"), f" ({choice})" if heads > 1 else ""
+    k = int(choice.split()[-1])
+    if k < heads:
+        return k, f" (head {k})"
+    return None, f" (no head {k}: mean)"
+
+
+def _grid_text(grid: tuple[int, int] | None) -> str:
+    return "text" if grid is None else f"{grid[0]}×{grid[1]}"
