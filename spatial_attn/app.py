@@ -386,9 +386,8 @@ def build_demo(model: str = "ddpm-faces", library: Library | None = None) -> gr.
         gallery.select(on.picked, run_inputs, reran, api_name=False)
         sample.click(on.generated, run_inputs, reran, api_name=False)
         image.select(on.clicked, [state, *view_inputs], drawn, **quiet)
-        for control in view_inputs:
-            event = control.release if isinstance(control, gr.Slider) else control.change
-            event(on.redraw, [state, *view_inputs], drawn, **quiet)
+        for control in view_inputs:  # redrawing is cheap: follow every change, sliders included
+            control.change(on.redraw, [state, *view_inputs], drawn, **quiet)
 
         with gr.Row(visible=False):  # the /attend endpoint: inputs and outputs for API callers only
             api_inputs = [
@@ -421,18 +420,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def launch(
     model: str = "ddpm-faces", host: str = "127.0.0.1", port: int = 7860, share: bool = False, **kwargs: Any
-) -> Any:
-    """Build the app and serve it (blocks until stopped unless ``prevent_thread_lock=True``)."""
+) -> gr.Blocks:
+    """Build the app and serve it. Blocks until stopped, unless ``prevent_thread_lock=True`` is passed;
+    then returns the running app (``.close()`` stops it)."""
     demo = build_demo(model)
     demo.queue(default_concurrency_limit=4)
     theme = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-    return demo.launch(
-        server_name=host,
-        server_port=port,
-        share=share,
-        css=CSS,
-        theme=theme,
-        state_session_capacity=256,
-        footer_links=["api"],
-        **kwargs,
-    )
+    demo.launch(server_name=host, server_port=port, share=share, css=CSS, theme=theme,
+                state_session_capacity=256, footer_links=["api"], **kwargs)
+    return demo

@@ -54,3 +54,18 @@ def assert_rows_match(
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def app_url():
+    """The real app, served on a free local port for the whole session (closed at the end)."""
+    import socket
+
+    from spatial_attn.app import launch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = launch("ddpm-faces", host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()

@@ -1,0 +1,76 @@
+"""Driving Debian's Chromium with Playwright: shared by the browser test and the browser benchmark."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def find_chromium() -> str | None:
+    """Debian's Chromium; under CI=true it is installed with apt when missing."""
+    path = shutil.which("chromium")
+    if path is None and os.environ.get("CI") == "true":
+        subprocess.run(
+            "apt-get update -q && apt-get install -y -q chromium",
+            shell=True,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        path = shutil.which("chromium")
+    return path
+
+
+@contextmanager
+def open_app(url: str, chromium: str) -> Iterator[Any]:
+    """A page showing the app, once its first heatmaps are drawn."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1300})
+        page.goto(url)
+        page.wait_for_selector("#heatmaps figure img", timeout=60_000)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def click_and_wait(page: Any, x: float, y: float) -> str:
+    """Click the input image at CSS position (x, y); return the heatmaps' HTML once it has changed."""
+    before = page.inner_html("#heatmaps")
+    page.locator("#input-image img").click(position={"x": x, "y": y})
+    page.wait_for_function(
+        "prev => document.querySelector('#heatmaps').innerHTML !== prev", arg=before, timeout=30_000
+    )
+    return page.inner_html("#heatmaps")
+
+
+def clicked_pixel(page: Any) -> tuple[int, int]:
+    """The model-input pixel (y, x) the app says was clicked."""
+    text = page.inner_text("#explanation")
+    match = re.search(r"\(y, x\) = \((\d+), (\d+)\)", text)
+    assert match, text
+    return int(match[1]), int(match[2])
+
+
+def panels(page: Any) -> list[tuple[str, str]]:
+    """(layer name, PNG data URI) of every heatmap panel."""
+    return page.eval_on_selector_all(
+        "#heatmaps figure", "els => els.map(e => [e.dataset.layer, e.querySelector('img').src])"
+    )
