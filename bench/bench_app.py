@@ -39,7 +39,7 @@ def bench_server() -> list[tuple[str, str, str, str]]:
         points = [(y, x) for y in range(0, 32, 5) for x in range(0, 32, 7)]
         clicks = iter(points * 100)
 
-        def click(session: Session = session) -> None:
+        def click(session: Session = session, clicks=clicks) -> None:
             session.point = next(clicks)
             draw(session, View())
 
