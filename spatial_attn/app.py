@@ -426,6 +426,14 @@ def launch(
     demo = build_demo(model)
     demo.queue(default_concurrency_limit=4)
     theme = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-    demo.launch(server_name=host, server_port=port, share=share, css=CSS, theme=theme,
-                state_session_capacity=256, footer_links=["api"], **kwargs)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        css=CSS,
+        theme=theme,
+        state_session_capacity=256,
+        footer_links=["api"],
+        **kwargs,
+    )
     return demo

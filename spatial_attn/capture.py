@@ -20,6 +20,7 @@ calls. Hooks hold the capture weakly: a capture that is dropped without ``__exit
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import threading
 import warnings
@@ -99,7 +100,8 @@ class Capture:
         self.release()
 
     def __del__(self) -> None:
-        self.release()
+        with contextlib.suppress(Exception):  # a last resort, maybe during shutdown: never raise
+            self.release()
 
     def release(self) -> None:
         """Remove every hook and the function mode. Safe to call twice, and from ``__del__``."""

@@ -106,6 +106,11 @@ class FunctionAdapter:
 # -- small shared reshapes ---------------------------------------------------------------------
 
 
+def has_submodules(module: nn.Module, *names: str) -> bool:
+    """Whether ``module`` has all these submodules: how convolution-built attention is recognised."""
+    return all(isinstance(getattr(module, n, None), nn.Module) for n in names)
+
+
 def keep(t: torch.Tensor) -> torch.Tensor:
     """Detach and move to CPU at once, so a capture never holds a graph or device memory."""
     return t.detach().cpu()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Call, Extracted, ModuleAdapter, check_output, map_tokens, per_head
+from .base import Call, Extracted, ModuleAdapter, check_output, has_submodules, map_tokens, per_head
 
 
 class BigGanAdapter(ModuleAdapter):
@@ -19,10 +19,7 @@ class BigGanAdapter(ModuleAdapter):
     family = "biggan"
 
     def matches(self, module: nn.Module) -> bool:
-        convs = ("theta", "phi", "g", "o")
-        return all(isinstance(getattr(module, c, None), nn.Module) for c in convs) and hasattr(
-            module, "gamma"
-        )
+        return has_submodules(module, "theta", "phi", "g", "o") and hasattr(module, "gamma")
 
     def taps(self, module: nn.Module) -> dict:
         return {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Call, Extracted, ModuleAdapter, check_output, map_tokens, unverifiable
+from .base import Call, Extracted, ModuleAdapter, check_output, has_submodules, map_tokens, unverifiable
 
 
 class SaganAdapter(ModuleAdapter):
@@ -19,10 +19,7 @@ class SaganAdapter(ModuleAdapter):
     family = "sagan"
 
     def matches(self, module: nn.Module) -> bool:
-        convs = ("query_conv", "key_conv", "value_conv")
-        return all(isinstance(getattr(module, c, None), nn.Module) for c in convs) and hasattr(
-            module, "gamma"
-        )
+        return has_submodules(module, "query_conv", "key_conv", "value_conv") and hasattr(module, "gamma")
 
     def taps(self, module: nn.Module) -> dict:
         return {
