@@ -104,7 +104,7 @@ def draw(session: Session, view: View) -> tuple[Image.Image, str, str]:
     clicks = ex.click(session.point, ex.image_hw, view)
     shown = render.upscale(ex.image, (DISPLAY, DISPLAY))
     render.draw_cell(shown, session.point, ex.image_hw)
-    return shown, panels_html(clicks), explain(clicks, session.point, view.mode)
+    return shown, panels_html(clicks), explain(clicks, session.point, view.mode, view.head)
 
 
 def panels_html(clicks: list[LayerClick]) -> str:

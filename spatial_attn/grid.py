@@ -97,6 +97,15 @@ class TokenLayout:
             raise ValueError(f"cell {(y, x)} is outside the {h}x{w} grid")
         return self.start + y * w + x
 
+    def describe(self, index: int) -> str:
+        """What token ``index`` is, in words: ``cell (y, x)``, a special token's label, or ``token j``."""
+        if self.grid is None:
+            return f"token {index}"
+        offset = index - self.start
+        if 0 <= offset < self.grid_size:
+            return f"cell ({offset // self.grid[1]}, {offset % self.grid[1]})"
+        return self.labels[self.special_indices().index(index)]
+
     def with_special(self, prefix: tuple[str, ...] = (), suffix: tuple[str, ...] = ()) -> TokenLayout:
         """This layout with extra special tokens before and after it (e.g. MHA's ``bias_k``)."""
         if not prefix and not suffix:

@@ -277,6 +277,33 @@ class AttentionLayer:
             cell=cell,
         )
 
+    def logits(self, y: int, x: int, head: int, batch: int = 0) -> np.ndarray:
+        """One head's scores for query pixel ``(y, x)`` before the softmax: ``q_i . k_j`` (scale folded
+        into q, mask added) for every key token ``j``, special ones included: ``(N',)``.
+
+        This is the step the softmax hides; the app shows it to explain how a row is made. None of it
+        exists when only probabilities were captured.
+        """
+        if not isinstance(self.scores, QKScores):
+            raise ValueError(f"{self.name} kept probabilities only; its logits are unknown")
+        token = self.queries.token(y, x)
+        b, h = self._batch(batch), self._head(head)
+        if not isinstance(h, int):
+            raise ValueError("logits are per head: pass a head index")
+        q = self.scores.q[b, h, token].float()  # (d,)
+        scores = self.scores.k[b, h].float() @ q  # (N',)
+        bias = self.scores._bias(b, torch.tensor([token]), slice(None))
+        if bias is not None:
+            scores = scores + bias[min(h, bias.shape[0] - 1), 0]
+        return scores.numpy()
+
+    def token_probs(self, y: int, x: int, head: Head = None, batch: int = 0) -> np.ndarray:
+        """The whole row of query pixel ``(y, x)`` over every key token, special ones included:
+        ``(N',)``, summing to 1 (for the mean over heads, or one head)."""
+        token = self.queries.token(y, x)
+        probs = self.scores.probs(self._batch(batch), torch.tensor([token]))[:, 0]  # (h, N')
+        return _reduce_heads(probs, self._head(head)).numpy()
+
     def head_rows(self, y: int, x: int, batch: int = 0) -> np.ndarray:
         """Every head's map for query pixel ``(y, x)``: ``(heads, *key_grid)``."""
         token = self.queries.token(y, x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -116,3 +117,18 @@ def test_sdpa_in_a_named_submodule_takes_its_name_and_repeats_are_numbered():
         net(x)
     assert cap.layers.names() == ["block.attn", "block.attn#2"]
     assert cap.layers["block.attn#2"].query_grid == (4, 4)
+
+
+def test_logits_and_token_probs_show_how_a_row_is_made():
+    model, x = MapAttention(), torch.randn(1, 32, 4, 4)
+    mask = torch.randn(1, 4, 16, 16)
+    layer = _capture(model, x, attn_mask=mask)
+    q, k, _ = model.qkv(x)
+    with torch.no_grad():
+        expected = (q[0, 2, 9] @ k[0, 2].T) * 8**-0.5 + mask[0, 2, 9]  # query cell (2, 1) = token 9
+    np.testing.assert_allclose(layer.logits(2, 1, head=2), expected.numpy(), atol=1e-5)
+    probs = layer.token_probs(2, 1, head=2)
+    np.testing.assert_allclose(probs, torch.softmax(expected, -1).numpy(), atol=1e-6)
+    assert layer.keys.describe(9) == "cell (2, 1)"
+    with pytest.raises(ValueError, match="per head"):
+        layer.logits(2, 1, head=None)
