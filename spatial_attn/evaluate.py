@@ -1,0 +1,164 @@
+"""``spatial-attn eval``: did the bundled models learn the faces, and does their attention show it?
+
+Three measurements, all on fresh seeds (training faces come from seeds >= 10**12):
+
+* the ViT's accuracy over the four kinds of face;
+* the share of DDPM and SAGAN samples that the ViT judges to be valid faces (matching eyes);
+* the **eye-to-eye lift** of every attention layer: put the query on one eye, and divide the
+  attention mass that lands on the other eye's cells by those cells' share of the grid. 1 means
+  the query looks there no more than anywhere else; the trained models should look much more. The
+  mass is taken over the grid only (a ViT's CLS token is left out and the row renormalised), so 1
+  stays the uniform baseline. The inputs go through the same ``prepare``/``run`` the app uses.
+
+Every number is also measured on the random twin, whose lift should sit near 1.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import spatial_attn as sa
+
+from .data import KINDS, FaceBatch, make_faces
+from .data.tensors import to_tensor
+from .models import BundledModel, load_model
+
+ACCURACY_SEED = 1
+SAMPLE_SEED = 2
+LIFT_SEED = 3
+IMAGE_HW = (32, 32)
+NAMES = ("vit-faces", "ddpm-faces", "sagan-faces")
+
+
+@dataclass
+class Result:
+    """One row of the table: a metric of one model, trained and untrained."""
+
+    model: str
+    metric: str
+    target: str
+    trained: float
+    twin: float
+    percent: bool = False
+    detail: dict = field(default_factory=dict)  # e.g. the lift of every layer
+
+    def cells(self) -> list[str]:
+        show = (lambda v: f"{100 * v:.1f}%") if self.percent else (lambda v: f"{v:.2f}")
+        return [self.model, self.metric, self.target, show(self.trained), show(self.twin)]
+
+
+@torch.no_grad()
+def predict(vit: BundledModel, images: np.ndarray, batch: int = 500) -> np.ndarray:
+    """The ViT's predicted kind index for each uint8 image (n, 32, 32, 3)."""
+    x = to_tensor(images)  # (n, 3, 32, 32)
+    return torch.cat([vit.module(chunk).argmax(-1) for chunk in x.split(batch)]).numpy()
+
+
+def accuracy(vit: BundledModel, n: int = 2000) -> tuple[float, dict]:
+    """Accuracy on ``n`` fresh faces of all kinds, and per kind."""
+    faces = make_faces(n, ACCURACY_SEED, KINDS)
+    hit = predict(vit, faces.images) == faces.labels
+    return float(hit.mean()), {k: round(float(hit[faces.labels == i].mean()), 4) for i, k in enumerate(KINDS)}
+
+
+def judged_valid(judge: BundledModel, images: np.ndarray) -> tuple[float, dict]:
+    """Fraction of images the judge calls valid, and how the rest were called."""
+    pred = predict(judge, images)
+    return float((pred == 0).mean()), {k: round(float((pred == i).mean()), 4) for i, k in enumerate(KINDS)}
+
+
+def eye_cells(centre: np.ndarray, radius: float, grid: tuple[int, int]) -> np.ndarray:
+    """(h, w) bool: the cells of ``grid`` whose box touches the eye disc (centre (y, x), pixels)."""
+    h, w = grid
+    boxes = np.array([[sa.cell_box((y, x), grid, IMAGE_HW) for x in range(w)] for y in range(h)])  # (h, w, 4)
+    near_y = np.clip(centre[0], boxes[..., 0], boxes[..., 2])  # nearest point of each box
+    near_x = np.clip(centre[1], boxes[..., 1], boxes[..., 3])
+    return (near_y - centre[0]) ** 2 + (near_x - centre[1]) ** 2 < radius**2
+
+
+def lift(layer: sa.AttentionLayer, src: np.ndarray, dst: np.ndarray, radius: float) -> float:
+    """Attention mass from the cell holding eye ``src`` onto eye ``dst``, over its uniform share."""
+    y, x = sa.cell_at(tuple(int(v) for v in np.floor(src)), IMAGE_HW, layer.query_grid)
+    row = layer.row(y, x)  # (h, w) spatial part, CLS left out
+    cells = eye_cells(dst, radius, layer.key_grid)
+    return float(row[cells].sum() / row.sum() / cells.mean())
+
+
+def eye_lift(bm: BundledModel, faces: FaceBatch, timestep: int | None = None) -> dict[str, float]:
+    """Mean lift per layer over ``faces``, both directions (left eye -> right eye and back).
+
+    Each face goes through ``bm.prepare`` and ``bm.run`` exactly as in the app (for the DDPM:
+    noised to ``timestep`` with the face's index as the noise seed).
+    """
+    sums: dict[str, float] = {}
+    for i, img in enumerate(faces.images):
+        prepared = bm.prepare(Image.fromarray(img), timestep=timestep, seed=i)
+        with sa.capture(bm.module) as cap, torch.no_grad():
+            bm.run(prepared)
+        for layer in cap.layers:
+            (a, b), r = faces.eyes[i], faces.eye_radius[i, 0]
+            value = (lift(layer, a, b, r) + lift(layer, b, a, r)) / 2
+            sums[layer.name] = sums.get(layer.name, 0.0) + value
+    return {name: total / len(faces) for name, total in sums.items()}
+
+
+Twins = tuple[BundledModel, BundledModel]  # (trained, random twin)
+
+
+def evaluate_all(checkpoints: Path, samples: int = 256, faces: int = 200, threads: int = 2) -> list[Result]:
+    """Every metric of the table, for the bundled models in ``checkpoints``."""
+    torch.set_num_threads(threads)
+    vit, ddpm, sagan = ((load_model(n), load_model(n, pretrained=False)) for n in NAMES)
+    real = make_faces(faces, LIFT_SEED)
+    mid = ddpm[0].num_timesteps // 2
+    return [
+        _accuracy_result(vit),
+        _samples_result(ddpm, vit[0], samples, ">= 80%", "DPM-Solver++, 25 steps"),
+        _samples_result(sagan, vit[0], samples, ">= 60%", "z from N(0, I)"),
+        _lift_result(vit, real, f"{faces} real faces"),
+        _lift_result(ddpm, real, f"{faces} real faces noised to t={mid}", timestep=mid),
+        _lift_result(sagan, real, f"discriminator on {faces} real faces"),
+    ]
+
+
+def _accuracy_result(vit: Twins) -> Result:
+    (trained, per_kind), (twin, _) = (accuracy(m) for m in vit)
+    return Result("vit-faces", "accuracy, 2,000 fresh faces of 4 kinds", ">= 98%", trained, twin,
+                  percent=True, detail={"per_kind": per_kind})
+
+
+def _samples_result(gen: Twins, judge: BundledModel, n: int, target: str, how: str) -> Result:
+    (trained, calls), (twin, _) = (judged_valid(judge, m.sample(SAMPLE_SEED, n)) for m in gen)
+    return Result(gen[0].name, f"{n} samples ({how}) judged valid by vit-faces", target, trained, twin,
+                  percent=True, detail={"calls": calls})
+
+
+def _lift_result(models: Twins, faces: FaceBatch, what: str, timestep: int | None = None) -> Result:
+    """The best layer of the trained model, and the twin's lift at that same layer."""
+    trained, twin = (eye_lift(m, faces, timestep) for m in models)
+    best = max(trained, key=trained.get)
+    return Result(models[0].name, f"eye-to-eye lift, {what}, best layer `{best}`", ">= 3",
+                  trained[best], twin[best], detail={"trained": trained, "twin": twin})
+
+
+def format_table(results: list[Result]) -> str:
+    """A Markdown table (prints well in a terminal and pastes into the model cards)."""
+    rows = [["model", "metric", "target", "trained", "random twin"], ["---"] * 5]
+    rows += [r.cells() for r in results]
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def write_cards(checkpoints: Path, table: str, results: list[Result]) -> None:
+    """Put the table into every model card and the raw numbers next to it (metrics.json)."""
+    from .models.cards import write_card
+
+    for name in NAMES:
+        mine = [r.__dict__ for r in results if r.model == name]
+        (checkpoints / name / "metrics.json").write_text(json.dumps(mine, indent=2) + "\n")
+        write_card(checkpoints / name, name, table, mine)

@@ -1,0 +1,210 @@
+"""The bundled models behind one small interface: what the app needs to show a model's attention.
+
+``load_model(name)`` returns a :class:`BundledModel`: the module to capture (eval mode, CPU), and the
+two steps around the forward whose attention is shown. ``prepare`` turns a user's image (or a seed)
+into that forward's inputs plus the picture the attention is drawn over; ``run`` is the forward
+itself, exactly one, so a caller's ``sa.capture`` sees one call per attention layer.
+
+Weights come from ``checkpoints/<name>/`` as safetensors and JSON only (never pickle).
+``pretrained=False`` builds the same architecture from :data:`TWIN_SEED` instead: the untrained
+twin the app shows beside the trained model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..data.tensors import to_tensor, to_uint8
+from .sagan import SAGAN, SAGANConfig
+from .vit import ViT, ViTConfig
+from .weights import load_config, load_weights
+
+#: Where the bundled weights live: the repository's ``checkpoints/`` unless overridden.
+CHECKPOINTS = Path(
+    os.environ.get("SPATIAL_ATTN_CHECKPOINTS", Path(__file__).resolve().parents[2] / "checkpoints")
+)
+#: The random twins' initialisation seed (fixed, so the untrained maps are the same every time).
+TWIN_SEED = 1234
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Inputs of the forward whose attention is shown, and what to draw that attention over."""
+
+    args: tuple  # positional inputs (tensors, batch 1)
+    kwargs: dict
+    display: np.ndarray  # (H, W, 3) uint8
+    note: str  # what was done to get here, for the user
+
+
+@dataclass
+class BundledModel:
+    """A ready-to-run model; subclasses say how images become inputs and what a forward returns."""
+
+    name: str
+    kind: str  # "ddpm" | "sagan" | "vit"
+    pretrained: bool
+    module: nn.Module  # eval mode, CPU: the root to pass to ``sa.capture``
+    image_size: int = 32
+    labels: list[str] | None = None
+    num_timesteps: int | None = None
+    config: dict = field(default_factory=dict, repr=False)
+
+    def prepare(self, image: Image.Image | None = None, *, timestep: int | None = None,
+                seed: int = 0) -> Prepared:
+        raise NotImplementedError
+
+    def run(self, prepared: Prepared) -> dict:
+        """One forward pass on prepared inputs; returns a small JSON-able summary."""
+        raise NotImplementedError
+
+    def sample(self, seed: int, n: int = 1) -> np.ndarray:
+        """(n, 32, 32, 3) uint8 generated faces."""
+        raise ValueError(f"{self.name} is a classifier: it does not generate images")
+
+    def to_input(self, image: Image.Image) -> tuple[torch.Tensor, np.ndarray, str]:
+        """Any PIL image -> ((1, 3, S, S) in [-1, 1], the (S, S, 3) uint8 picture, a note)."""
+        s = self.image_size
+        rgb = image.convert("RGB")
+        small = rgb if rgb.size == (s, s) else rgb.resize((s, s), Image.Resampling.LANCZOS)
+        pixels = np.array(small, dtype=np.uint8)  # (S, S, 3), a writable copy
+        x = to_tensor(pixels[None])  # (1, 3, S, S)
+        w, h = image.size
+        note = f"resized {w}x{h} -> {s}x{s}" if (w, h) != (s, s) else f"{s}x{s} image"
+        return x, pixels, note
+
+
+class ViTModel(BundledModel):
+    """Classifies an image into valid face / each kind of broken face."""
+
+    def prepare(self, image: Image.Image | None = None, *, timestep: int | None = None,
+                seed: int = 0) -> Prepared:
+        if image is None:
+            raise ValueError("the ViT classifies an image: pass one (e.g. a face from assets/faces/)")
+        x, pixels, note = self.to_input(image)
+        return Prepared(args=(x,), kwargs={}, display=pixels, note=note)
+
+    def run(self, prepared: Prepared) -> dict:
+        probs = torch.softmax(self.module(*prepared.args, **prepared.kwargs)[0], dim=-1)  # (classes,)
+        return {"probs": {label: round(float(p), 4) for label, p in zip(self.labels, probs, strict=True)}}
+
+
+class SAGANModel(BundledModel):
+    """With an image: the discriminator judges it. Without: the generator draws a face from a seed."""
+
+    def _z(self, seed: int, n: int) -> torch.Tensor:
+        return torch.randn(n, self.config["z_dim"], generator=torch.Generator().manual_seed(seed))
+
+    def prepare(self, image: Image.Image | None = None, *, timestep: int | None = None,
+                seed: int = 0) -> Prepared:
+        if image is not None:
+            x, pixels, note = self.to_input(image)
+            return Prepared(args=(), kwargs={"image": x}, display=pixels, note=f"{note}; discriminator")
+        z = self._z(seed, 1)  # (1, z_dim)
+        return Prepared(args=(), kwargs={"z": z}, display=self.sample(seed)[0],
+                        note=f"generator on z drawn with seed {seed}")
+
+    def run(self, prepared: Prepared) -> dict:
+        out = self.module(*prepared.args, **prepared.kwargs)
+        return {"score": round(float(out[0]), 4)} if "image" in prepared.kwargs else {}
+
+    def sample(self, seed: int, n: int = 1) -> np.ndarray:
+        with torch.no_grad():
+            return to_uint8(self.module(z=self._z(seed, n)))
+
+
+@dataclass
+class DDPMModel(BundledModel):
+    """The UNet's noise prediction on a face noised to a timestep (a real one, or one it sampled)."""
+
+    scheduler: Any = None  # diffusers DDPMScheduler: the training noise schedule
+
+    def prepare(self, image: Image.Image | None = None, *, timestep: int | None = None,
+                seed: int = 0) -> Prepared:
+        from .ddpm import add_noise, sample, signal_fraction
+
+        t = self.num_timesteps // 2 if timestep is None else int(timestep)
+        if not 0 <= t < self.num_timesteps:
+            raise ValueError(f"timestep must be in [0, {self.num_timesteps}), got {t}")
+        if image is None:
+            x0 = sample(self.module, self.scheduler, seed)  # (1, 3, 32, 32)
+            note = f"sampled a face with seed {seed} (DPM-Solver++, 25 steps)"
+        else:
+            x0, _, note = self.to_input(image)
+        xt = add_noise(self.scheduler, x0, t, seed)  # (1, 3, 32, 32)
+        note += f"; noised to t={t} with seed {seed} ({signal_fraction(self.scheduler, t):.0%} signal)"
+        return Prepared(args=(xt, torch.tensor([t])), kwargs={}, display=to_uint8(xt)[0], note=note)
+
+    def run(self, prepared: Prepared) -> dict:
+        self.module(*prepared.args, **prepared.kwargs)
+        return {"timestep": int(prepared.args[1][0])}
+
+    def sample(self, seed: int, n: int = 1) -> np.ndarray:
+        from .ddpm import sample
+
+        return to_uint8(sample(self.module, self.scheduler, seed, n=n))
+
+
+def _load_vit(path: Path, pretrained: bool) -> ViTModel:
+    config = load_config(path)
+    cfg = ViTConfig(**{k: v for k, v in config.items() if k in ViTConfig.__dataclass_fields__})
+    module = _build(lambda: ViT(cfg), path, pretrained)
+    return ViTModel(name="vit-faces", kind="vit", pretrained=pretrained, module=module,
+                    image_size=cfg.image_size, labels=list(config["labels"]), config=config)
+
+
+def _load_sagan(path: Path, pretrained: bool) -> SAGANModel:
+    config = load_config(path)
+    cfg = SAGANConfig(**{k: v for k, v in config.items() if k in SAGANConfig.__dataclass_fields__})
+    module = _build(lambda: SAGAN(cfg), path, pretrained)
+    return SAGANModel(name="sagan-faces", kind="sagan", pretrained=pretrained, module=module,
+                      image_size=cfg.image_size, config=config)
+
+
+def _load_ddpm(path: Path, pretrained: bool) -> DDPMModel:
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
+    if pretrained:
+        unet = UNet2DModel.from_pretrained(path / "unet", use_safetensors=True)
+    else:
+        torch.manual_seed(TWIN_SEED)
+        unet = UNet2DModel.from_config(UNet2DModel.load_config(path / "unet"))
+    return DDPMModel(name="ddpm-faces", kind="ddpm", pretrained=pretrained, module=unet.eval(),
+                     image_size=unet.config.sample_size, num_timesteps=scheduler.config.num_train_timesteps,
+                     config=dict(unet.config), scheduler=scheduler)
+
+
+def _build(make: Callable[[], nn.Module], path: Path, pretrained: bool) -> nn.Module:
+    """``make()`` seeded with TWIN_SEED, then (if pretrained) loaded strictly from safetensors."""
+    torch.manual_seed(TWIN_SEED)
+    module = make()
+    if pretrained:
+        module.load_state_dict(load_weights(path))
+    return module.eval()
+
+
+_LOADERS = {"ddpm-faces": _load_ddpm, "sagan-faces": _load_sagan, "vit-faces": _load_vit}
+
+
+def available_models() -> list[str]:
+    return sorted(_LOADERS)
+
+
+def load_model(name: str, pretrained: bool = True) -> BundledModel:
+    """A bundled model by name; ``pretrained=False`` gives its untrained twin (same architecture)."""
+    if name not in _LOADERS:
+        raise ValueError(f"unknown model {name!r}: choose one of {available_models()}")
+    path = CHECKPOINTS / name
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is missing: train it with `spatial-attn train {name.split('-')[0]}`")
+    return _LOADERS[name](path, pretrained)

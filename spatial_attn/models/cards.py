@@ -1,0 +1,123 @@
+"""Model cards (``checkpoints/<name>/README.md``), written from what the run and the evaluation recorded.
+
+A card is generated, never edited by hand, so its numbers cannot drift from the weights next to it:
+the architecture line and parameter count come from the loaded model, the command, time and threads
+from ``training.json`` (written by the training run), the metrics from ``spatial-attn eval``.
+Free-form remarks go in ``notes.md`` beside it, which the card includes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .bundle import load_model
+
+ARCHITECTURE = {
+    "vit-faces": (
+        "Vision Transformer classifier (`spatial_attn/models/vit.py`): 4 x 4 patches of the 32 x 32 "
+        "image -> 8 x 8 tokens + CLS (token 0), learned positions, {depth} pre-norm "
+        "`nn.TransformerEncoderLayer` blocks (width {dim}, {heads} heads, MLP x{mlp_ratio}, GELU), linear "
+        "head on CLS over the 4 kinds {labels}. Attention layers: `blocks.<i>.self_attn` "
+        "(`nn.MultiheadAttention`)."
+    ),
+    "ddpm-faces": (
+        "DDPM (Ho et al. 2020 layout) with a diffusers `UNet2DModel`: widths {block_out_channels} at "
+        "32 / 16 / 8 px, {layers_per_block} ResNet block(s) per level, self-attention at 16 x 16 and "
+        "8 x 8 ({attention_head_dim} channels per head) including the 8 x 8 mid block. Noise "
+        "prediction, `DDPMScheduler` with 1,000 cosine-schedule steps for training; DPM-Solver++ "
+        "(25 steps) for sampling. Attention layers: `down_blocks.1.attentions.0` (16 x 16), "
+        "`down_blocks.2.attentions.0`, `mid_block.attentions.0`, `up_blocks.0.attentions.*` (8 x 8), "
+        "`up_blocks.1.attentions.*` (16 x 16)."
+    ),
+    "sagan-faces": (
+        "SAGAN (Zhang et al. 2019) at 32 x 32 (`spatial_attn/models/sagan.py`): residual generator "
+        "z({z_dim}) -> 4 -> 8 -> 16 -> 32 px (widths {g4} / {g4} / {g2} / {g1}) with `SelfAttn` at "
+        "16 x 16; residual discriminator 32 -> 16 -> 8 -> 4 px (widths {d1} / {d2} / {d4}) with "
+        "`SelfAttn` at 16 x 16; spectral norm everywhere, hinge loss, BatchNorm in the generator. "
+        "`SelfAttn` is SAGAN's `Self_Attn`: 1x1 `query_conv` / `key_conv` (C/8 channels), "
+        "`value_conv`, `gamma` (initialised to 0). Attention layers: `generator.attn`, "
+        "`discriminator.attn`. The generator weights are an EMA (decay {ema_decay}) with re-measured "
+        "BatchNorm statistics."
+    ),
+}
+
+LOADING = {
+    "vit-faces": "`sa.load_model(\"vit-faces\")` (safetensors + config.json; no pickle).",
+    "ddpm-faces": (
+        "`sa.load_model(\"ddpm-faces\")`, or with plain diffusers "
+        "`DDPMPipeline.from_pretrained(\"checkpoints/ddpm-faces\")` (safetensors; no pickle)."
+    ),
+    "sagan-faces": "`sa.load_model(\"sagan-faces\")` (safetensors + config.json; no pickle).",
+}
+
+DATA = {
+    "vit-faces": "all four kinds (valid, eye_color, eye_shape, missing_eye) in equal measure",
+    "ddpm-faces": "valid faces only",
+    "sagan-faces": "valid faces only",
+}
+
+
+def write_card(model_dir: Path, name: str, table: str, results: list[dict]) -> Path:
+    """Write ``model_dir/README.md`` for ``name`` with the full eval ``table`` and its own details."""
+    run = json.loads((model_dir / "training.json").read_text())
+    bm = load_model(name)
+    params = sum(p.numel() for p in bm.module.parameters())
+    size = sum(f.stat().st_size for f in model_dir.rglob("*.safetensors")) / 2**20
+    lines = [
+        f"# {name}",
+        "",
+        ARCHITECTURE[name].format(**_arch_fields(name, bm.config)),
+        "",
+        f"- **Parameters:** {params:,} ({size:.1f} MB of safetensors)",
+        f"- **Data:** procedural 32 x 32 faces (`spatial_attn/data/faces.py`), {DATA[name]}, drawn on the "
+        f"fly: step s uses `make_faces({run['batch_size']}, 10**12 + seed * 10**7 + s)`, so no "
+        "training face is ever an evaluation face.",
+        f"- **Command:** `{run['command']}`",
+        f"- **Training:** {run['steps']:,} steps x {run['batch_size']} images ({run['images_seen']:,} "
+        f"images), peak lr {run['lr']:g}, {run['train_seconds'] / 60:.1f} min wall-clock on "
+        f"{run['threads']} CPU thread(s) ({run['machine']}; torch {run['torch']}, CPU shared with "
+        "other work); final logs " + ", ".join(f"{k} {v}" for k, v in run["final_logs"].items()) + ".",
+        f"- **Deterministic settings:** seed {run['seed']} for initialisation, data and noise "
+        "(per-step generators, no global random state); same torch build and thread count -> "
+        "same weights.",
+        f"- **Loading:** {LOADING[name]}",
+        "",
+        "## Metrics (`spatial-attn eval`, fresh seeds)",
+        "",
+        table,
+        "",
+    ]
+    lines += _details(results)
+    notes = model_dir / "notes.md"
+    if notes.exists():
+        lines += ["## Notes", "", notes.read_text().strip(), ""]
+    path = model_dir / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _arch_fields(name: str, config: dict) -> dict:
+    if name == "sagan-faces":
+        g, d = config["g_ch"], config["d_ch"]
+        return {**config, "g1": g, "g2": 2 * g, "g4": 4 * g, "d1": d, "d2": 2 * d, "d4": 4 * d}
+    return {**config, "block_out_channels": " / ".join(map(str, config.get("block_out_channels", ())))}
+
+
+def _details(results: list[dict]) -> list[str]:
+    """Per-layer lifts and other breakdowns of this model's results."""
+    lines: list[str] = []
+    for r in results:
+        detail = r["detail"]
+        if "trained" in detail:
+            lines += ["### Eye-to-eye lift per layer", "", "| layer | trained | random twin |"]
+            lines.append("|---|---|---|")
+            twin = detail["twin"]
+            lines += [f"| `{k}` | {v:.2f} | {twin[k]:.2f} |" for k, v in detail["trained"].items()]
+            lines.append("")
+        for key in ("per_kind", "calls"):
+            if key in detail:
+                title = "Accuracy per kind" if key == "per_kind" else "How vit-faces called the samples"
+                shares = " | ".join(f"{k} {100 * v:.1f}%" for k, v in detail[key].items())
+                lines += [f"### {title}", "", shares, ""]
+    return lines

@@ -1,0 +1,147 @@
+"""SAGAN (Zhang et al. 2019) at 32 x 32: residual generator and discriminator with self-attention.
+
+``SelfAttn`` is written the way SAGAN's reference ``Self_Attn`` is: 1x1 convolutions make queries
+and keys with C/8 channels and values with C, the energy is the plain product ``q^T k``, softmax
+runs over the keys, and a learned ``gamma`` (initialised to 0) mixes the result into the input, so
+the network starts purely convolutional and lets attention in as it learns to use it. The capture
+engine recognises it by those attribute names.
+
+The generator attends at 16 x 16, where a 3 px eye covers a couple of cells and the other eye is
+~6 cells away; the discriminator attends at 16 x 16 too, to judge whether the two eyes match.
+Every weight layer is spectrally normalised (both networks, as in SAGAN). ``SAGAN`` holds the two so
+that one ``sa.capture`` root names layers ``generator.attn`` and ``discriminator.attn``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+@dataclass(frozen=True)
+class SAGANConfig:
+    z_dim: int = 128
+    g_ch: int = 64  # generator width at 32 x 32; x2 at 16, x4 at 8 and 4
+    d_ch: int = 64  # discriminator width at 16 x 16; x2 at 8, x4 at 4
+    image_size: int = 32
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sn_conv(c_in: int, c_out: int, k: int = 3) -> nn.Conv2d:
+    return spectral_norm(nn.Conv2d(c_in, c_out, k, padding=k // 2))
+
+
+class SelfAttn(nn.Module):
+    """SAGAN's self-attention over the H*W positions of a feature map (token i = y*W + x)."""
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__()
+        self.query_conv = sn_conv(in_dim, in_dim // 8, 1)
+        self.key_conv = sn_conv(in_dim, in_dim // 8, 1)
+        self.value_conv = sn_conv(in_dim, in_dim, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q = self.query_conv(x).view(B, -1, H * W).permute(0, 2, 1)  # (B, N, C/8)
+        k = self.key_conv(x).view(B, -1, H * W)  # (B, C/8, N)
+        attention = torch.softmax(torch.bmm(q, k), dim=-1)  # (B, N, N): row i sums to 1 over keys
+        v = self.value_conv(x).view(B, -1, H * W)  # (B, C, N)
+        out = torch.bmm(v, attention.permute(0, 2, 1))  # (B, C, N): out_i = sum_j a_ij v_j
+        return self.gamma * out.view(B, C, H, W) + x  # (B, C, H, W)
+
+
+class GBlock(nn.Module):
+    """BN-ReLU-upsample-conv-BN-ReLU-conv with an upsampled 1x1 shortcut (BigGAN's G block)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(c_in), nn.BatchNorm2d(c_out)
+        self.conv1, self.conv2 = sn_conv(c_in, c_out), sn_conv(c_out, c_out)
+        self.skip = sn_conv(c_in, c_out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.interpolate(F.relu(self.bn1(x)), scale_factor=2)  # (B, c_in, 2H, 2W)
+        h = self.conv2(F.relu(self.bn2(self.conv1(h))))  # (B, c_out, 2H, 2W)
+        return h + self.skip(F.interpolate(x, scale_factor=2))
+
+
+class DBlock(nn.Module):
+    """ReLU-conv-ReLU-conv-avgpool with a 1x1 pooled shortcut; ``first`` skips the opening ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, down: bool = True, first: bool = False) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = sn_conv(c_in, c_out), sn_conv(c_out, c_out)
+        self.skip = sn_conv(c_in, c_out, 1)
+        self.down, self.first = down, first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x if self.first else F.relu(x)
+        h = self.conv2(F.relu(self.conv1(h)))  # (B, c_out, H, W)
+        s = self.skip(x)
+        if self.down:
+            h, s = F.avg_pool2d(h, 2), F.avg_pool2d(s, 2)  # (B, c_out, H/2, W/2)
+        return h + s
+
+
+class Generator(nn.Module):
+    """z (B, z_dim) -> 4x4 -> 8x8 -> 16x16 (self-attention) -> 32x32 RGB in [-1, 1]."""
+
+    def __init__(self, cfg: SAGANConfig) -> None:
+        super().__init__()
+        ch = cfg.g_ch
+        self.cfg = cfg
+        self.linear = spectral_norm(nn.Linear(cfg.z_dim, 4 * ch * 4 * 4))
+        self.block1 = GBlock(4 * ch, 4 * ch)  # 4 -> 8
+        self.block2 = GBlock(4 * ch, 2 * ch)  # 8 -> 16
+        self.attn = SelfAttn(2 * ch)  # at 16 x 16
+        self.block3 = GBlock(2 * ch, ch)  # 16 -> 32
+        self.bn = nn.BatchNorm2d(ch)
+        self.to_rgb = sn_conv(ch, 3)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.linear(z).view(len(z), -1, 4, 4)  # (B, 4ch, 4, 4)
+        h = self.block2(self.block1(h))  # (B, 2ch, 16, 16)
+        h = self.block3(self.attn(h))  # (B, ch, 32, 32)
+        return torch.tanh(self.to_rgb(F.relu(self.bn(h))))  # (B, 3, 32, 32)
+
+
+class Discriminator(nn.Module):
+    """32x32 -> 16x16 (self-attention) -> 8x8 -> 4x4 -> sum-pooled features -> one score."""
+
+    def __init__(self, cfg: SAGANConfig) -> None:
+        super().__init__()
+        ch = cfg.d_ch
+        self.block1 = DBlock(3, ch, first=True)  # 32 -> 16
+        self.attn = SelfAttn(ch)  # at 16 x 16
+        self.block2 = DBlock(ch, 2 * ch)  # 16 -> 8
+        self.block3 = DBlock(2 * ch, 4 * ch)  # 8 -> 4
+        self.block4 = DBlock(4 * ch, 4 * ch, down=False)  # 4 x 4
+        self.linear = spectral_norm(nn.Linear(4 * ch, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.attn(self.block1(x))  # (B, ch, 16, 16)
+        h = self.block4(self.block3(self.block2(h)))  # (B, 4ch, 4, 4)
+        h = F.relu(h).sum(dim=(2, 3))  # (B, 4ch): global sum pooling
+        return self.linear(h).squeeze(1)  # (B,): > 0 real, < 0 fake (hinge)
+
+
+class SAGAN(nn.Module):
+    """Both networks under one root: ``SAGAN(z=z)`` generates, ``SAGAN(image=x)`` judges."""
+
+    def __init__(self, cfg: SAGANConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.generator = Generator(cfg)
+        self.discriminator = Discriminator(cfg)
+
+    def forward(self, z: torch.Tensor | None = None, image: torch.Tensor | None = None) -> torch.Tensor:
+        if (z is None) == (image is None):
+            raise ValueError("pass exactly one of z= (generate) or image= (discriminate)")
+        return self.generator(z) if image is None else self.discriminator(image)

@@ -1,0 +1,102 @@
+"""Training SAGAN: hinge loss, one D step per G step, TTUR learning rates (Zhang et al. 2019).
+
+As in the paper: Adam with betas (0, 0.9), the discriminator's learning rate four times the
+generator's (4e-4 / 1e-4 at the defaults), spectral norm in both networks. As in BigGAN, the
+exported generator is an exponential moving average of the trained one, with BatchNorm statistics
+re-measured for the averaged weights ("standing statistics"), since a short GAN run's last
+iterate is noticeably worse than its average.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import FaceBatch
+from ..models.sagan import SAGAN, SAGANConfig
+from ..models.weights import save_weights
+from .common import Settings, to_tensor
+
+DEFAULTS = {"steps": 5000, "batch_size": 32, "lr": 1e-4}
+D_LR_FACTOR = 4.0
+EMA_DECAY = 0.999
+EMA_START = 500  # before this step the average would mostly remember the untrained generator
+
+
+class SAGANTrainer:
+    """Alternating hinge-loss updates of D then G on valid faces."""
+
+    name = "sagan-faces"
+    kinds = ("valid",)
+
+    def __init__(self, s: Settings) -> None:
+        self.s = s
+        self.cfg = SAGANConfig(g_ch=32, d_ch=32)
+        torch.manual_seed(s.seed)
+        self.model = SAGAN(self.cfg)
+        self.ema = copy.deepcopy(self.model.generator).requires_grad_(False)
+        G, D, betas = self.model.generator, self.model.discriminator, (0.0, 0.9)
+        self.opt_g = torch.optim.Adam(G.parameters(), lr=s.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(D.parameters(), lr=D_LR_FACTOR * s.lr, betas=betas)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model, "ema": self.ema}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"g": self.opt_g, "d": self.opt_d}
+
+    def step(self, step: int, batch: FaceBatch, gen: torch.Generator) -> dict[str, float]:
+        G, D = self.model.generator, self.model.discriminator
+        real = to_tensor(batch.images)  # (B, 3, 32, 32)
+        z = torch.randn(2, len(real), self.cfg.z_dim, generator=gen)  # (2, B, z_dim): one per update
+
+        with torch.no_grad():
+            fake = G(z[0])
+        loss_d = F.relu(1 - D(real)).mean() + F.relu(1 + D(fake)).mean()
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+
+        loss_g = -D(G(z[1])).mean()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        self._update_ema(step)
+        return {"d": loss_d.item(), "g": loss_g.item(), "gamma_g": G.attn.gamma.item(),
+                "gamma_d": D.attn.gamma.item()}
+
+    @torch.no_grad()
+    def _update_ema(self, step: int) -> None:
+        decay = 0.0 if step < EMA_START else EMA_DECAY
+        for e, p in zip(self.ema.parameters(), self.model.generator.parameters(), strict=True):
+            e.lerp_(p, 1 - decay)
+        for e, b in zip(self.ema.buffers(), self.model.generator.buffers(), strict=True):
+            e.copy_(b)  # spectral-norm vectors and BN statistics: refreshed below at export
+
+    @torch.no_grad()
+    def standing_stats(self, batches: int = 32) -> None:
+        """Re-measure BN statistics (and converge spectral-norm vectors) for the averaged weights."""
+        bns = [m for m in self.ema.modules() if isinstance(m, nn.BatchNorm2d)]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over all the batches below
+        self.ema.train()
+        gen = torch.Generator().manual_seed(self.s.seed)
+        for _ in range(batches):
+            self.ema(torch.randn(self.s.batch_size * 2, self.cfg.z_dim, generator=gen))
+        for bn in bns:
+            bn.momentum = 0.1
+        self.ema.eval()
+
+    def export(self, out_dir: Path) -> None:
+        """``model.safetensors`` holds ``generator.*`` (the averaged one) and ``discriminator.*``."""
+        self.standing_stats()
+        state = {f"generator.{k}": v for k, v in self.ema.state_dict().items()}
+        state.update({f"discriminator.{k}": v for k, v in self.model.discriminator.state_dict().items()})
+        config = {"kind": "sagan", **self.cfg.to_dict(), "ema_decay": EMA_DECAY,
+                  "d_lr_factor": D_LR_FACTOR}
+        save_weights(out_dir, config, state)
