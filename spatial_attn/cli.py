@@ -79,17 +79,21 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--faces", type=int, default=200, help="real faces for the eye-to-eye lift")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--write-cards", action="store_true", help="put the table into each model card")
+    p.add_argument("--grids", type=Path, help="also save DDPM / SAGAN sample grids here (e.g. assets)")
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_all, format_table, write_cards
+    from .evaluate import evaluate_all, format_table, write_cards, write_grids
 
     results = evaluate_all(args.checkpoints, samples=args.samples, faces=args.faces, threads=args.threads)
     table = format_table(results)
     print(table)
     if args.write_cards:
         write_cards(args.checkpoints, table, results)
+    if args.grids:
+        for path in write_grids(args.grids, results):
+            print(path)
     return 0
 
 

@@ -47,6 +47,10 @@ class Result:
     twin: float
     percent: bool = False
     detail: dict = field(default_factory=dict)  # e.g. the lift of every layer
+    samples: np.ndarray | None = field(default=None, repr=False)  # (n, 32, 32, 3) judged samples
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "samples"}
 
     def cells(self) -> list[str]:
         show = (lambda v: f"{100 * v:.1f}%") if self.percent else (lambda v: f"{v:.2f}")
@@ -114,7 +118,8 @@ Twins = tuple[BundledModel, BundledModel]  # (trained, random twin)
 def evaluate_all(checkpoints: Path, samples: int = 256, faces: int = 200, threads: int = 2) -> list[Result]:
     """Every metric of the table, for the bundled models in ``checkpoints``."""
     torch.set_num_threads(threads)
-    vit, ddpm, sagan = ((load_model(n), load_model(n, pretrained=False)) for n in NAMES)
+    vit, ddpm, sagan = ((load_model(n, True, root=checkpoints), load_model(n, False, root=checkpoints))
+                        for n in NAMES)
     real = make_faces(faces, LIFT_SEED)
     mid = ddpm[0].num_timesteps // 2
     return [
@@ -134,9 +139,10 @@ def _accuracy_result(vit: Twins) -> Result:
 
 
 def _samples_result(gen: Twins, judge: BundledModel, n: int, target: str, how: str) -> Result:
-    (trained, calls), (twin, _) = (judged_valid(judge, m.sample(SAMPLE_SEED, n)) for m in gen)
+    samples = gen[0].sample(SAMPLE_SEED, n)
+    (trained, calls), (twin, _) = (judged_valid(judge, s) for s in (samples, gen[1].sample(SAMPLE_SEED, n)))
     return Result(gen[0].name, f"{n} samples ({how}) judged valid by vit-faces", target, trained, twin,
-                  percent=True, detail={"calls": calls})
+                  percent=True, detail={"calls": calls}, samples=samples)
 
 
 def _lift_result(models: Twins, faces: FaceBatch, what: str, timestep: int | None = None) -> Result:
@@ -154,11 +160,24 @@ def format_table(results: list[Result]) -> str:
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
+def write_grids(assets: Path, results: list[Result], count: int = 64) -> list[Path]:
+    """``samples-ddpm.png`` / ``samples-sagan.png``: the first ``count`` judged samples of each model."""
+    from .train.common import save_image_grid
+
+    paths = []
+    for r in results:
+        if r.samples is not None:
+            path = assets / f"samples-{r.model.split('-')[0]}.png"
+            save_image_grid(r.samples[:count], path)
+            paths.append(path)
+    return paths
+
+
 def write_cards(checkpoints: Path, table: str, results: list[Result]) -> None:
     """Put the table into every model card and the raw numbers next to it (metrics.json)."""
     from .models.cards import write_card
 
     for name in NAMES:
-        mine = [r.__dict__ for r in results if r.model == name]
+        mine = [r.to_json() for r in results if r.model == name]
         (checkpoints / name / "metrics.json").write_text(json.dumps(mine, indent=2) + "\n")
-        write_card(checkpoints / name, name, table, mine)
+        write_card(checkpoints, name, table, mine)

@@ -200,11 +200,14 @@ def available_models() -> list[str]:
     return sorted(_LOADERS)
 
 
-def load_model(name: str, pretrained: bool = True) -> BundledModel:
-    """A bundled model by name; ``pretrained=False`` gives its untrained twin (same architecture)."""
+def load_model(name: str, pretrained: bool = True, *, root: Path | None = None) -> BundledModel:
+    """A bundled model by name; ``pretrained=False`` gives its untrained twin (same architecture).
+
+    ``root`` is the folder holding ``<name>/`` (default :data:`CHECKPOINTS`).
+    """
     if name not in _LOADERS:
         raise ValueError(f"unknown model {name!r}: choose one of {available_models()}")
-    path = CHECKPOINTS / name
+    path = (root or CHECKPOINTS) / name
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is missing: train it with `spatial-attn train {name.split('-')[0]}`")
     return _LOADERS[name](path, pretrained)

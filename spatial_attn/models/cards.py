@@ -58,10 +58,11 @@ DATA = {
 }
 
 
-def write_card(model_dir: Path, name: str, table: str, results: list[dict]) -> Path:
-    """Write ``model_dir/README.md`` for ``name`` with the full eval ``table`` and its own details."""
+def write_card(root: Path, name: str, table: str, results: list[dict]) -> Path:
+    """Write ``root/name/README.md`` with the full eval ``table`` and this model's own details."""
+    model_dir = root / name
     run = json.loads((model_dir / "training.json").read_text())
-    bm = load_model(name)
+    bm = load_model(name, root=root)
     params = sum(p.numel() for p in bm.module.parameters())
     size = sum(f.stat().st_size for f in model_dir.rglob("*.safetensors")) / 2**20
     lines = [

@@ -12,7 +12,6 @@ The model is saved in the diffusers pipeline layout, so ``DDPMPipeline.from_pret
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 
@@ -79,4 +78,4 @@ def add_noise(scheduler: DDPMScheduler, x0: torch.Tensor, timestep: int, seed: i
 
 def signal_fraction(scheduler: DDPMScheduler, timestep: int) -> float:
     """sqrt(alpha_bar_t): how much of the image is left at ``timestep`` (for the app's note)."""
-    return float(np.sqrt(scheduler.alphas_cumprod[timestep]))
+    return float(scheduler.alphas_cumprod[timestep].sqrt())
