@@ -25,15 +25,16 @@ from PIL import Image
 
 import spatial_attn as sa
 
-from .data import KINDS, FaceBatch, make_faces
+from .data import EYE_COLORS, KINDS, FaceBatch, make_faces
 from .data.tensors import to_tensor
-from .models import BundledModel, load_model
+from .models import BundledModel, Prepared, load_model
 
 ACCURACY_SEED = 1
 SAMPLE_SEED = 2
 LIFT_SEED = 3
 IMAGE_HW = (32, 32)
 NAMES = ("vit-faces", "ddpm-faces", "sagan-faces")
+Twins = tuple[BundledModel, BundledModel]  # (trained, random twin)
 
 
 @dataclass
@@ -94,25 +95,67 @@ def lift(layer: sa.AttentionLayer, src: np.ndarray, dst: np.ndarray, radius: flo
     return float(row[cells].sum() / row.sum() / cells.mean())
 
 
+def layer_lifts(bm: BundledModel, prepared: Prepared, eyes: np.ndarray, radius: float) -> dict[str, float]:
+    """Lift of every attention layer of one forward, both directions (left -> right eye and back)."""
+    with sa.capture(bm.module) as cap, torch.no_grad():
+        bm.run(prepared)
+    a, b = eyes  # (y, x) each
+    return {layer.name: (lift(layer, a, b, radius) + lift(layer, b, a, radius)) / 2 for layer in cap.layers}
+
+
 def eye_lift(bm: BundledModel, faces: FaceBatch, timestep: int | None = None) -> dict[str, float]:
-    """Mean lift per layer over ``faces``, both directions (left eye -> right eye and back).
+    """Mean lift per layer over real ``faces``.
 
     Each face goes through ``bm.prepare`` and ``bm.run`` exactly as in the app (for the DDPM:
     noised to ``timestep`` with the face's index as the noise seed).
     """
-    sums: dict[str, float] = {}
-    for i, img in enumerate(faces.images):
-        prepared = bm.prepare(Image.fromarray(img), timestep=timestep, seed=i)
-        with sa.capture(bm.module) as cap, torch.no_grad():
-            bm.run(prepared)
-        for layer in cap.layers:
-            (a, b), r = faces.eyes[i], faces.eye_radius[i, 0]
-            value = (lift(layer, a, b, r) + lift(layer, b, a, r)) / 2
-            sums[layer.name] = sums.get(layer.name, 0.0) + value
-    return {name: total / len(faces) for name, total in sums.items()}
+    return _mean([
+        layer_lifts(bm, bm.prepare(Image.fromarray(img), timestep=timestep, seed=i), faces.eyes[i],
+                    faces.eye_radius[i, 0])
+        for i, img in enumerate(faces.images)
+    ])
 
 
-Twins = tuple[BundledModel, BundledModel]  # (trained, random twin)
+def generator_eye_lift(gan: Twins, n: int) -> tuple[dict[str, float], dict[str, float], int]:
+    """Lift in the generator's attention for samples whose eyes :func:`locate_eyes` finds.
+
+    The twin runs on the same seeds and is measured at the eyes found in the trained sample (its
+    own samples have no eyes), so its figure is the untrained baseline for the same cells.
+    Returns (trained, twin, how many of the ``n`` samples had both eyes located).
+    """
+    trained, twin = [], []
+    for seed in range(n):
+        prepared = gan[0].prepare(seed=seed)
+        found = locate_eyes(prepared.display)
+        if found is not None:
+            trained.append(layer_lifts(gan[0], prepared, *found))
+            twin.append(layer_lifts(gan[1], gan[1].prepare(seed=seed), *found))
+    return _mean(trained), _mean(twin), len(trained)
+
+
+def locate_eyes(image: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """Eye centres (2, 2) and a radius in a generated face, or None if two eyes are not clear.
+
+    An eye is a compact blob of pixels near one of the palette's eye colours in the upper face,
+    one on each side of the middle column; diffuse matches (a background of a similar colour)
+    are rejected by their spread.
+    """
+    near = np.abs(image[:, :, None, :].astype(int) - EYE_COLORS.astype(int)).max(-1).min(-1) < 45  # (32, 32)
+    near[:5], near[22:], near[:, :3], near[:, 29:] = False, False, False, False
+    eyes, areas = [], []
+    for side in (slice(0, 16), slice(16, 32)):
+        ys, xs = np.nonzero(near[:, side])
+        if len(ys) < 4 or ys.std() > 2.5 or xs.std() > 2.5:
+            return None
+        eyes.append((ys.mean() + 0.5, xs.mean() + 0.5 + side.start))
+        areas.append(len(ys))
+    if abs(eyes[0][0] - eyes[1][0]) > 3:
+        return None
+    return np.array(eyes, dtype=np.float32), float(np.clip(np.sqrt(np.mean(areas) / np.pi), 2.0, 4.0))
+
+
+def _mean(dicts: list[dict[str, float]]) -> dict[str, float]:
+    return {k: float(np.mean([d[k] for d in dicts])) for k in dicts[0]} if dicts else {}
 
 
 def evaluate_all(checkpoints: Path, samples: int = 256, faces: int = 200, threads: int = 2) -> list[Result]:
@@ -129,6 +172,7 @@ def evaluate_all(checkpoints: Path, samples: int = 256, faces: int = 200, thread
         _lift_result(vit, real, f"{faces} real faces"),
         _lift_result(ddpm, real, f"{faces} real faces noised to t={mid}", timestep=mid),
         _lift_result(sagan, real, f"discriminator on {faces} real faces"),
+        _generator_lift_result(sagan, faces),
     ]
 
 
@@ -151,6 +195,16 @@ def _lift_result(models: Twins, faces: FaceBatch, what: str, timestep: int | Non
     best = max(trained, key=trained.get)
     return Result(models[0].name, f"eye-to-eye lift, {what}, best layer `{best}`", ">= 3",
                   trained[best], twin[best], detail={"trained": trained, "twin": twin})
+
+
+def _generator_lift_result(sagan: Twins, n: int) -> Result:
+    trained, twin, located = generator_eye_lift(sagan, n)
+    if not located:
+        return Result(sagan[0].name, f"eye-to-eye lift, generator: no eyes located in {n} samples", "-",
+                      float("nan"), float("nan"))
+    ((layer, value),) = trained.items()
+    what = f"eye-to-eye lift, generator on the {located} of {n} samples whose eyes were located, `{layer}`"
+    return Result(sagan[0].name, what, "-", value, twin[layer], detail={"trained": trained, "twin": twin})
 
 
 def format_table(results: list[Result]) -> str:

@@ -111,7 +111,7 @@ def _details(results: list[dict]) -> list[str]:
     for r in results:
         detail = r["detail"]
         if "trained" in detail:
-            lines += ["### Eye-to-eye lift per layer", "", "| layer | trained | random twin |"]
+            lines += [f"### Per layer: {r['metric']}", "", "| layer | trained | random twin |"]
             lines.append("|---|---|---|")
             twin = detail["twin"]
             lines += [f"| `{k}` | {v:.2f} | {twin[k]:.2f} |" for k, v in detail["trained"].items()]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -80,17 +81,28 @@ def run(trainer: Trainer, s: Settings, run_dir: Path) -> dict:
     if s.resume and resume_path.exists():
         start, elapsed = load_checkpoint(resume_path, trainer)
         print(f"resumed {trainer.name} at step {start} ({elapsed / 60:.1f} min so far)", file=sys.stderr)
+        if start > s.steps:
+            raise SystemExit(f"the checkpoint is at step {start}, past --steps {s.steps}")
     last_save = time.monotonic()
     logs: dict[str, float] = {}
+    done = start
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` saves like Ctrl-C does
     with tqdm(total=s.steps, initial=start, desc=trainer.name, unit="step", mininterval=5) as bar:
-        for step, logs, seconds in _steps(trainer, s, start):
-            elapsed += seconds
-            bar.update(1)
-            speed = {"img/s": f"{s.batch_size / seconds:.0f}"}
-            bar.set_postfix({**{k: f"{v:.4f}" for k, v in logs.items()}, **speed}, refresh=False)
-            if time.monotonic() - last_save > 60 * s.checkpoint_minutes or step + 1 == s.steps:
-                save_checkpoint(resume_path, trainer, step + 1, elapsed)
-                last_save = time.monotonic()
+        try:
+            for step, logs, seconds in _steps(trainer, s, start):
+                elapsed += seconds
+                done = step + 1
+                bar.update(1)
+                speed = {"img/s": f"{s.batch_size / seconds:.0f}"}
+                bar.set_postfix({**{k: f"{v:.4f}" for k, v in logs.items()}, **speed}, refresh=False)
+                if time.monotonic() - last_save > 60 * s.checkpoint_minutes:
+                    save_checkpoint(resume_path, trainer, done, elapsed)
+                    last_save = time.monotonic()
+        except KeyboardInterrupt:
+            save_checkpoint(resume_path, trainer, done, elapsed)
+            sys.exit(f"stopped after step {done}: continue with --resume "
+                     f"(--resume --steps {done} exports what there is)")
+    save_checkpoint(resume_path, trainer, done, elapsed)
     record = {
         "command": s.command,
         "seed": s.seed, "steps": s.steps, "batch_size": s.batch_size, "lr": s.lr, "threads": s.threads,
@@ -103,6 +115,10 @@ def run(trainer: Trainer, s: Settings, run_dir: Path) -> dict:
     trainer.export(out_dir)
     (out_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _steps(trainer: Trainer, s: Settings, start: int) -> Iterator[tuple[int, dict[str, float], float]]:

