@@ -15,8 +15,7 @@ computed instead (:class:`StoredProbs`); both kinds answer the same two question
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,21 +60,25 @@ class QKScores:
     ``q`` is ``(B, h, N, d)`` with the softmax scale already folded in, ``k`` is ``(B, h, N', d)``;
     ``mask`` broadcasts to ``(B, h, N, N')`` and is either boolean (True = may attend, as in
     ``scaled_dot_product_attention``) or additive. ``causal`` hides keys ``j > i``.
+
+    Rows are computed with numpy on views of the same memory. A row is a few thousand multiply-adds:
+    torch would spread its batched matmul over threads, and on a busy 2-core machine waking the second
+    thread costs more than the arithmetic (16 ms instead of 10 us, see bench/README.md); numpy's small
+    matmuls stay on the calling thread.
     """
 
     def __init__(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        causal: bool = False,
+        self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False
     ) -> None:
         if q.ndim != 4 or k.ndim != 4 or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
             raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} are not (B, h, N, d) pairs")
-        if mask is not None:
-            mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
-        self.q, self.k, self.mask, self.causal = q, k, mask, causal
-        self._lse: dict[int, torch.Tensor] = {}
+        # float32 and contiguous once, here: head splits arrive as transposed views
+        self.q = q.detach().float().contiguous()
+        self.k = k.detach().float().contiguous()
+        self.mask, self.causal = mask, causal
+        self._q, self._k = self.q.numpy(), self.k.numpy()  # the same memory, for numpy
+        self._bias_all = None if mask is None else _additive(mask)
+        self._lse: dict[int, np.ndarray] = {}
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -83,60 +86,55 @@ class QKScores:
         b, h, n, _ = self.q.shape
         return b, h, n, self.k.shape[2]
 
-    def _bias(self, batch: int, queries: torch.Tensor | slice, keys: slice) -> torch.Tensor | None:
+    def _bias(self, batch: int, queries: np.ndarray | slice, keys: slice) -> np.ndarray | None:
         """The additive mask for a block of queries x keys, ``(h|1, n|1, m)``; None if unmasked."""
-        bias: torch.Tensor | None = None
-        if self.mask is not None:
-            m = self.mask[batch if self.mask.shape[0] > 1 else 0]  # (h|1, N|1, N'|1)
+        bias: np.ndarray | None = None
+        if self._bias_all is not None:
+            m = self._bias_all[batch if self._bias_all.shape[0] > 1 else 0]  # (h|1, N|1, N'|1)
             m = m[:, queries] if m.shape[1] > 1 else m
-            m = m[:, :, keys] if m.shape[2] > 1 else m
-            bias = torch.zeros(m.shape).masked_fill(~m, -math.inf) if m.dtype == torch.bool else m.float()
+            bias = m[:, :, keys] if m.shape[2] > 1 else m
         if self.causal:
-            qi = torch.arange(self.q.shape[2])[queries].reshape(-1, 1)
-            kj = torch.arange(self.k.shape[2])[keys].reshape(1, -1)
-            causal = torch.zeros(qi.shape[0], kj.shape[1]).masked_fill(kj > qi, -math.inf)
+            qi = np.arange(self.q.shape[2])[queries].reshape(-1, 1)
+            kj = np.arange(self.k.shape[2])[keys].reshape(1, -1)
+            causal = np.where(kj > qi, -np.inf, 0.0).astype(np.float32)
             bias = causal if bias is None else bias + causal
         return bias
 
-    def probs(self, batch: int, queries: torch.Tensor) -> torch.Tensor:
-        """Exact probability rows ``(h, len(queries), N')`` for the given query tokens."""
-        q = self.q[batch][:, queries].float()  # (h, s, d)
-        logits = q @ self.k[batch].float().transpose(-1, -2)  # (h, s, N')
+    def _logits(self, batch: int, queries: np.ndarray | slice) -> np.ndarray:
+        """``q k^T + mask`` for a block of queries: ``(h, s, N')``."""
+        logits = self._q[batch][:, queries] @ self._k[batch].transpose(0, 2, 1)
         bias = self._bias(batch, queries, slice(None))
-        if bias is not None:
-            logits = logits + bias
-        return torch.softmax(logits, dim=-1)
+        return logits if bias is None else logits + bias
 
-    def lse(self, batch: int) -> torch.Tensor:
+    def probs(self, batch: int, queries: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Exact probability rows ``(h, len(queries), N')`` for the given query tokens."""
+        return _softmax(self._logits(batch, np.asarray(queries, dtype=np.int64)))
+
+    def lse(self, batch: int) -> np.ndarray:
         """Per-query log-sum-exp of the logits, ``(h, N)``: computed once, in bounded chunks."""
         if batch not in self._lse:
             _, h, n, m = self.shape
             step = max(1, _BLOCK_BYTES // (4 * h * m))
-            k_t = self.k[batch].float().transpose(-1, -2)  # (h, d, N')
             parts = []
             for start in range(0, n, step):
-                block = slice(start, min(n, start + step))
-                logits = self.q[batch][:, block].float() @ k_t  # (h, step, N')
-                bias = self._bias(batch, block, slice(None))
-                if bias is not None:
-                    logits = logits + bias
-                parts.append(torch.logsumexp(logits, dim=-1))
-            self._lse[batch] = torch.cat(parts, dim=-1)
+                logits = self._logits(batch, slice(start, min(n, start + step)))  # (h, step, N')
+                top = logits.max(-1, keepdims=True)
+                parts.append((top + np.log(np.exp(logits - top).sum(-1, keepdims=True)))[..., 0])
+            self._lse[batch] = np.concatenate(parts, axis=-1)
         return self._lse[batch]
 
-    def column(self, batch: int, key: int) -> torch.Tensor:
+    def column(self, batch: int, key: int) -> np.ndarray:
         """Probability that every query gives to key token ``key``: ``(h, N)``."""
-        logits = self.q[batch].float() @ self.k[batch][:, key].float().unsqueeze(-1)  # (h, N, 1)
-        logits = logits.squeeze(-1)
+        logits = (self._q[batch] @ self._k[batch][:, key, :, None])[..., 0]  # (h, N)
         bias = self._bias(batch, slice(None), slice(key, key + 1))  # (h|1, N|1, 1)
         if bias is not None:
             logits = logits + bias[..., 0]
-        return torch.exp(logits - self.lse(batch))
+        return np.exp(logits - self.lse(batch))
 
     def nbytes(self) -> int:
         """Memory held: queries, keys and the mask (never an N x N' matrix of our own)."""
-        held = [self.q, self.k] + ([self.mask] if self.mask is not None else [])
-        return sum(t.numel() * t.element_size() for t in held)
+        held = self.q.nbytes + self.k.nbytes
+        return held + (self._bias_all.nbytes if self._bias_all is not None else 0)
 
 
 class StoredProbs:
@@ -149,7 +147,7 @@ class StoredProbs:
     def __init__(self, probs: torch.Tensor) -> None:
         if probs.ndim != 4:
             raise ValueError(f"probabilities must be (B, h, N, N'), got {tuple(probs.shape)}")
-        self.p = probs
+        self.p = probs.detach().float().contiguous().numpy()
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -157,17 +155,17 @@ class StoredProbs:
         b, h, n, m = self.p.shape
         return b, h, n, m
 
-    def probs(self, batch: int, queries: torch.Tensor) -> torch.Tensor:
+    def probs(self, batch: int, queries: Sequence[int] | np.ndarray) -> np.ndarray:
         """Stored rows ``(h, len(queries), N')``."""
-        return self.p[batch][:, queries].float()
+        return self.p[batch][:, np.asarray(queries, dtype=np.int64)]
 
-    def column(self, batch: int, key: int) -> torch.Tensor:
+    def column(self, batch: int, key: int) -> np.ndarray:
         """Stored column ``(h, N)``."""
-        return self.p[batch][:, :, key].float()
+        return self.p[batch][:, :, key]
 
     def nbytes(self) -> int:
         """Memory held by the matrix."""
-        return self.p.numel() * self.p.element_size()
+        return self.p.nbytes
 
 
 Scores = QKScores | StoredProbs
@@ -245,8 +243,7 @@ class AttentionLayer:
         ``query_grid``."""
         key = self.keys.token(y, x)
         cols = self.scores.column(self._batch(batch), key)  # (h, N)
-        col = _reduce_heads(cols, self._head(head))
-        return _spatial(col, self.queries).numpy()
+        return _spatial(_reduce_heads(cols, self._head(head)), self.queries)
 
     def attend(self, y: int, x: int, head: Head = None, batch: int = 0) -> Row:
         """The row of query pixel ``(y, x)`` with its statistics (special-token mass, entropy,
@@ -260,7 +257,7 @@ class AttentionLayer:
         """The row of any query token, special ones (a CLS query) included."""
         if not 0 <= token < self.queries.count:
             raise ValueError(f"token {token} is outside the {self.queries.count} queries")
-        probs = self.scores.probs(self._batch(batch), torch.tensor([token]))[:, 0]  # (h, N')
+        probs = self.scores.probs(self._batch(batch), [token])[:, 0]  # (h, N')
         head_index = self._head(head)
         row = _reduce_heads(probs, head_index)
         dist = row if head_index != "max" else probs.mean(0)
@@ -269,7 +266,7 @@ class AttentionLayer:
             for label, i in zip(self.keys.labels, self.keys.special_indices(), strict=True)
         }
         return Row(
-            values=_spatial(row, self.keys).numpy(),
+            values=_spatial(row, self.keys),
             special=special,
             entropy=_entropy_bits(dist),
             distance=self._mean_distance(dist, cell),
@@ -290,25 +287,21 @@ class AttentionLayer:
         b, h = self._batch(batch), self._head(head)
         if not isinstance(h, int):
             raise ValueError("logits are per head: pass a head index")
-        q = self.scores.q[b, h, token].float()  # (d,)
-        scores = self.scores.k[b, h].float() @ q  # (N',)
-        bias = self.scores._bias(b, torch.tensor([token]), slice(None))
-        if bias is not None:
-            scores = scores + bias[min(h, bias.shape[0] - 1), 0]
-        return scores.numpy()
+        logits = self.scores._logits(b, np.array([token]))  # (h|..., 1, N'): all heads, one query
+        return logits[h, 0]
 
     def token_probs(self, y: int, x: int, head: Head = None, batch: int = 0) -> np.ndarray:
         """The whole row of query pixel ``(y, x)`` over every key token, special ones included:
         ``(N',)``, summing to 1 (for the mean over heads, or one head)."""
         token = self.queries.token(y, x)
-        probs = self.scores.probs(self._batch(batch), torch.tensor([token]))[:, 0]  # (h, N')
-        return _reduce_heads(probs, self._head(head)).numpy()
+        probs = self.scores.probs(self._batch(batch), [token])[:, 0]  # (h, N')
+        return _reduce_heads(probs, self._head(head))
 
     def head_rows(self, y: int, x: int, batch: int = 0) -> np.ndarray:
         """Every head's map for query pixel ``(y, x)``: ``(heads, *key_grid)``."""
         token = self.queries.token(y, x)
-        probs = self.scores.probs(self._batch(batch), torch.tensor([token]))[:, 0]  # (h, N')
-        return torch.stack([_spatial(p, self.keys) for p in probs]).numpy()
+        probs = self.scores.probs(self._batch(batch), [token])[:, 0]  # (h, N')
+        return np.stack([_spatial(p, self.keys) for p in probs])
 
     def sampled_output(self, values: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """``P[queries] @ values`` for every batch entry: ``(B, h, s, dv)``.
@@ -316,8 +309,9 @@ class AttentionLayer:
         Adapters compare this with what the model produced to verify the capture, on a sample of
         queries so that verification stays O(s N' d).
         """
-        return torch.stack(
-            [self.scores.probs(b, queries) @ values[b].float() for b in range(self.batch_size)]
+        v = values.detach().float().numpy()
+        return torch.from_numpy(
+            np.stack([self.scores.probs(b, queries.numpy()) @ v[b] for b in range(self.batch_size)])
         )
 
     # -- helpers --------------------------------------------------------------------------------
@@ -335,15 +329,15 @@ class AttentionLayer:
             return head
         raise ValueError(f"head must be None, 'mean', 'max' or 0..{self.heads - 1}; got {head!r}")
 
-    def _mean_distance(self, dist: torch.Tensor, cell: tuple[int, int]) -> float | None:
+    def _mean_distance(self, dist: np.ndarray, cell: tuple[int, int]) -> float | None:
         """Expected distance from the query cell's centre to the attended key cells' centres."""
         if self.queries.grid is None or self.keys.grid is None or cell[0] < 0:
             return None
         (qh, qw), (kh, kw) = self.queries.grid, self.keys.grid
         qy, qx = (cell[0] + 0.5) / qh, (cell[1] + 0.5) / qw
-        ky = (torch.arange(kh, dtype=torch.float32) + 0.5) / kh
-        kx = (torch.arange(kw, dtype=torch.float32) + 0.5) / kw
-        d = torch.sqrt((ky[:, None] - qy) ** 2 + (kx[None, :] - qx) ** 2).flatten()
+        ky = (np.arange(kh) + 0.5) / kh
+        kx = (np.arange(kw) + 0.5) / kw
+        d = np.sqrt((ky[:, None] - qy) ** 2 + (kx[None, :] - qx) ** 2).ravel()
         w = dist[self.keys.grid_slice]
         total = float(w.sum())
         return float((w * d).sum()) / total if total > 0 else None
@@ -387,25 +381,39 @@ def sample_queries(count: int, n: int = 16) -> torch.Tensor:
     return torch.unique(torch.linspace(0, count - 1, min(n, count)).round().long())
 
 
-def _reduce_heads(per_head: torch.Tensor, head: int | str) -> torch.Tensor:
+def _reduce_heads(per_head: np.ndarray, head: int | str) -> np.ndarray:
     """(h, n) -> (n,) by the head choice."""
     if head == "mean":
         return per_head.mean(0)
     if head == "max":
-        return per_head.max(0).values
+        return per_head.max(0)
     return per_head[head]
 
 
-def _spatial(values: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+def _spatial(values: np.ndarray, layout: TokenLayout) -> np.ndarray:
     """The grid block of a token vector, shaped like the grid (or the whole vector if not spatial)."""
     part = values[layout.grid_slice]
     return part if layout.grid is None else part.reshape(layout.grid)
 
 
-def _entropy_bits(p: torch.Tensor) -> float:
+def _entropy_bits(p: np.ndarray) -> float:
     """Shannon entropy in bits of a probability vector (zeros contribute nothing)."""
-    p = p[p > 0]
-    return float(-(p * torch.log2(p)).sum())
+    p = p[p > 0].astype(np.float64)
+    return float(-(p * np.log2(p)).sum())
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, shifted by the maximum so that exp never overflows."""
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _additive(mask: torch.Tensor) -> np.ndarray:
+    """A mask broadcastable to ``(B, h, N, N')`` as additive float32 (boolean True = may attend)."""
+    mask = mask.detach().reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
+    if mask.dtype == torch.bool:
+        return np.where(mask.numpy(), np.float32(0), np.float32(-np.inf))
+    return mask.float().numpy()
 
 
 VerifyFn = Callable[[AttentionLayer], Verification]
