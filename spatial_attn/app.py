@@ -38,11 +38,12 @@ DEFAULT_POINT = (16, 16)
 CSS = """
 #input-image img { image-rendering: pixelated; cursor: crosshair; }
 #model-input img { image-rendering: pixelated; }
-.sa-panels { display: flex; flex-wrap: wrap; gap: 14px; }
-.sa-panel { margin: 0; max-width: 420px; }
-.sa-panel img { display: block; image-rendering: pixelated; border-radius: 4px; }
-.sa-panel figcaption { font-size: 12px; line-height: 1.35; margin-top: 4px; }
 """
+# gr.HTML content is not reached by launch(css=...) rules, so the panels carry their own styles
+PANELS_STYLE = "display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start"
+FIGURE_STYLE = "margin:0;width:min-content"
+IMG_STYLE = "display:block;image-rendering:pixelated;border-radius:4px"
+CAPTION_STYLE = "font-size:12px;line-height:1.35;margin-top:4px"
 
 
 class Library:
@@ -116,11 +117,11 @@ def panels_html(clicks: list[LayerClick]) -> str:
         data = base64.b64encode(buffer.getvalue()).decode()
         name = html.escape(c.layer.name)
         figures.append(
-            f'<figure class="sa-panel" data-layer="{name}">'
-            f'<img alt="attention of {name}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(c.caption())}</figcaption></figure>"
+            f'<figure class="sa-panel" data-layer="{name}" style="{FIGURE_STYLE}">'
+            f'<img alt="attention of {name}" style="{IMG_STYLE}" src="data:image/png;base64,{data}">'
+            f'<figcaption style="{CAPTION_STYLE}">{html.escape(c.caption())}</figcaption></figure>'
         )
-    return '<div class="sa-panels">' + "".join(figures) + "</div>"
+    return f'<div class="sa-panels" style="{PANELS_STYLE}">' + "".join(figures) + "</div>"
 
 
 def input_note(session: Session) -> str:

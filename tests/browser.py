@@ -51,13 +51,16 @@ def open_app(url: str, chromium: str) -> Iterator[Any]:
             browser.close()
 
 
+_BOTH_CHANGED = """prev => document.querySelector('#heatmaps').innerHTML !== prev[0]
+    && document.querySelector('#explanation').innerText !== prev[1]"""
+
+
 def click_and_wait(page: Any, x: float, y: float) -> str:
-    """Click the input image at CSS position (x, y); return the heatmaps' HTML once it has changed."""
-    before = page.inner_html("#heatmaps")
+    """Click the input image at CSS position (x, y); return the heatmaps' HTML once both the heatmaps
+    and the explanation have been repainted (Gradio updates them one after the other)."""
+    before = [page.inner_html("#heatmaps"), page.inner_text("#explanation")]
     page.locator("#input-image img").click(position={"x": x, "y": y})
-    page.wait_for_function(
-        "prev => document.querySelector('#heatmaps').innerHTML !== prev", arg=before, timeout=30_000
-    )
+    page.wait_for_function(_BOTH_CHANGED, arg=before, timeout=30_000)
     return page.inner_html("#heatmaps")
 
 
