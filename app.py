@@ -5,7 +5,8 @@ Click any pixel of the image and see, for every attention layer, where that pixe
 
 import argparse
 
-from spatial_attn.app import add_serve_arguments, launch
+from spatial_attn.app import launch
+from spatial_attn.cli import add_serve_arguments
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

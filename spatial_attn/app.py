@@ -8,7 +8,6 @@ The heatmaps come back as one HTML block of PNG data URIs, so a click costs one 
 
 from __future__ import annotations
 
-import argparse
 import base64
 import functools
 import html
@@ -403,20 +402,6 @@ def build_demo(model: str = "ddpm-faces", library: Library | None = None) -> gr.
             api_outputs = [gr.Gallery(format="png", label="heatmaps"), gr.JSON(label="rows")]
         gr.on(None, on.attend, api_inputs, api_outputs, api_name="attend")
     return demo
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags shared by ``python app.py`` and ``spatial-attn serve``."""
-    parser.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes the app on your network)",
-    )
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--model", default="ddpm-faces", help="bundled model to open (default ddpm-faces)")
-    parser.add_argument(
-        "--share", action="store_true", help="ask Gradio for a public share link (off by default)"
-    )
 
 
 def launch(

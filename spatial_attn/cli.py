@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_eval(sub)
     add_faces(sub)
+    add_serve(sub)
     return parser
 
 
@@ -67,8 +68,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     trainer = trainer_cls(settings)
     record = run(trainer, settings, args.run_dir / trainer.name)
-    print(f"{trainer.name}: {record['steps']} steps in {record['train_seconds'] / 60:.1f} min "
-          f"on {record['threads']} thread(s) -> {args.out / trainer.name}")
+    print(
+        f"{trainer.name}: {record['steps']} steps in {record['train_seconds'] / 60:.1f} min "
+        f"on {record['threads']} thread(s) -> {args.out / trainer.name}"
+    )
     return 0
 
 
@@ -111,6 +114,33 @@ def cmd_faces(args: argparse.Namespace) -> int:
         print(path)
     print(f"make_faces: {measure_throughput():,.0f} images/s (batches of 5,000, all kinds, best of 5)")
     return 0
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="open the web app (the same flags as `python app.py`)")
+    add_serve_arguments(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .app import launch  # imports gradio: only when serving
+
+    launch(args.model, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags shared by ``python app.py`` and ``spatial-attn serve``."""
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes the app on your network)",
+    )
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--model", default="ddpm-faces", help="bundled model to open (default ddpm-faces)")
+    parser.add_argument(
+        "--share", action="store_true", help="ask Gradio for a public share link (off by default)"
+    )
 
 
 if __name__ == "__main__":
