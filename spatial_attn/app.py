@@ -58,7 +58,7 @@ class Library:
 
     def __getitem__(self, name: str) -> Any:
         if name not in self.models:
-            raise ImageError(f"unknown model {name!r}; choose one of {', '.join(self.models)}")
+            raise ValueError(f"unknown model {name!r}; choose one of {', '.join(self.models)}")
         return self.models[name]
 
     def choices(self) -> list[str]:
@@ -81,8 +81,9 @@ def examples() -> list[Path]:
 
 
 def default_image() -> tuple[Image.Image, str]:
-    """The first example face: what the app shows before anything is uploaded."""
-    first = examples()[0]
+    """The first valid example face: what the app shows before anything is uploaded."""
+    paths = examples()
+    first = next((p for p in paths if p.name.startswith("valid")), paths[0])
     return Image.open(first).convert("RGB"), f"example {first.name}"
 
 
