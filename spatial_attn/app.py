@@ -76,14 +76,13 @@ class Session:
 
 
 def examples() -> list[Path]:
-    """The example images shipped in ``assets/faces``."""
-    return sorted((ASSETS / "faces").glob("*.png"))
+    """The example images shipped in ``assets/faces``: valid faces first, then the broken ones."""
+    return sorted((ASSETS / "faces").glob("*.png"), key=lambda p: (not p.name.startswith("valid"), p.name))
 
 
 def default_image() -> tuple[Image.Image, str]:
-    """The first valid example face: what the app shows before anything is uploaded."""
-    paths = examples()
-    first = next((p for p in paths if p.name.startswith("valid")), paths[0])
+    """The first example (a valid face): what the app shows before anything is uploaded."""
+    first = examples()[0]
     return Image.open(first).convert("RGB"), f"example {first.name}"
 
 
