@@ -6,14 +6,16 @@ step). Attention layers get diffusers' names, e.g. ``down_blocks.1.attentions.0`
 ``mid_block.attentions.0`` (8 x 8), ``up_blocks.1.attentions.1`` (16 x 16).
 
 Training uses ``DDPMScheduler`` (1,000 steps, cosine betas, which leave a 32 x 32 image visible for
-longer than linear ones); the app samples with DPM-Solver++ in 25 steps, made from the same config.
+longer than linear ones); the app samples with DDIM in 50 steps, made from the same config. (Not
+DPM-Solver: at t = 999 the cosine schedule leaves alpha_bar ~ 2e-9, and DPM-Solver, which does not
+clip its x0 estimate, diverges there; DDIM clips it to [-1, 1] like the training scheduler.)
 The model is saved in the diffusers pipeline layout, so ``DDPMPipeline.from_pretrained`` opens it.
 """
 
 from __future__ import annotations
 
 import torch
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 #: Kept small so a 2-core CPU trains it in an hour (widths 24/48/64 for 32/16/8 px).
 UNET_CONFIG = {
@@ -33,7 +35,7 @@ SCHEDULER_CONFIG = {
     "prediction_type": "epsilon",
     "clip_sample": True,
 }
-FAST_STEPS = 25
+FAST_STEPS = 50
 
 
 def make_unet(config: dict | None = None, seed: int = 0) -> UNet2DModel:
@@ -46,9 +48,12 @@ def make_scheduler(config: dict | None = None) -> DDPMScheduler:
     return DDPMScheduler(**(config or SCHEDULER_CONFIG))
 
 
-def fast_sampler(scheduler: DDPMScheduler) -> DPMSolverMultistepScheduler:
-    """DPM-Solver++ (2M) on the training schedule: good faces in 25 steps instead of 1,000."""
-    return DPMSolverMultistepScheduler.from_config(scheduler.config, algorithm_type="dpmsolver++")
+def fast_sampler(scheduler: DDPMScheduler) -> DDIMScheduler:
+    """Deterministic DDIM on the training schedule: faces in 50 steps instead of 1,000.
+
+    "trailing" spacing starts at t = 999, the pure noise the sampler actually begins from.
+    """
+    return DDIMScheduler.from_config(scheduler.config, timestep_spacing="trailing")
 
 
 @torch.no_grad()
