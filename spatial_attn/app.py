@@ -104,11 +104,12 @@ def draw(session: Session, view: View) -> tuple[Image.Image, str, str]:
     clicks = ex.click(session.point, ex.image_hw, view)
     shown = render.upscale(ex.image, (DISPLAY, DISPLAY))
     render.draw_cell(shown, session.point, ex.image_hw)
-    return shown, panels_html(clicks), explain(clicks, session.point, view.mode, view.head)
+    return shown, panels_html(clicks, session.point), explain(clicks, session.point, view.mode, view.head)
 
 
-def panels_html(clicks: list[LayerClick]) -> str:
-    """One ``<figure>`` per layer, its PNG inline, its caption below."""
+def panels_html(clicks: list[LayerClick], pixel: tuple[int, int]) -> str:
+    """One ``<figure>`` per layer, its PNG inline, its caption below; ``data-pixel`` on the container
+    says which model-input pixel ``y,x`` the maps are for (read by the browser test and scripts)."""
     figures = []
     for c in clicks:
         buffer = io.BytesIO()
@@ -120,7 +121,10 @@ def panels_html(clicks: list[LayerClick]) -> str:
             f'<img alt="attention of {name}" style="{IMG_STYLE}" src="data:image/png;base64,{data}">'
             f'<figcaption style="{CAPTION_STYLE}">{html.escape(c.caption())}</figcaption></figure>'
         )
-    return f'<div class="sa-panels" style="{PANELS_STYLE}">' + "".join(figures) + "</div>"
+    y, x = pixel
+    return (
+        f'<div class="sa-panels" data-pixel="{y},{x}" style="{PANELS_STYLE}">' + "".join(figures) + "</div>"
+    )
 
 
 def input_note(session: Session) -> str:
@@ -205,8 +209,9 @@ class Handlers:
     model return the outputs listed in ``RERAN``; those that only redraw return ``DRAWN``.
     """
 
-    DRAWN = ("state", "image", "heatmaps", "explanation")
-    RERAN = (*DRAWN, "note", "model_input", "head", "timestep", "sample")
+    DRAWN = ("image", "heatmaps", "explanation")
+    CLICKED = ("state", *DRAWN)
+    RERAN = (*CLICKED, "note", "model_input", "head", "timestep", "sample")
 
     def __init__(self, library: Library) -> None:
         self.library = library
@@ -286,10 +291,11 @@ class Handlers:
 
     @guarded
     def redraw(self, session: Session | None, *view: Any) -> tuple:
-        """A display control changed: same rows, drawn anew."""
+        """A display control changed: same rows, drawn anew. The state is not an output: a redraw
+        that finishes after a later click must not put the old click back."""
         if session is None:
             return (gr.skip(),) * len(self.DRAWN)
-        return (session, *draw(session, view_of(*view)))
+        return draw(session, view_of(*view))
 
     @guarded
     def attend(self, path: str | None, name: str, t: float, x: float, y: float, head: str, s: float) -> tuple:
@@ -374,10 +380,17 @@ def build_demo(model: str = "ddpm-faces", library: Library | None = None) -> gr.
                 explanation = gr.Markdown(elem_id="explanation")
 
         view_inputs = [head, mode, cmap, scale, upsampling, opacity, layout, over]
-        drawn = [state, image, heatmaps, explanation]
-        reran = [*drawn, note, model_input, head, timestep, sample]
+        drawn = [image, heatmaps, explanation]
+        reran = [state, *drawn, note, model_input, head, timestep, sample]
         run_inputs = [models, timestep, seed, *view_inputs]
-        quiet = {"api_name": False, "show_progress": "hidden"}
+        # clicks and redraws share one first-in-first-out lane: a redraw fired just before a click
+        # (a slider losing focus when the image is clicked) is then always painted before it
+        quiet = {
+            "api_name": False,
+            "show_progress": "hidden",
+            "concurrency_id": "draw",
+            "concurrency_limit": 1,
+        }
         demo.load(on.start, run_inputs, reran, api_name=False)
         models.change(on.rerun, [state, *run_inputs], reran, api_name=False)
         timestep.release(on.rerun, [state, *run_inputs], reran, api_name=False)
@@ -385,9 +398,9 @@ def build_demo(model: str = "ddpm-faces", library: Library | None = None) -> gr.
         upload.upload(on.uploaded, [upload, *run_inputs], reran, api_name=False)
         gallery.select(on.picked, run_inputs, reran, api_name=False)
         sample.click(on.generated, run_inputs, reran, api_name=False)
-        image.select(on.clicked, [state, *view_inputs], drawn, **quiet)
+        image.select(on.clicked, [state, *view_inputs], [state, *drawn], **quiet)
         for control in view_inputs:  # redrawing is cheap: follow every change, sliders included
-            control.change(on.redraw, [state, *view_inputs], drawn, **quiet)
+            control.change(on.redraw, [state, *view_inputs], drawn, trigger_mode="always_last", **quiet)
 
         with gr.Row(visible=False):  # the /attend endpoint: inputs and outputs for API callers only
             api_inputs = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -51,29 +50,33 @@ def open_app(url: str, chromium: str) -> Iterator[Any]:
             browser.close()
 
 
-_BOTH_CHANGED = """prev => document.querySelector('#heatmaps').innerHTML !== prev[0]
-    && document.querySelector('#explanation').innerText !== prev[1]"""
+PANELS = "#heatmaps .sa-panels"  # the panels alone: #heatmaps also holds Gradio's status tracker
 
 
 def click_and_wait(page: Any, x: float, y: float) -> str:
-    """Click the input image at CSS position (x, y); return the heatmaps' HTML once both the heatmaps
-    and the explanation have been repainted (Gradio updates them one after the other)."""
-    before = [page.inner_html("#heatmaps"), page.inner_text("#explanation")]
+    """Click the input image at CSS position (x, y); return the panels' HTML once they are repainted.
+
+    Only the panel container is compared: the status tracker beside it changes as soon as the event
+    is pending, long before the new panels arrive.
+    """
+    before = page.eval_on_selector(PANELS, "e => e.outerHTML")
     page.locator("#input-image img").click(position={"x": x, "y": y})
-    page.wait_for_function(_BOTH_CHANGED, arg=before, timeout=30_000)
-    return page.inner_html("#heatmaps")
+    page.wait_for_function(
+        "([sel, prev]) => { const e = document.querySelector(sel); return e && e.outerHTML !== prev; }",
+        arg=[PANELS, before],
+        timeout=30_000,
+    )
+    return page.eval_on_selector(PANELS, "e => e.outerHTML")
 
 
 def clicked_pixel(page: Any) -> tuple[int, int]:
-    """The model-input pixel (y, x) the app says was clicked."""
-    text = page.inner_text("#explanation")
-    match = re.search(r"\(y, x\) = \((\d+), (\d+)\)", text)
-    assert match, text
-    return int(match[1]), int(match[2])
+    """The model-input pixel (y, x) the panels on screen are for (the same HTML as the panels)."""
+    y, x = page.get_attribute(PANELS, "data-pixel").split(",")
+    return int(y), int(x)
 
 
 def panels(page: Any) -> list[tuple[str, str]]:
     """(layer name, PNG data URI) of every heatmap panel."""
     return page.eval_on_selector_all(
-        "#heatmaps figure", "els => els.map(e => [e.dataset.layer, e.querySelector('img').src])"
+        f"{PANELS} figure", "els => els.map(e => [e.dataset.layer, e.querySelector('img').src])"
     )

@@ -53,7 +53,7 @@ def test_click_reads_rows_without_running_the_model(handlers, monkeypatch):
 )
 def test_every_display_control_draws(handlers, view):
     session = handlers.start("ddpm-faces", 500, 1, *VIEW)[0]
-    _, _, heatmaps, _ = handlers.redraw(session, *view)
+    _, heatmaps, _ = handlers.redraw(session, *view)
     assert heatmaps.count("<figure") == len(session.exploration.layers)
 
 
