@@ -32,7 +32,6 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DISPLAY = 384  # the clickable image, px: a 32x32 input at 12x, crisp
 UNTRAINED = " (untrained)"
 DEFAULT_TIMESTEP = 250
-DEFAULT_POINT = (16, 16)
 
 CSS = """
 #input-image img { image-rendering: pixelated; cursor: crosshair; }
@@ -56,6 +55,11 @@ class Library:
             self.models[name] = load_model(name, pretrained=True)
             self.models[name + UNTRAINED] = load_model(name, pretrained=False)
 
+    def add(self, model: Any) -> str:
+        """Serve a user's own :class:`~spatial_attn.models.BundledModel` (listed first); its name."""
+        self.models = {model.name: model, **self.models}
+        return model.name
+
     def __getitem__(self, name: str) -> Any:
         if name not in self.models:
             raise ValueError(f"unknown model {name!r}; choose one of {', '.join(self.models)}")
@@ -72,7 +76,7 @@ class Session:
     exploration: Exploration
     source: Image.Image | None  # the clean image; None when the model generated it from the seed
     note: str
-    point: tuple[int, int] = DEFAULT_POINT  # (y, x) in model-input pixels
+    point: tuple[int, int] = (0, 0)  # (y, x) in model-input pixels; run() starts at the centre
 
 
 def examples() -> list[Path]:
@@ -95,7 +99,9 @@ def run(
     if source is not None:
         source = source.copy()
         source.thumbnail((256, 256))  # bounds the session; the model sees 32x32 anyway
-    return Session(Exploration(bundled, source, timestep=t, seed=int(seed)), source, note)
+    exploration = Exploration(bundled, source, timestep=t, seed=int(seed))
+    h, w = exploration.image_hw
+    return Session(exploration, source, note, point=(h // 2, w // 2))
 
 
 def draw(session: Session, view: View) -> tuple[Image.Image, str, str]:
@@ -232,7 +238,7 @@ class Handlers:
             render.upscale(ex.input, (160, 160)) if steps else None,
             gr.Dropdown(choices=heads, value=chosen),
             gr.Slider(maximum=(steps or 1000) - 1, visible=bool(steps)),
-            gr.Button(visible=ex.model.kind != "vit"),
+            gr.Button(visible=ex.model.kind in ("ddpm", "sagan")),
         )
 
     @guarded
@@ -249,9 +255,10 @@ class Handlers:
         source, note = session.source, session.note
         if source is None and self.library[name].kind == "vit":
             source, note = default_image()  # the classifier needs an image, not a seed
-        return self._after_run(
-            replace(run(self.library, name, t, s, source, note), point=session.point), *view
-        )
+        fresh = run(self.library, name, t, s, source, note)
+        h, w = fresh.exploration.image_hw
+        y, x = session.point  # the same click, kept inside the new model's input
+        return self._after_run(replace(fresh, point=(min(y, h - 1), min(x, w - 1))), *view)
 
     @guarded
     def uploaded(self, path: str | None, name: str, t: float, s: float, *view: Any) -> tuple:
@@ -303,9 +310,12 @@ class Handlers:
         return attend(self.library, path, name, t, x, y, head, s)
 
 
-def build_demo(model: str = "ddpm-faces", library: Library | None = None) -> gr.Blocks:
-    """The Blocks app, on bundled model ``model``."""
+def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) -> gr.Blocks:
+    """The Blocks app, opened on ``model``: a bundled model's name, or your own ``BundledModel``
+    (any module with ``prepare``/``run``, see :mod:`spatial_attn.models.bundle`), served beside them."""
     library = library or Library()
+    if not isinstance(model, str):
+        model = library.add(model)
     if model not in library.models:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(library.models)}")
     on = Handlers(library)
@@ -418,7 +428,11 @@ def build_demo(model: str = "ddpm-faces", library: Library | None = None) -> gr.
 
 
 def launch(
-    model: str = "ddpm-faces", host: str = "127.0.0.1", port: int = 7860, share: bool = False, **kwargs: Any
+    model: str | Any = "ddpm-faces",
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    **kwargs: Any,
 ) -> gr.Blocks:
     """Build the app and serve it. Blocks until stopped, unless ``prevent_thread_lock=True`` is passed;
     then returns the running app (``.close()`` stops it)."""

@@ -116,3 +116,30 @@ def test_attend_over_http_matches_a_direct_capture(app_url, tmp_path):
         junk = tmp_path / "junk.png"
         junk.write_text("hello")
         client.predict(handle_file(str(junk)), "vit-faces", 0, 1, 1, "mean", 0, api_name="/attend")
+
+
+def test_your_own_model_is_served_beside_the_bundled_ones(handlers):
+    from test_gan_attention import SelfAttn
+    from torch import nn
+
+    from spatial_attn.models import BundledModel, Prepared
+
+    class MyModel(BundledModel):
+        """An engineer's own network: an image in, its SAGAN-style attention captured."""
+
+        def prepare(self, image=None, *, timestep=None, seed=0):
+            x, pixels, note = self.to_input(image)
+            return Prepared((x,), {}, pixels, note)
+
+        def run(self, prepared):
+            self.module(*prepared.args)
+            return {}
+
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), SelfAttn(32))
+    net[1].gamma.data.fill_(0.5)
+    mine = MyModel(name="my-net", kind="custom", pretrained=True, module=net.eval(), image_size=16)
+    assert handlers.library.add(mine) == "my-net" and handlers.library.choices()[0] == "my-net"
+    out = dict(zip(Handlers.RERAN, handlers.start("my-net", 0, 0, *VIEW), strict=True))
+    layer = out["state"].exploration.layers[0]
+    assert (layer.name, layer.query_grid, layer.verified) == ("1", (16, 16), True)
+    assert out["heatmaps"].count("<figure") == 1
