@@ -100,9 +100,8 @@ class Exploration:
             self.summary = model.run(self.prepared)
         self.layers = [layer for layer in cap.layers if layer.query_grid is not None]
         self.problems = cap.problems
-        size = model.image_size
-        clean = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC) if image else None
-        self.image = np.asarray(clean) if clean is not None else self.prepared.display  # what the user sees
+        # what the user sees: the image exactly as the model's own resizing made it (or the sample)
+        self.image = model.to_input(image)[1] if image is not None else self.prepared.display
         self.input = self.prepared.display  # what the model saw (x_t for the DDPM)
         self.timestep, self.seed = timestep, seed
 
