@@ -167,7 +167,7 @@ def evaluate_all(checkpoints: Path, samples: int = 256, faces: int = 200, thread
     mid = ddpm[0].num_timesteps // 2
     return [
         _accuracy_result(vit),
-        _samples_result(ddpm, vit[0], samples, ">= 80%", "DDIM, 50 steps"),
+        _samples_result(ddpm, vit[0], samples, ">= 80%", "DDIM, 50 steps, eta 1"),
         _samples_result(sagan, vit[0], samples, ">= 60%", "z from N(0, I)"),
         _lift_result(vit, real, f"{faces} real faces"),
         _lift_result(ddpm, real, f"{faces} real faces noised to t={mid}", timestep=mid),

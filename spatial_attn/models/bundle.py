@@ -130,14 +130,14 @@ class DDPMModel(BundledModel):
 
     def prepare(self, image: Image.Image | None = None, *, timestep: int | None = None,
                 seed: int = 0) -> Prepared:
-        from .ddpm import FAST_STEPS, add_noise, sample, signal_fraction
+        from .ddpm import FAST_ETA, FAST_STEPS, add_noise, sample, signal_fraction
 
         t = self.num_timesteps // 2 if timestep is None else int(timestep)
         if not 0 <= t < self.num_timesteps:
             raise ValueError(f"timestep must be in [0, {self.num_timesteps}), got {t}")
         if image is None:
             x0 = sample(self.module, self.scheduler, seed)  # (1, 3, 32, 32)
-            note = f"sampled a face with seed {seed} (DDIM, {FAST_STEPS} steps)"
+            note = f"sampled a face with seed {seed} (DDIM, {FAST_STEPS} steps, eta {FAST_ETA:g})"
         else:
             x0, _, note = self.to_input(image)
         xt = add_noise(self.scheduler, x0, t, seed)  # (1, 3, 32, 32)

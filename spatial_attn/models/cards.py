@@ -26,7 +26,7 @@ ARCHITECTURE = {
         "32 / 16 / 8 px, {layers_per_block} ResNet block(s) per level, self-attention at 16 x 16 and "
         "8 x 8 ({attention_head_dim} channels per head) including the 8 x 8 mid block. Noise "
         "prediction, `DDPMScheduler` with 1,000 cosine-schedule steps for training; DDIM "
-        "(50 steps, trailing spacing) for sampling. Attention layers: "
+        "(50 steps, trailing spacing, eta 1) for sampling. Attention layers: "
         "`down_blocks.1.attentions.0` (16 x 16), "
         "`down_blocks.2.attentions.0`, `mid_block.attentions.0`, `up_blocks.0.attentions.*` (8 x 8), "
         "`up_blocks.1.attentions.*` (16 x 16)."

@@ -8,7 +8,10 @@ step). Attention layers get diffusers' names, e.g. ``down_blocks.1.attentions.0`
 Training uses ``DDPMScheduler`` (1,000 steps, cosine betas, which leave a 32 x 32 image visible for
 longer than linear ones); the app samples with DDIM in 50 steps, made from the same config. (Not
 DPM-Solver: at t = 999 the cosine schedule leaves alpha_bar ~ 2e-9, and DPM-Solver, which does not
-clip its x0 estimate, diverges there; DDIM clips it to [-1, 1] like the training scheduler.)
+clip its x0 estimate, diverges there; DDIM clips it to [-1, 1] like the training scheduler.) DDIM
+runs with eta = 1, i.e. fresh noise at each step, drawn from the sample's seed: on 256 samples of
+a first (2,172-step) model it gave 44% valid faces against 35% for deterministic DDIM (eta = 0);
+the injected noise lets later steps correct earlier mistakes.
 The model is saved in the diffusers pipeline layout, so ``DDPMPipeline.from_pretrained`` opens it.
 """
 
@@ -36,6 +39,7 @@ SCHEDULER_CONFIG = {
     "clip_sample": True,
 }
 FAST_STEPS = 50
+FAST_ETA = 1.0
 
 
 def make_unet(config: dict | None = None, seed: int = 0) -> UNet2DModel:
@@ -49,7 +53,7 @@ def make_scheduler(config: dict | None = None) -> DDPMScheduler:
 
 
 def fast_sampler(scheduler: DDPMScheduler) -> DDIMScheduler:
-    """Deterministic DDIM on the training schedule: faces in 50 steps instead of 1,000.
+    """DDIM on the training schedule: faces in 50 steps instead of 1,000.
 
     "trailing" spacing starts at t = 999, the pure noise the sampler actually begins from.
     """
@@ -59,7 +63,7 @@ def fast_sampler(scheduler: DDPMScheduler) -> DDIMScheduler:
 @torch.no_grad()
 def sample(unet: UNet2DModel, scheduler: DDPMScheduler, seed: int, n: int = 1,
            steps: int = FAST_STEPS, batch: int = 64) -> torch.Tensor:
-    """``n`` faces from noise drawn with ``seed``; (n, 3, 32, 32) in [-1, 1]."""
+    """``n`` faces from noise drawn with ``seed`` (the start and every step's); (n, 3, 32, 32) in [-1, 1]."""
     size = unet.config.sample_size
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(n, 3, size, size, generator=gen)  # (n, 3, 32, 32), all drawn up front
@@ -69,7 +73,7 @@ def sample(unet: UNet2DModel, scheduler: DDPMScheduler, seed: int, n: int = 1,
         solver.set_timesteps(steps)
         x = chunk * solver.init_noise_sigma
         for t in solver.timesteps:
-            x = solver.step(unet(x, t).sample, t, x).prev_sample
+            x = solver.step(unet(x, t).sample, t, x, eta=FAST_ETA, generator=gen).prev_sample
         out.append(x.clamp(-1, 1))
     return torch.cat(out)
 
