@@ -15,7 +15,7 @@ computed instead (:class:`StoredProbs`); both kinds answer the same two question
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,10 +61,11 @@ class QKScores:
     ``mask`` broadcasts to ``(B, h, N, N')`` and is either boolean (True = may attend, as in
     ``scaled_dot_product_attention``) or additive. ``causal`` hides keys ``j > i``.
 
-    Rows are computed with numpy on views of the same memory. A row is a few thousand multiply-adds:
-    torch would spread its batched matmul over threads, and on a busy 2-core machine waking the second
-    thread costs more than the arithmetic (16 ms instead of 10 us, see bench/README.md); numpy's small
-    matmuls stay on the calling thread.
+    One row or one column (what a click asks for) is computed with numpy on the calling thread;
+    blocks of rows (verification, normalisers) with torch. Both read the same memory. The split is by
+    size because of threads: a torch op spreads even a tiny row over its thread pool, and on a busy
+    2-core machine waking the second thread costs ~16 ms for ~10 us of arithmetic; numpy's BLAS does
+    the opposite to blocks, contending with torch's still-spinning workers (bench/README.md).
     """
 
     def __init__(
@@ -76,8 +77,7 @@ class QKScores:
         self.q = q.detach().float().contiguous()
         self.k = k.detach().float().contiguous()
         self.mask, self.causal = mask, causal
-        self._q, self._k = self.q.numpy(), self.k.numpy()  # the same memory, for numpy
-        self._bias_all = None if mask is None else _additive(mask)
+        self._bias_all = None if mask is None else _additive(mask)  # numpy, (B|1, h|1, N|1, N')
         self._lse: dict[int, np.ndarray] = {}
 
     @property
@@ -96,36 +96,49 @@ class QKScores:
         if self.causal:
             qi = np.arange(self.q.shape[2])[queries].reshape(-1, 1)
             kj = np.arange(self.k.shape[2])[keys].reshape(1, -1)
-            causal = np.where(kj > qi, -np.inf, 0.0).astype(np.float32)
+            causal = np.where(kj > qi, -np.inf, 0.0).astype(np.float32)[None]  # (1, n, m)
             bias = causal if bias is None else bias + causal
         return bias
 
-    def _logits(self, batch: int, queries: np.ndarray | slice) -> np.ndarray:
-        """``q k^T + mask`` for a block of queries: ``(h, s, N')``."""
-        logits = self._q[batch][:, queries] @ self._k[batch].transpose(0, 2, 1)
-        bias = self._bias(batch, queries, slice(None))
-        return logits if bias is None else logits + bias
+    def logits(self, batch: int, token: int) -> np.ndarray:
+        """``q_i k^T + mask`` of one query token, every head: ``(h, N')`` (numpy, this thread)."""
+        q = self.q[batch, :, token].numpy()  # (h, d)
+        logits = np.einsum("hd,hnd->hn", q, self.k[batch].numpy())  # (h, N')
+        bias = self._bias(batch, np.array([token]), slice(None))
+        return logits if bias is None else logits + bias[:, 0]
 
-    def probs(self, batch: int, queries: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Exact probability rows ``(h, len(queries), N')`` for the given query tokens."""
-        return _softmax(self._logits(batch, np.asarray(queries, dtype=np.int64)))
+    def row(self, batch: int, token: int) -> np.ndarray:
+        """The probability row of one query token, every head: ``(h, N')``."""
+        return _softmax(self.logits(batch, token))
+
+    def probs(self, batch: int, queries: torch.Tensor) -> torch.Tensor:
+        """Probability rows of a block of query tokens: ``(h, s, N')`` (torch)."""
+        logits = self.q[batch][:, queries] @ self.k[batch].transpose(-1, -2)  # (h, s, N')
+        bias = self._bias(batch, queries.numpy(), slice(None))
+        if bias is not None:
+            logits = logits + torch.from_numpy(bias)
+        return torch.softmax(logits, dim=-1)
 
     def lse(self, batch: int) -> np.ndarray:
         """Per-query log-sum-exp of the logits, ``(h, N)``: computed once, in bounded chunks."""
         if batch not in self._lse:
             _, h, n, m = self.shape
             step = max(1, _BLOCK_BYTES // (4 * h * m))
+            k_t = self.k[batch].transpose(-1, -2)  # (h, d, N')
             parts = []
             for start in range(0, n, step):
-                logits = self._logits(batch, slice(start, min(n, start + step)))  # (h, step, N')
-                top = logits.max(-1, keepdims=True)
-                parts.append((top + np.log(np.exp(logits - top).sum(-1, keepdims=True)))[..., 0])
-            self._lse[batch] = np.concatenate(parts, axis=-1)
+                block = slice(start, min(n, start + step))
+                logits = self.q[batch][:, block] @ k_t  # (h, step, N')
+                bias = self._bias(batch, block, slice(None))
+                if bias is not None:
+                    logits = logits + torch.from_numpy(bias)
+                parts.append(torch.logsumexp(logits, dim=-1))
+            self._lse[batch] = torch.cat(parts, dim=-1).numpy()
         return self._lse[batch]
 
     def column(self, batch: int, key: int) -> np.ndarray:
-        """Probability that every query gives to key token ``key``: ``(h, N)``."""
-        logits = (self._q[batch] @ self._k[batch][:, key, :, None])[..., 0]  # (h, N)
+        """Probability that every query gives to key token ``key``: ``(h, N)`` (numpy, this thread)."""
+        logits = np.einsum("hnd,hd->hn", self.q[batch].numpy(), self.k[batch, :, key].numpy())  # (h, N)
         bias = self._bias(batch, slice(None), slice(key, key + 1))  # (h|1, N|1, 1)
         if bias is not None:
             logits = logits + bias[..., 0]
@@ -147,7 +160,7 @@ class StoredProbs:
     def __init__(self, probs: torch.Tensor) -> None:
         if probs.ndim != 4:
             raise ValueError(f"probabilities must be (B, h, N, N'), got {tuple(probs.shape)}")
-        self.p = probs.detach().float().contiguous().numpy()
+        self.p = probs.detach().float().contiguous()
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -155,13 +168,17 @@ class StoredProbs:
         b, h, n, m = self.p.shape
         return b, h, n, m
 
-    def probs(self, batch: int, queries: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Stored rows ``(h, len(queries), N')``."""
-        return self.p[batch][:, np.asarray(queries, dtype=np.int64)]
+    def row(self, batch: int, token: int) -> np.ndarray:
+        """The stored row of one query token: ``(h, N')``."""
+        return self.p[batch, :, token].numpy()
+
+    def probs(self, batch: int, queries: torch.Tensor) -> torch.Tensor:
+        """Stored rows ``(h, s, N')``."""
+        return self.p[batch][:, queries]
 
     def column(self, batch: int, key: int) -> np.ndarray:
         """Stored column ``(h, N)``."""
-        return self.p[batch][:, :, key]
+        return self.p[batch, :, :, key].numpy()
 
     def nbytes(self) -> int:
         """Memory held by the matrix."""
@@ -257,7 +274,7 @@ class AttentionLayer:
         """The row of any query token, special ones (a CLS query) included."""
         if not 0 <= token < self.queries.count:
             raise ValueError(f"token {token} is outside the {self.queries.count} queries")
-        probs = self.scores.probs(self._batch(batch), [token])[:, 0]  # (h, N')
+        probs = self.scores.row(self._batch(batch), token)  # (h, N')
         head_index = self._head(head)
         row = _reduce_heads(probs, head_index)
         dist = row if head_index != "max" else probs.mean(0)
@@ -287,21 +304,18 @@ class AttentionLayer:
         b, h = self._batch(batch), self._head(head)
         if not isinstance(h, int):
             raise ValueError("logits are per head: pass a head index")
-        logits = self.scores._logits(b, np.array([token]))  # (h|..., 1, N'): all heads, one query
-        return logits[h, 0]
+        return self.scores.logits(b, token)[h]
 
     def token_probs(self, y: int, x: int, head: Head = None, batch: int = 0) -> np.ndarray:
         """The whole row of query pixel ``(y, x)`` over every key token, special ones included:
         ``(N',)``, summing to 1 (for the mean over heads, or one head)."""
         token = self.queries.token(y, x)
-        probs = self.scores.probs(self._batch(batch), [token])[:, 0]  # (h, N')
-        return _reduce_heads(probs, self._head(head))
+        return _reduce_heads(self.scores.row(self._batch(batch), token), self._head(head))
 
     def head_rows(self, y: int, x: int, batch: int = 0) -> np.ndarray:
         """Every head's map for query pixel ``(y, x)``: ``(heads, *key_grid)``."""
         token = self.queries.token(y, x)
-        probs = self.scores.probs(self._batch(batch), [token])[:, 0]  # (h, N')
-        return np.stack([_spatial(p, self.keys) for p in probs])
+        return np.stack([_spatial(p, self.keys) for p in self.scores.row(self._batch(batch), token)])
 
     def sampled_output(self, values: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """``P[queries] @ values`` for every batch entry: ``(B, h, s, dv)``.
@@ -309,10 +323,8 @@ class AttentionLayer:
         Adapters compare this with what the model produced to verify the capture, on a sample of
         queries so that verification stays O(s N' d).
         """
-        v = values.detach().float().numpy()
-        return torch.from_numpy(
-            np.stack([self.scores.probs(b, queries.numpy()) @ v[b] for b in range(self.batch_size)])
-        )
+        v = values.detach().float()
+        return torch.stack([self.scores.probs(b, queries) @ v[b] for b in range(self.batch_size)])
 
     # -- helpers --------------------------------------------------------------------------------
     def _batch(self, batch: int) -> int:
