@@ -13,6 +13,7 @@ import functools
 import html
 import io
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -52,8 +53,11 @@ class Library:
 
         self.models = {}
         for name in names or available_models():
-            self.models[name] = load_model(name, pretrained=True)
-            self.models[name + UNTRAINED] = load_model(name, pretrained=False)
+            try:
+                self.models[name] = load_model(name, pretrained=True)
+                self.models[name + UNTRAINED] = load_model(name, pretrained=False)
+            except FileNotFoundError as missing:  # serve the others; say which one is absent
+                warnings.warn(f"{name} is left out: {missing}", stacklevel=2)
 
     def add(self, model: Any) -> str:
         """Serve a user's own :class:`~spatial_attn.models.BundledModel` (listed first); its name."""
