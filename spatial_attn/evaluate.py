@@ -2,7 +2,7 @@
 
 Three measurements, all on fresh seeds (training faces come from seeds >= 10**12):
 
-* the ViT's accuracy over the four kinds of face;
+* the ViT's accuracy over the five kinds of image (valid faces, three broken ones, no face);
 * the share of DDPM and SAGAN samples that the ViT judges to be valid faces (matching eyes);
 * the **eye-to-eye lift** of every attention layer: put the query on one eye, and divide the
   attention mass that lands on the other eye's cells by those cells' share of the grid. 1 means
@@ -178,7 +178,7 @@ def evaluate_all(checkpoints: Path, samples: int = 256, faces: int = 200, thread
 
 def _accuracy_result(vit: Twins) -> Result:
     (trained, per_kind), (twin, _) = (accuracy(m) for m in vit)
-    return Result("vit-faces", "accuracy, 2,000 fresh faces of 4 kinds", ">= 98%", trained, twin,
+    return Result("vit-faces", f"accuracy, 2,000 fresh images of {len(KINDS)} kinds", ">= 98%", trained, twin,
                   percent=True, detail={"per_kind": per_kind})
 
 

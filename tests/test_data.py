@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from spatial_attn.data import EYE_COLORS, KINDS, SHAPES, make_faces
+from spatial_attn.data import EYE_COLORS, KINDS, SHAPES, FaceBatch, make_faces
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +59,29 @@ def test_each_kind_breaks_exactly_one_thing(faces):
         "eye_color": (True, False, False),
         "eye_shape": (False, True, False),
         "missing_eye": (True, True, True),
+        "no_face": (True, True, True),  # no eye drawn at all: both are missing
     }
     for kind, (shape_ok, color_ok, gone) in expect.items():
         rows = faces.labels == KINDS.index(kind)
         assert (same_shape[rows] == shape_ok).all(), kind
         assert (same_color[rows] == color_ok).all(), kind
         assert (missing[rows] == gone).all(), kind
+    assert faces.eye_missing[faces.labels == KINDS.index("no_face")].all()
+
+
+def test_no_face_images_hold_no_eyes(faces):
+    """Where the eyes would have been, a no_face image does not show the eye colour it would have had."""
+    junk = faces.labels == KINDS.index("no_face")
+    for e in range(2):
+        centre = _pixel(faces.images[junk], faces.eyes[junk, e])
+        err = np.abs(centre - faces.eye_color[junk, e].astype(int)).max(-1)
+        assert (err > 20).mean() > 0.95  # a background may match an eye colour by chance, rarely
 
 
 def test_metadata_matches_the_pixels(faces):
     """An eye's centre pixel has the eye's colour, unless it is a ring (hollow) or missing."""
     ring = SHAPES.index("ring")
+    faces = _with_a_face(faces)
     for e in range(2):
         centre = _pixel(faces.images, faces.eyes[:, e])
         drawn = ~faces.eye_missing[:, e] & (faces.eye_shape[:, e] != ring)
@@ -81,8 +95,15 @@ def test_metadata_matches_the_pixels(faces):
 
 def test_face_box_is_the_head(faces):
     """Just inside each side of the box (clear of eyes and mouth), the pixel is the skin colour."""
+    faces = _with_a_face(faces)
     top, left, bottom, right = faces.face_box.T
     cy, cx = (top + bottom) / 2 + 3, (left + right) / 2
     for point in ((top + 1.5, cx), (bottom - 1.5, cx), (cy, left + 2.5), (cy, right - 2.5)):
         got = _pixel(faces.images, np.stack(point, -1))
         assert (np.abs(got - faces.skin.astype(int)).max(-1) <= 2).all()
+
+
+def _with_a_face(faces: FaceBatch) -> FaceBatch:
+    """The faces that were drawn (no_face images keep their would-be metadata but no face)."""
+    keep = faces.labels != KINDS.index("no_face")
+    return FaceBatch(**{f.name: getattr(faces, f.name)[keep] for f in dataclasses.fields(faces)})

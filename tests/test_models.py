@@ -92,7 +92,7 @@ def test_vit_layers_and_probs(models):
         assert layer.heads == bm.config["heads"]
         row = layer.row(2, 3)
         assert row.shape == (8, 8) and 0 < row.sum() <= 1 + 1e-5  # CLS mass is left out
-    assert set(summary["probs"]) == set(bm.labels) == {"valid", "eye_color", "eye_shape", "missing_eye"}
+    assert set(summary["probs"]) == set(bm.labels) == {"valid", "eye_color", "eye_shape", "missing_eye", "no_face"}
     assert abs(sum(summary["probs"].values()) - 1) < 1e-3
     with pytest.raises(ValueError, match="pass one"):
         bm.prepare(None)

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Label index = position. ``valid`` faces have two identical eyes; each negative breaks one thing.
-KINDS = ("valid", "eye_color", "eye_shape", "missing_eye")
+#: Label index = position. ``valid`` faces have two identical eyes; each negative breaks one thing,
+#: and ``no_face`` has none at all (a bare background or head, flat colour, noise): the judge of
+#: generated samples must not call a blank or noisy image valid just because no eye is *mismatched*.
+KINDS = ("valid", "eye_color", "eye_shape", "missing_eye", "no_face")
 #: Eye shapes, chosen to differ at a radius of ~3 px (a disc and a square would not, reliably).
 SHAPES = ("disc", "ring", "hbar", "vbar", "plus")
 #: Eye colours (RGB), far from each other and from skin tones so a mismatch is unambiguous.
@@ -74,6 +76,8 @@ def make_faces(n: int, seed: int, kinds: Sequence[str] = ("valid",)) -> FaceBatc
     skin = tone * _SKIN_LIGHT + (1 - tone) * _SKIN_DARK + rng.normal(0, 6, (n, 3)).astype(np.float32)
     head = _ellipse_sd(yy, xx, cy, cx, ry, rx)
     img = _paint(img, _coverage(head), skin)
+    junk = labels == KINDS.index("no_face")
+    bare = img[junk]  # background and head, before any feature is drawn
 
     # Eyes: mirrored about x = cx, >= 10 px apart (centre to centre), same shape, colour and radius.
     radius = rng.uniform(2.6, 3.4, n).astype(np.float32)
@@ -99,6 +103,9 @@ def make_faces(n: int, seed: int, kinds: Sequence[str] = ("valid",)) -> FaceBatc
     my = cy + ry * rng.uniform(0.38, 0.5, n).astype(np.float32)
     mouth = _ellipse_sd(yy, xx, my, cx, rng.uniform(1.0, 1.8, n), rng.uniform(3.0, 5.0, n))
     img = _paint(img, _coverage(mouth), _MOUTH + rng.normal(0, 8, (n, 3)).astype(np.float32))
+    if junk.any():  # own generator: batches without no_face keep the exact bytes they always had
+        img[junk] = _no_face(np.random.default_rng([seed, 1]), bare)
+        missing[junk] = True
 
     return FaceBatch(
         images=np.clip(img + 0.5, 0, 255).astype(np.uint8),
@@ -124,6 +131,19 @@ def _background(rng: np.random.Generator, n: int) -> np.ndarray:
     up = _upsample_matrix(4, SIZE)  # (32, 4): bilinear, so the noise has no blocky edges
     noise = np.einsum("yi,nijc,xj->nyxc", up, coarse, up, optimize=True)  # (n, 32, 32, 3)
     return np.clip(base + ramp + noise, 0, 255)
+
+
+def _no_face(rng: np.random.Generator, bare: np.ndarray) -> np.ndarray:
+    """Images with no face features, one of four styles each: the head without eyes or mouth, a
+    background, a flat colour with faint noise (what an untrained generator draws) or coarse noise."""
+    m = len(bare)
+    faint = rng.normal(0, 1, (m, SIZE, SIZE, 3)) * rng.uniform(0, 12, (m, 1, 1, 1))
+    flat = rng.uniform(20, 235, (m, 1, 1, 3)) + faint
+    up = _upsample_matrix(8, SIZE)
+    coarse = np.einsum("yi,nijc,xj->nyxc", up, rng.normal(0, 60, (m, 8, 8, 3)), up, optimize=True)
+    noise = rng.uniform(60, 195, (m, 1, 1, 3)) + coarse + rng.normal(0, 20, (m, SIZE, SIZE, 3))
+    styles = np.stack([bare, _background(rng, m), flat, noise])  # (4, m, 32, 32, 3)
+    return np.clip(styles[rng.integers(0, 4, m), np.arange(m)], 0, 255)
 
 
 def _upsample_matrix(src: int, dst: int) -> np.ndarray:

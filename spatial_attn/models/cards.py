@@ -53,7 +53,8 @@ LOADING = {
 }
 
 DATA = {
-    "vit-faces": "all four kinds (valid, eye_color, eye_shape, missing_eye) in equal measure",
+    "vit-faces": ("all five kinds (valid, eye_color, eye_shape, missing_eye, no_face) in equal measure; "
+                  "half of each batch with Gaussian pixel noise up to 24/255"),
     "ddpm-faces": "valid faces only",
     "sagan-faces": "valid faces only",
 }

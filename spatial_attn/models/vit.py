@@ -26,7 +26,7 @@ class ViTConfig:
     depth: int = 4
     heads: int = 4
     mlp_ratio: int = 2
-    num_classes: int = 4
+    num_classes: int = 5
 
     def to_dict(self) -> dict:
         return asdict(self)
