@@ -175,7 +175,9 @@ def _load_ddpm(path: Path, pretrained: bool) -> DDPMModel:
 
     scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
     if pretrained:
-        unet = UNet2DModel.from_pretrained(path / "unet", use_safetensors=True)
+        # low_cpu_mem_usage=False: the default wants `accelerate` and warns when it is missing;
+        # a 3.5 MB model gains nothing from it
+        unet = UNet2DModel.from_pretrained(path / "unet", use_safetensors=True, low_cpu_mem_usage=False)
     else:
         torch.manual_seed(TWIN_SEED)
         unet = UNet2DModel.from_config(UNet2DModel.load_config(path / "unet"))
