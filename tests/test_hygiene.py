@@ -167,3 +167,13 @@ def test_capture_cannot_be_entered_twice():
     cap = sa.capture(_net())
     with cap, pytest.raises(RuntimeError, match="already active"), cap:
         pass
+
+
+def test_importing_the_engine_loads_no_ui_or_diffusers():
+    """The engine works in a notebook or a training script: no gradio, matplotlib or diffusers."""
+    import subprocess
+    import sys
+
+    code = "import sys, spatial_attn; print(sorted({'gradio', 'matplotlib', 'diffusers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
