@@ -242,7 +242,7 @@ class Handlers:
             render.upscale(ex.input, (160, 160)) if steps else None,
             gr.Dropdown(choices=heads, value=chosen),
             gr.Slider(maximum=(steps or 1000) - 1, visible=bool(steps)),
-            gr.Button(visible=ex.model.kind in ("ddpm", "sagan")),
+            gr.Button(visible=ex.model.generates),
         )
 
     @guarded
@@ -257,8 +257,8 @@ class Handlers:
         if session is None:
             return self.start(name, t, s, *view)
         source, note = session.source, session.note
-        if source is None and self.library[name].kind == "vit":
-            source, note = default_image()  # the classifier needs an image, not a seed
+        if source is None and not self.library[name].generates:
+            source, note = default_image()  # a generated face is gone; this model needs an image
         fresh = run(self.library, name, t, s, source, note)
         h, w = fresh.exploration.image_hw
         y, x = session.point  # the same click, kept inside the new model's input
@@ -270,7 +270,8 @@ class Handlers:
         if path is None:
             return (gr.skip(),) * len(self.RERAN)
         source, notes = load_image(path)
-        text = f"upload {Path(path).name} ({source.width}×{source.height}, resized to 32×32)"
+        size = self.library[name].image_size
+        text = f"upload {Path(path).name} ({source.width}×{source.height}, resized to {size}×{size})"
         return self._after_run(run(self.library, name, t, s, source, " · ".join([text, *notes])), *view)
 
     @guarded

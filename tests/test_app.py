@@ -143,3 +143,9 @@ def test_your_own_model_is_served_beside_the_bundled_ones(handlers):
     layer = out["state"].exploration.layers[0]
     assert (layer.name, layer.query_grid, layer.verified) == ("1", (16, 16), True)
     assert out["heatmaps"].count("<figure") == 1
+    # a generated SAGAN face has no image behind it: switching to a model that needs one falls
+    # back to the example face instead of failing
+    sampled = dict(zip(Handlers.RERAN, handlers.generated("sagan-faces", 0, 3, *VIEW), strict=True))
+    assert sampled["state"].source is None
+    switched = dict(zip(Handlers.RERAN, handlers.rerun(sampled["state"], "my-net", 0, 3, *VIEW), strict=True))
+    assert switched["state"].exploration.model.name == "my-net" and "example" in switched["state"].note

@@ -51,16 +51,25 @@ class BundledModel:
     """A ready-to-run model; subclasses say how images become inputs and what a forward returns."""
 
     name: str
-    kind: str  # "ddpm" | "sagan" | "vit"
+    kind: str  # "ddpm" | "sagan" | "vit" for the bundled ones; any label for your own
     pretrained: bool
     module: nn.Module  # eval mode, CPU: the root to pass to ``sa.capture``
     image_size: int = 32
     labels: list[str] | None = None
     num_timesteps: int | None = None
     config: dict = field(default_factory=dict, repr=False)
+    #: Whether ``prepare(None, seed=s)`` makes its own input (the app then offers "new sample" and
+    #: keeps a generated face when the user switches model); models that need an image leave it False.
+    generates = False
 
     def prepare(self, image: Image.Image | None = None, *, timestep: int | None = None,
                 seed: int = 0) -> Prepared:
+        """The forward's inputs for ``image`` (any size and mode), and the picture to draw over.
+
+        ``image=None`` asks a generative model to make its own input from ``seed``; a model that
+        cannot must raise ``ValueError`` (the app shows the message). ``Prepared.display`` is what
+        the heatmaps are overlaid on, so it must be the picture the model actually saw.
+        """
         raise NotImplementedError
 
     def run(self, prepared: Prepared) -> dict:
@@ -68,11 +77,13 @@ class BundledModel:
         raise NotImplementedError
 
     def sample(self, seed: int, n: int = 1) -> np.ndarray:
-        """(n, 32, 32, 3) uint8 generated faces."""
-        raise ValueError(f"{self.name} is a classifier: it does not generate images")
+        """(n, S, S, 3) uint8 images drawn from ``seed``: what "new sample" shows, and what eval judges."""
+        raise ValueError(f"{self.name} does not generate images: give it one")
 
-    def to_input(self, image: Image.Image) -> tuple[torch.Tensor, np.ndarray, str]:
+    def to_input(self, image: Image.Image | None) -> tuple[torch.Tensor, np.ndarray, str]:
         """Any PIL image -> ((1, 3, S, S) in [-1, 1], the (S, S, 3) uint8 picture, a note)."""
+        if image is None:
+            raise ValueError(f"{self.name} needs an image: upload one or pick an example")
         s = self.image_size
         rgb = image.convert("RGB")
         small = rgb if rgb.size == (s, s) else rgb.resize((s, s), Image.Resampling.LANCZOS)
@@ -88,8 +99,6 @@ class ViTModel(BundledModel):
 
     def prepare(self, image: Image.Image | None = None, *, timestep: int | None = None,
                 seed: int = 0) -> Prepared:
-        if image is None:
-            raise ValueError("the ViT classifies an image: pass one (e.g. a face from assets/faces/)")
         x, pixels, note = self.to_input(image)
         return Prepared(args=(x,), kwargs={}, display=pixels, note=note)
 
@@ -100,6 +109,8 @@ class ViTModel(BundledModel):
 
 class SAGANModel(BundledModel):
     """With an image: the discriminator judges it. Without: the generator draws a face from a seed."""
+
+    generates = True
 
     def _z(self, seed: int, n: int) -> torch.Tensor:
         return torch.randn(n, self.config["z_dim"], generator=torch.Generator().manual_seed(seed))
@@ -127,6 +138,7 @@ class DDPMModel(BundledModel):
     """The UNet's noise prediction on a face noised to a timestep (a real one, or one it sampled)."""
 
     scheduler: Any = None  # diffusers DDPMScheduler: the training noise schedule
+    generates = True
 
     def prepare(self, image: Image.Image | None = None, *, timestep: int | None = None,
                 seed: int = 0) -> Prepared:
