@@ -51,14 +51,15 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train one bundled model; the command line itself goes into the model card (reproducibility)."""
     from .train import TRAINERS
     from .train.common import Settings, run
 
     trainer_cls, defaults = TRAINERS[args.model]
     settings = Settings(
-        steps=args.steps or defaults["steps"],
-        batch_size=args.batch_size or defaults["batch_size"],
-        lr=args.lr or defaults["lr"],
+        steps=defaults["steps"] if args.steps is None else args.steps,
+        batch_size=defaults["batch_size"] if args.batch_size is None else args.batch_size,
+        lr=defaults["lr"] if args.lr is None else args.lr,
         seed=args.seed,
         threads=args.threads,
         out=args.out,

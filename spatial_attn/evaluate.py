@@ -53,9 +53,18 @@ class Result:
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "samples"}
 
+    @property
+    def met(self) -> bool | None:
+        """Whether the trained figure reaches a ``>= x`` target; None where there is no target."""
+        if not self.target.startswith(">= "):
+            return None
+        goal = float(self.target[3:].rstrip("%"))
+        return bool((100 * self.trained if self.percent else self.trained) >= goal)
+
     def cells(self) -> list[str]:
         show = (lambda v: f"{100 * v:.1f}%") if self.percent else (lambda v: f"{v:.2f}")
-        return [self.model, self.metric, self.target, show(self.trained), show(self.twin)]
+        met = {True: "yes", False: "**no**", None: "-"}[self.met]
+        return [self.model, self.metric, self.target, show(self.trained), met, show(self.twin)]
 
 
 @torch.no_grad()
@@ -209,7 +218,7 @@ def _generator_lift_result(sagan: Twins, n: int) -> Result:
 
 def format_table(results: list[Result]) -> str:
     """A Markdown table (prints well in a terminal and pastes into the model cards)."""
-    rows = [["model", "metric", "target", "trained", "random twin"], ["---"] * 5]
+    rows = [["model", "metric", "target", "trained", "met", "random twin"], ["---"] * 6]
     rows += [r.cells() for r in results]
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 

@@ -103,7 +103,7 @@ class Exploration:
         # what the user sees: the image exactly as the model's own resizing made it (or the sample)
         self.image = model.to_input(image)[1] if image is not None else self.prepared.display
         self.input = self.prepared.display  # what the model saw (x_t for the DDPM)
-        self.timestep, self.seed = timestep, seed
+        self.timestep = timestep
 
     @property
     def image_hw(self) -> tuple[int, int]:
@@ -188,8 +188,9 @@ def explain(clicks: list[LayerClick], pixel: tuple[int, int], mode: str = "row",
         )
     if mode == "row" and clicks:
         first = clicks[0]
-        chosen = int(head.split()[-1]) if head.startswith("head") else 0
-        lines += ["", mechanics(first, chosen if chosen < first.layer.heads else 0)]
+        chosen = head_index(head)
+        shown = chosen if isinstance(chosen, int) and chosen < first.layer.heads else 0  # mean/max: head 0
+        lines += ["", mechanics(first, shown)]
     return "\n".join(lines)
 
 
@@ -216,11 +217,21 @@ def mechanics(c: LayerClick, head: int = 0, top: int = 4) -> str:
     return "\n".join(lines)
 
 
+def head_index(choice: str) -> int | str | None:
+    """"mean" -> None, "max" -> "max", "head k" -> k; anything else is the user's mistake, said plainly."""
+    if choice in ("mean", "max"):
+        return None if choice == "mean" else "max"
+    word, _, k = choice.partition(" ")
+    if word != "head" or not k.isdigit():
+        raise ValueError(f"head must be 'mean', 'max' or 'head k' with k = 0, 1, ...; got {choice!r}")
+    return int(k)
+
+
 def _head(choice: str, heads: int) -> tuple[int | str | None, str]:
     """The head argument for a layer, and a caption note when the layer lacks the chosen head."""
-    if choice in ("mean", "max"):
-        return (None if choice == "mean" else "max"), f" ({choice})" if heads > 1 else ""
-    k = int(choice.split()[-1])
+    k = head_index(choice)
+    if not isinstance(k, int):
+        return k, f" ({choice})" if heads > 1 else ""
     if k < heads:
         return k, f" (head {k})"
     return None, f" (no head {k}: mean)"

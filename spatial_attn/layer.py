@@ -15,7 +15,6 @@ computed instead (:class:`StoredProbs`); both kinds answer the same two question
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +47,8 @@ class Row:
 
     values: np.ndarray  # shaped like the key grid (or (N',) for non-spatial keys): the map
     special: dict[str, float]  # probability mass on each non-pixel key token (CLS, bias_k, ...)
+    # Entropy and distance need a distribution: for head="max" (whose values do not sum to 1) they
+    # are those of the head mean.
     entropy: float  # bits, of the whole row (map and special tokens)
     distance: float | None  # attention-weighted mean distance to the query, in image fractions
     token: int  # the query's token index i = start + y*W + x
@@ -427,5 +428,3 @@ def _additive(mask: torch.Tensor) -> np.ndarray:
         return np.where(mask.numpy(), np.float32(0), np.float32(-np.inf))
     return mask.float().numpy()
 
-
-VerifyFn = Callable[[AttentionLayer], Verification]

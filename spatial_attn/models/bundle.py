@@ -191,17 +191,22 @@ def _load_ddpm(path: Path, pretrained: bool) -> DDPMModel:
         # a 3.5 MB model gains nothing from it
         unet = UNet2DModel.from_pretrained(path / "unet", use_safetensors=True, low_cpu_mem_usage=False)
     else:
-        torch.manual_seed(TWIN_SEED)
-        unet = UNet2DModel.from_config(UNet2DModel.load_config(path / "unet"))
+        with torch.random.fork_rng(devices=[]):  # the twin's seed must not reset the caller's RNG
+            torch.manual_seed(TWIN_SEED)
+            unet = UNet2DModel.from_config(UNet2DModel.load_config(path / "unet"))
     return DDPMModel(name="ddpm-faces", kind="ddpm", pretrained=pretrained, module=unet.eval(),
                      image_size=unet.config.sample_size, num_timesteps=scheduler.config.num_train_timesteps,
                      config=dict(unet.config), scheduler=scheduler)
 
 
 def _build(make: Callable[[], nn.Module], path: Path, pretrained: bool) -> nn.Module:
-    """``make()`` seeded with TWIN_SEED, then (if pretrained) loaded strictly from safetensors."""
-    torch.manual_seed(TWIN_SEED)
-    module = make()
+    """``make()`` seeded with TWIN_SEED, then (if pretrained) loaded strictly from safetensors.
+
+    The seed is set inside a forked RNG: loading a model must not reset the caller's random stream.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TWIN_SEED)
+        module = make()
     if pretrained:
         module.load_state_dict(load_weights(path))
     return module.eval()
@@ -211,6 +216,7 @@ _LOADERS = {"ddpm-faces": _load_ddpm, "sagan-faces": _load_sagan, "vit-faces": _
 
 
 def available_models() -> list[str]:
+    """Names ``load_model`` accepts (each also as its untrained twin, ``pretrained=False``)."""
     return sorted(_LOADERS)
 
 

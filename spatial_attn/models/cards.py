@@ -18,7 +18,7 @@ ARCHITECTURE = {
         "Vision Transformer classifier (`spatial_attn/models/vit.py`): 4 x 4 patches of the 32 x 32 "
         "image -> 8 x 8 tokens + CLS (token 0), learned positions, {depth} pre-norm "
         "`nn.TransformerEncoderLayer` blocks (width {dim}, {heads} heads, MLP x{mlp_ratio}, GELU), linear "
-        "head on CLS over the 4 kinds {labels}. Attention layers: `blocks.<i>.self_attn` "
+        "head on CLS over the {num_classes} kinds {labels}. Attention layers: `blocks.<i>.self_attn` "
         "(`nn.MultiheadAttention`)."
     ),
     "ddpm-faces": (
@@ -72,7 +72,7 @@ def write_card(root: Path, name: str, table: str, results: list[dict]) -> Path:
         "",
         ARCHITECTURE[name].format(**_arch_fields(name, bm.config)),
         "",
-        f"- **Parameters:** {params:,} ({size:.1f} MB of safetensors)",
+        f"- **Parameters:** {params:,} ({size:.1f} MiB of safetensors)",
         f"- **Data:** procedural 32 x 32 faces (`spatial_attn/data/faces.py`), {DATA[name]}, drawn on the "
         f"fly: step s uses `make_faces({run['batch_size']}, 10**12 + seed * 10**7 + s)`, so no "
         "training face is ever an evaluation face.",
@@ -80,7 +80,7 @@ def write_card(root: Path, name: str, table: str, results: list[dict]) -> Path:
         f"- **Training:** {run['steps']:,} steps x {run['batch_size']} images ({run['images_seen']:,} "
         f"images), peak lr {run['lr']:g}, {run['train_seconds'] / 60:.1f} min wall-clock on "
         f"{run['threads']} CPU thread(s) ({run['machine']}; torch {run['torch']}, CPU shared with "
-        "other work); final logs " + ", ".join(f"{k} {v}" for k, v in run["final_logs"].items()) + ".",
+        "other work)" + _final_logs(run["final_logs"]) + ".",
         f"- **Deterministic settings:** seed {run['seed']} for initialisation, data and noise "
         "(per-step generators, no global random state); same torch build and thread count -> "
         "same weights.",
@@ -98,6 +98,11 @@ def write_card(root: Path, name: str, table: str, results: list[dict]) -> Path:
     path = model_dir / "README.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _final_logs(logs: dict) -> str:
+    """"; final logs loss 0.03, ..." or nothing (an export by ``--resume`` at the last step ran no step)."""
+    return "; final logs " + ", ".join(f"{k} {v}" for k, v in logs.items()) if logs else ""
 
 
 def _arch_fields(name: str, config: dict) -> dict:
