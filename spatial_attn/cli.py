@@ -46,7 +46,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("checkpoints"), help="exports to OUT/<name>/")
     p.add_argument("--run-dir", type=Path, default=Path("runs"), help="resume checkpoints go here")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/<name>/resume.safetensors")
-    p.add_argument("--checkpoint-minutes", type=float, default=3.0)
+    p.add_argument("--checkpoint-minutes", type=float, default=3.0, help="how often to save for --resume")
     p.set_defaults(func=cmd_train)
 
 
