@@ -6,6 +6,7 @@ moments in the resume checkpoint, the export layout), not whether the model lear
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,10 @@ def test_interrupted_and_resumed_equals_uninterrupted(model, tmp_path):
     assert all(torch.equal(again[k], straight[k]) for k in straight)
 
     name = TRAINERS[model][0].name
+    _train(model, tmp_path / "b", 4, resume=True)  # at the last step already: exports, runs nothing
+    records = [json.loads((tmp_path / d / "out" / name / "training.json").read_text()) for d in "ab"]
+    logs = [r["final_logs"] for r in records]
+    assert logs[0] and logs[1] == logs[0]  # the last step's logs travelled in the checkpoint
     bm = load_model(name, pretrained=True, root=tmp_path / "a" / "out")
     assert bm.name == name and not bm.module.training
     assert (tmp_path / "a" / "out" / name / "training.json").read_text().count('"steps": 4') == 1

@@ -77,14 +77,13 @@ def run(trainer: Trainer, s: Settings, run_dir: Path) -> dict:
     torch.set_num_threads(s.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     resume_path = run_dir / "resume.safetensors"
-    start, elapsed = 0, 0.0
+    start, elapsed, logs = 0, 0.0, {}
     if s.resume and resume_path.exists():
-        start, elapsed = load_checkpoint(resume_path, trainer)
+        start, elapsed, logs = load_checkpoint(resume_path, trainer)
         print(f"resumed {trainer.name} at step {start} ({elapsed / 60:.1f} min so far)", file=sys.stderr)
         if start > s.steps:
             raise SystemExit(f"the checkpoint is at step {start}, past --steps {s.steps}")
     last_save = time.monotonic()
-    logs: dict[str, float] = {}
     done = start
     signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` saves like Ctrl-C does
     with tqdm(total=s.steps, initial=start, desc=trainer.name, unit="step", mininterval=5) as bar:
@@ -96,13 +95,13 @@ def run(trainer: Trainer, s: Settings, run_dir: Path) -> dict:
                 speed = {"img/s": f"{s.batch_size / seconds:.0f}"}
                 bar.set_postfix({**{k: f"{v:.4f}" for k, v in logs.items()}, **speed}, refresh=False)
                 if time.monotonic() - last_save > 60 * s.checkpoint_minutes:
-                    save_checkpoint(resume_path, trainer, done, elapsed)
+                    save_checkpoint(resume_path, trainer, done, elapsed, logs)
                     last_save = time.monotonic()
         except KeyboardInterrupt:
-            save_checkpoint(resume_path, trainer, done, elapsed)
+            save_checkpoint(resume_path, trainer, done, elapsed, logs)
             sys.exit(f"stopped after step {done}: continue with --resume "
                      f"(--resume --steps {done} exports what there is)")
-    save_checkpoint(resume_path, trainer, done, elapsed)
+    save_checkpoint(resume_path, trainer, done, elapsed, logs)
     record = {
         "command": s.command,
         "seed": s.seed, "steps": s.steps, "batch_size": s.batch_size, "lr": s.lr, "threads": s.threads,
@@ -131,10 +130,14 @@ def _steps(trainer: Trainer, s: Settings, start: int) -> Iterator[tuple[int, dic
         yield step, logs, time.perf_counter() - t0
 
 
-def save_checkpoint(path: Path, trainer: Trainer, step: int, elapsed: float) -> None:
-    """Weights and optimizer state of every part, atomically (a crash leaves the old file)."""
+def save_checkpoint(path: Path, trainer: Trainer, step: int, elapsed: float, logs: dict[str, float]) -> None:
+    """Weights and optimizer state of every part, atomically (a crash leaves the old file).
+
+    The last step's logs go along, so a run exported by ``--resume`` at its final step (which runs
+    no step) still records them in the model card.
+    """
     tensors: dict[str, torch.Tensor] = {}
-    meta: dict = {"step": step, "elapsed": elapsed, "optimizers": {}}
+    meta: dict = {"step": step, "elapsed": elapsed, "logs": logs, "optimizers": {}}
     for name, module in trainer.modules().items():
         tensors.update({f"module.{name}.{k}": v.contiguous() for k, v in module.state_dict().items()})
     for name, opt in trainer.optimizers().items():
@@ -147,8 +150,8 @@ def save_checkpoint(path: Path, trainer: Trainer, step: int, elapsed: float) -> 
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, trainer: Trainer) -> tuple[int, float]:
-    """Restore what :func:`save_checkpoint` wrote; returns (next step, seconds trained so far)."""
+def load_checkpoint(path: Path, trainer: Trainer) -> tuple[int, float, dict[str, float]]:
+    """Restore what :func:`save_checkpoint` wrote; returns (next step, seconds so far, last logs)."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
@@ -165,7 +168,7 @@ def load_checkpoint(path: Path, trainer: Trainer) -> tuple[int, float]:
                 pid, entry = key[len(prefix):].split(".", 1)
                 state.setdefault(int(pid), {})[entry] = value
         opt.load_state_dict({"state": state, "param_groups": meta["optimizers"][name]})
-    return meta["step"], meta["elapsed"]
+    return meta["step"], meta["elapsed"], meta.get("logs", {})  # checkpoints before logs were kept
 
 
 def cosine_lr(step: int, steps: int, peak: float, warmup: int) -> float:
