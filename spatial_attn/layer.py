@@ -126,15 +126,19 @@ class QKScores:
             _, h, n, m = self.shape
             step = max(1, _BLOCK_BYTES // (4 * h * m))
             k_t = self.k[batch].transpose(-1, -2)  # (h, d, N')
-            parts = []
+            # Written into one preallocated output: appending each chunk's small result to a list
+            # pinned every 16 MiB logits block in the heap (glibc could not give them back), and
+            # the column of a 128 x 128 map grew RSS by 6.6 GiB instead of ~0.
+            lse = torch.empty(h, n)
             for start in range(0, n, step):
                 block = slice(start, min(n, start + step))
                 logits = self.q[batch][:, block] @ k_t  # (h, step, N')
                 bias = self._bias(batch, block, slice(None))
                 if bias is not None:
                     logits = logits + torch.from_numpy(bias)
-                parts.append(torch.logsumexp(logits, dim=-1))
-            self._lse[batch] = torch.cat(parts, dim=-1).numpy()
+                lse[:, block] = torch.logsumexp(logits, dim=-1)
+                del logits  # freed before the next block is allocated
+            self._lse[batch] = lse.numpy()
         return self._lse[batch]
 
     def column(self, batch: int, key: int) -> np.ndarray:
