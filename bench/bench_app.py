@@ -47,7 +47,7 @@ def bench_server() -> list[tuple[str, str, str, str]]:
         layers = len(session.exploration.layers)
         rows.append(
             (
-                f"{name}: click -> {layers} panels rendered (server)",
+                f"{name}: click -> {layers} panel{'s' * (layers > 1)} rendered (server)",
                 f"{t_click * 1e3:.1f} ms",
                 f"model run (once per image) {t_run * 1e3:.0f} ms",
                 "goal <= 20 ms",
