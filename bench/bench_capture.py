@@ -195,9 +195,10 @@ def bench_bundled_click() -> list[tuple[str, str, str, str]]:
 
         t = median_time(click, 50)
         grids = ", ".join(sorted({f"{layer.query_grid[0]}x{layer.query_grid[1]}" for layer in cap.layers}))
+        n = len(cap.layers)
         rows.append(
             (
-                f"{name}: rows of {len(cap.layers)} layer{'s' * (len(cap.layers) > 1)} ({grids}) for one click",
+                f"{name}: rows of {n} layer{'s' * (n > 1)} ({grids}) for one click",
                 f"{t * 1e3:.2f} ms",
                 "",
                 "goal <= 5 ms",
