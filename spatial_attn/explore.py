@@ -218,7 +218,7 @@ def mechanics(c: LayerClick, head: int = 0, top: int = 4) -> str:
 
 
 def head_index(choice: str) -> int | str | None:
-    """"mean" -> None, "max" -> "max", "head k" -> k; anything else is the user's mistake, said plainly."""
+    """ "mean" -> None, "max" -> "max", "head k" -> k; anything else is the user's mistake, said plainly."""
     if choice in ("mean", "max"):
         return None if choice == "mean" else "max"
     word, _, k = choice.partition(" ")

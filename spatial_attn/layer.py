@@ -431,4 +431,3 @@ def _additive(mask: torch.Tensor) -> np.ndarray:
     if mask.dtype == torch.bool:
         return np.where(mask.numpy(), np.float32(0), np.float32(-np.inf))
     return mask.float().numpy()
-

@@ -20,8 +20,9 @@ from spatial_attn.train.common import Settings, run
 def _train(model: str, tmp: Path, steps: int, resume: bool = False) -> dict[str, torch.Tensor]:
     """Train ``model`` to ``steps`` in ``tmp`` and return every trained weight, by name."""
     trainer_cls, defaults = TRAINERS[model]
-    s = Settings(steps=steps, batch_size=4, lr=defaults["lr"], out=tmp / "out", resume=resume,
-                 command=f"test {model}")
+    s = Settings(
+        steps=steps, batch_size=4, lr=defaults["lr"], out=tmp / "out", resume=resume, command=f"test {model}"
+    )
     trainer = trainer_cls(s)
     run(trainer, s, tmp / "run")
     parts = trainer.modules().items()

@@ -157,8 +157,14 @@ def _upsample_matrix(src: int, dst: int) -> np.ndarray:
     return w
 
 
-def _break(attr: np.ndarray, rows: np.ndarray, side: np.ndarray, where: np.ndarray,
-           rng: np.random.Generator, count: int) -> None:
+def _break(
+    attr: np.ndarray,
+    rows: np.ndarray,
+    side: np.ndarray,
+    where: np.ndarray,
+    rng: np.random.Generator,
+    count: int,
+) -> None:
     """Give eye ``side`` of the rows in ``where`` a different value of ``attr`` (in place)."""
     other = (attr[rows, side] + rng.integers(1, count, len(rows))) % count  # never the same value
     attr[rows, side] = np.where(where, other, attr[rows, side])
@@ -169,16 +175,18 @@ def _offsets(yy: np.ndarray, xx: np.ndarray, cy: np.ndarray, cx: np.ndarray) -> 
     return yy - cy[:, None, None], xx - cx[:, None, None]
 
 
-def _ellipse_sd(yy: np.ndarray, xx: np.ndarray, cy: np.ndarray, cx: np.ndarray,
-                ry: np.ndarray, rx: np.ndarray) -> np.ndarray:
+def _ellipse_sd(
+    yy: np.ndarray, xx: np.ndarray, cy: np.ndarray, cx: np.ndarray, ry: np.ndarray, rx: np.ndarray
+) -> np.ndarray:
     """Approximate signed distance (pixels, < 0 inside) to axis-aligned ellipses; (n, 32, 32)."""
     dy, dx = _offsets(yy, xx, cy, cx)
     ry, rx = ry[:, None, None], rx[:, None, None]
     return (np.sqrt((dy / ry) ** 2 + (dx / rx) ** 2) - 1) * np.minimum(ry, rx)
 
 
-def _shape_sd(yy: np.ndarray, xx: np.ndarray, cy: np.ndarray, cx: np.ndarray,
-              r: np.ndarray, shape: np.ndarray) -> np.ndarray:
+def _shape_sd(
+    yy: np.ndarray, xx: np.ndarray, cy: np.ndarray, cx: np.ndarray, r: np.ndarray, shape: np.ndarray
+) -> np.ndarray:
     """Signed distance to each image's eye shape (one of SHAPES, all mirror-symmetric); (n, 32, 32).
 
     Each shape is computed only for the images that have it, so the cost does not grow with SHAPES.

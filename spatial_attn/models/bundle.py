@@ -62,8 +62,9 @@ class BundledModel:
     #: keeps a generated face when the user switches model); models that need an image leave it False.
     generates = False
 
-    def prepare(self, image: Image.Image | None = None, *, timestep: int | None = None,
-                seed: int = 0) -> Prepared:
+    def prepare(
+        self, image: Image.Image | None = None, *, timestep: int | None = None, seed: int = 0
+    ) -> Prepared:
         """The forward's inputs for ``image`` (any size and mode), and the picture to draw over.
 
         ``image=None`` asks a generative model to make its own input from ``seed``; a model that
@@ -97,8 +98,9 @@ class BundledModel:
 class ViTModel(BundledModel):
     """Classifies an image into valid face / each kind of broken face."""
 
-    def prepare(self, image: Image.Image | None = None, *, timestep: int | None = None,
-                seed: int = 0) -> Prepared:
+    def prepare(
+        self, image: Image.Image | None = None, *, timestep: int | None = None, seed: int = 0
+    ) -> Prepared:
         x, pixels, note = self.to_input(image)
         return Prepared(args=(x,), kwargs={}, display=pixels, note=note)
 
@@ -115,14 +117,19 @@ class SAGANModel(BundledModel):
     def _z(self, seed: int, n: int) -> torch.Tensor:
         return torch.randn(n, self.config["z_dim"], generator=torch.Generator().manual_seed(seed))
 
-    def prepare(self, image: Image.Image | None = None, *, timestep: int | None = None,
-                seed: int = 0) -> Prepared:
+    def prepare(
+        self, image: Image.Image | None = None, *, timestep: int | None = None, seed: int = 0
+    ) -> Prepared:
         if image is not None:
             x, pixels, note = self.to_input(image)
             return Prepared(args=(), kwargs={"image": x}, display=pixels, note=f"{note}; discriminator")
         z = self._z(seed, 1)  # (1, z_dim)
-        return Prepared(args=(), kwargs={"z": z}, display=self.sample(seed)[0],
-                        note=f"generator on z drawn with seed {seed}")
+        return Prepared(
+            args=(),
+            kwargs={"z": z},
+            display=self.sample(seed)[0],
+            note=f"generator on z drawn with seed {seed}",
+        )
 
     def run(self, prepared: Prepared) -> dict:
         out = self.module(*prepared.args, **prepared.kwargs)
@@ -140,8 +147,9 @@ class DDPMModel(BundledModel):
     scheduler: Any = None  # diffusers DDPMScheduler: the training noise schedule
     generates = True
 
-    def prepare(self, image: Image.Image | None = None, *, timestep: int | None = None,
-                seed: int = 0) -> Prepared:
+    def prepare(
+        self, image: Image.Image | None = None, *, timestep: int | None = None, seed: int = 0
+    ) -> Prepared:
         from .ddpm import FAST_ETA, FAST_STEPS, add_noise, sample, signal_fraction
 
         t = self.num_timesteps // 2 if timestep is None else int(timestep)
@@ -170,16 +178,29 @@ def _load_vit(path: Path, pretrained: bool) -> ViTModel:
     config = load_config(path)
     cfg = ViTConfig(**{k: v for k, v in config.items() if k in ViTConfig.__dataclass_fields__})
     module = _build(lambda: ViT(cfg), path, pretrained)
-    return ViTModel(name="vit-faces", kind="vit", pretrained=pretrained, module=module,
-                    image_size=cfg.image_size, labels=list(config["labels"]), config=config)
+    return ViTModel(
+        name="vit-faces",
+        kind="vit",
+        pretrained=pretrained,
+        module=module,
+        image_size=cfg.image_size,
+        labels=list(config["labels"]),
+        config=config,
+    )
 
 
 def _load_sagan(path: Path, pretrained: bool) -> SAGANModel:
     config = load_config(path)
     cfg = SAGANConfig(**{k: v for k, v in config.items() if k in SAGANConfig.__dataclass_fields__})
     module = _build(lambda: SAGAN(cfg), path, pretrained)
-    return SAGANModel(name="sagan-faces", kind="sagan", pretrained=pretrained, module=module,
-                      image_size=cfg.image_size, config=config)
+    return SAGANModel(
+        name="sagan-faces",
+        kind="sagan",
+        pretrained=pretrained,
+        module=module,
+        image_size=cfg.image_size,
+        config=config,
+    )
 
 
 def _load_ddpm(path: Path, pretrained: bool) -> DDPMModel:
@@ -194,9 +215,16 @@ def _load_ddpm(path: Path, pretrained: bool) -> DDPMModel:
         with torch.random.fork_rng(devices=[]):  # the twin's seed must not reset the caller's RNG
             torch.manual_seed(TWIN_SEED)
             unet = UNet2DModel.from_config(UNet2DModel.load_config(path / "unet"))
-    return DDPMModel(name="ddpm-faces", kind="ddpm", pretrained=pretrained, module=unet.eval(),
-                     image_size=unet.config.sample_size, num_timesteps=scheduler.config.num_train_timesteps,
-                     config=dict(unet.config), scheduler=scheduler)
+    return DDPMModel(
+        name="ddpm-faces",
+        kind="ddpm",
+        pretrained=pretrained,
+        module=unet.eval(),
+        image_size=unet.config.sample_size,
+        num_timesteps=scheduler.config.num_train_timesteps,
+        config=dict(unet.config),
+        scheduler=scheduler,
+    )
 
 
 def _build(make: Callable[[], nn.Module], path: Path, pretrained: bool) -> nn.Module:
@@ -220,14 +248,14 @@ def available_models() -> list[str]:
     return sorted(_LOADERS)
 
 
-def load_model(name: str, pretrained: bool = True, *, root: Path | None = None) -> BundledModel:
+def load_model(name: str, pretrained: bool = True, *, root: str | Path | None = None) -> BundledModel:
     """A bundled model by name; ``pretrained=False`` gives its untrained twin (same architecture).
 
     ``root`` is the folder holding ``<name>/`` (default :data:`CHECKPOINTS`).
     """
     if name not in _LOADERS:
         raise ValueError(f"unknown model {name!r}: choose one of {available_models()}")
-    path = (root or CHECKPOINTS) / name
+    path = Path(root or CHECKPOINTS) / name
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is missing: train it with `spatial-attn train {name.split('-')[0]}`")
     return _LOADERS[name](path, pretrained)

@@ -61,8 +61,14 @@ def fast_sampler(scheduler: DDPMScheduler) -> DDIMScheduler:
 
 
 @torch.no_grad()
-def sample(unet: UNet2DModel, scheduler: DDPMScheduler, seed: int, n: int = 1,
-           steps: int = FAST_STEPS, batch: int = 64) -> torch.Tensor:
+def sample(
+    unet: UNet2DModel,
+    scheduler: DDPMScheduler,
+    seed: int,
+    n: int = 1,
+    steps: int = FAST_STEPS,
+    batch: int = 64,
+) -> torch.Tensor:
     """``n`` faces from noise drawn with ``seed`` (the start and every step's); (n, 3, 32, 32) in [-1, 1]."""
     size = unet.config.sample_size
     gen = torch.Generator().manual_seed(seed)

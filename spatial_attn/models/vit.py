@@ -56,8 +56,13 @@ class ViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.randn(1, 1 + n, cfg.dim) * 0.02)
         self.blocks = nn.ModuleList(
             nn.TransformerEncoderLayer(
-                cfg.dim, cfg.heads, cfg.mlp_ratio * cfg.dim, dropout=0.0, activation="gelu",
-                batch_first=True, norm_first=True,
+                cfg.dim,
+                cfg.heads,
+                cfg.mlp_ratio * cfg.dim,
+                dropout=0.0,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
             )
             for _ in range(cfg.depth)
         )

@@ -99,15 +99,24 @@ def run(trainer: Trainer, s: Settings, run_dir: Path) -> dict:
                     last_save = time.monotonic()
         except KeyboardInterrupt:
             save_checkpoint(resume_path, trainer, done, elapsed, logs)
-            sys.exit(f"stopped after step {done}: continue with --resume "
-                     f"(--resume --steps {done} exports what there is)")
+            sys.exit(
+                f"stopped after step {done}: continue with --resume "
+                f"(--resume --steps {done} exports what there is)"
+            )
     save_checkpoint(resume_path, trainer, done, elapsed, logs)
     record = {
         "command": s.command,
-        "seed": s.seed, "steps": s.steps, "batch_size": s.batch_size, "lr": s.lr, "threads": s.threads,
-        "train_seconds": round(elapsed, 1), "images_seen": s.steps * s.batch_size,
+        "seed": s.seed,
+        "steps": s.steps,
+        "batch_size": s.batch_size,
+        "lr": s.lr,
+        "threads": s.threads,
+        "train_seconds": round(elapsed, 1),
+        "images_seen": s.steps * s.batch_size,
         "final_logs": {k: round(v, 5) for k, v in logs.items()},
-        "torch": torch.__version__, "python": platform.python_version(), "machine": _machine(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": _machine(),
         **s.extra,
     }
     out_dir = s.out / trainer.name
@@ -159,13 +168,13 @@ def load_checkpoint(path: Path, trainer: Trainer) -> tuple[int, float, dict[str,
     tensors = load_file(str(path))
     for name, module in trainer.modules().items():
         prefix = f"module.{name}."
-        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
     for name, opt in trainer.optimizers().items():
         prefix = f"optim.{name}."
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
             if key.startswith(prefix):
-                pid, entry = key[len(prefix):].split(".", 1)
+                pid, entry = key[len(prefix) :].split(".", 1)
                 state.setdefault(int(pid), {})[entry] = value
         opt.load_state_dict({"state": state, "param_groups": meta["optimizers"][name]})
     return meta["step"], meta["elapsed"], meta.get("logs", {})  # checkpoints before logs were kept
@@ -198,7 +207,7 @@ def save_image_grid(images: np.ndarray, path: Path, cols: int = 8, scale: int = 
     canvas = np.full((rows * (h + 2) + 2, cols * (w + 2) + 2, 3), 255, dtype=np.uint8)
     for i, img in enumerate(images):
         y, x = 2 + (i // cols) * (h + 2), 2 + (i % cols) * (w + 2)
-        canvas[y:y + h, x:x + w] = img
+        canvas[y : y + h, x : x + w] = img
     path.parent.mkdir(parents=True, exist_ok=True)
     big = Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST)
     big.save(path)
