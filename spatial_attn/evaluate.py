@@ -118,11 +118,17 @@ def eye_lift(bm: BundledModel, faces: FaceBatch, timestep: int | None = None) ->
     Each face goes through ``bm.prepare`` and ``bm.run`` exactly as in the app (for the DDPM:
     noised to ``timestep`` with the face's index as the noise seed).
     """
-    return _mean([
-        layer_lifts(bm, bm.prepare(Image.fromarray(img), timestep=timestep, seed=i), faces.eyes[i],
-                    faces.eye_radius[i, 0])
-        for i, img in enumerate(faces.images)
-    ])
+    return _mean(
+        [
+            layer_lifts(
+                bm,
+                bm.prepare(Image.fromarray(img), timestep=timestep, seed=i),
+                faces.eyes[i],
+                faces.eye_radius[i, 0],
+            )
+            for i, img in enumerate(faces.images)
+        ]
+    )
 
 
 def generator_eye_lift(gan: Twins, n: int) -> tuple[dict[str, float], dict[str, float], int]:
@@ -170,8 +176,9 @@ def _mean(dicts: list[dict[str, float]]) -> dict[str, float]:
 def evaluate_all(checkpoints: Path, samples: int = 256, faces: int = 200, threads: int = 2) -> list[Result]:
     """Every metric of the table, for the bundled models in ``checkpoints``."""
     torch.set_num_threads(threads)
-    vit, ddpm, sagan = ((load_model(n, True, root=checkpoints), load_model(n, False, root=checkpoints))
-                        for n in NAMES)
+    vit, ddpm, sagan = (
+        (load_model(n, True, root=checkpoints), load_model(n, False, root=checkpoints)) for n in NAMES
+    )
     real = make_faces(faces, LIFT_SEED)
     mid = ddpm[0].num_timesteps // 2
     return [
@@ -187,33 +194,60 @@ def evaluate_all(checkpoints: Path, samples: int = 256, faces: int = 200, thread
 
 def _accuracy_result(vit: Twins) -> Result:
     (trained, per_kind), (twin, _) = (accuracy(m) for m in vit)
-    return Result("vit-faces", f"accuracy, 2,000 fresh images of {len(KINDS)} kinds", ">= 98%", trained, twin,
-                  percent=True, detail={"per_kind": per_kind})
+    return Result(
+        "vit-faces",
+        f"accuracy, 2,000 fresh images of {len(KINDS)} kinds",
+        ">= 98%",
+        trained,
+        twin,
+        percent=True,
+        detail={"per_kind": per_kind},
+    )
 
 
 def _samples_result(gen: Twins, judge: BundledModel, n: int, target: str, how: str) -> Result:
     samples = gen[0].sample(SAMPLE_SEED, n)
     (trained, calls), (twin, _) = (judged_valid(judge, s) for s in (samples, gen[1].sample(SAMPLE_SEED, n)))
-    return Result(gen[0].name, f"{n} samples ({how}) judged valid by vit-faces", target, trained, twin,
-                  percent=True, detail={"calls": calls}, samples=samples)
+    return Result(
+        gen[0].name,
+        f"{n} samples ({how}) judged valid by vit-faces",
+        target,
+        trained,
+        twin,
+        percent=True,
+        detail={"calls": calls},
+        samples=samples,
+    )
 
 
 def _lift_result(models: Twins, faces: FaceBatch, what: str, timestep: int | None = None) -> Result:
     """The best layer of the trained model, and the twin's lift at that same layer."""
     trained, twin = (eye_lift(m, faces, timestep) for m in models)
     best = max(trained, key=trained.get)
-    return Result(models[0].name, f"eye-to-eye lift, {what}, best layer `{best}`", ">= 3",
-                  trained[best], twin[best], detail={"trained": trained, "twin": twin})
+    return Result(
+        models[0].name,
+        f"eye-to-eye lift, {what}, best layer `{best}`",
+        ">= 3",
+        trained[best],
+        twin[best],
+        detail={"trained": trained, "twin": twin},
+    )
 
 
 def _generator_lift_result(sagan: Twins, n: int) -> Result:
     trained, twin, located = generator_eye_lift(sagan, n)
     if not located:
-        return Result(sagan[0].name, f"eye-to-eye lift, generator: no eyes located in {n} samples", "-",
-                      float("nan"), float("nan"))
+        return Result(
+            sagan[0].name,
+            f"eye-to-eye lift, generator: no eyes located in {n} samples",
+            "-",
+            float("nan"),
+            float("nan"),
+        )
     ((layer, value),) = trained.items()
     what = f"eye-to-eye lift, generator on the {located} of {n} samples whose eyes were located, `{layer}`"
-    return Result(sagan[0].name, what, "-", value, twin[layer], detail={"trained": trained, "twin": twin})
+    # The lift target asks for one layer per model; the generator's layer is the SAGAN's other candidate.
+    return Result(sagan[0].name, what, ">= 3", value, twin[layer], detail={"trained": trained, "twin": twin})
 
 
 def format_table(results: list[Result]) -> str:

@@ -25,8 +25,17 @@ def test_targets_are_read_and_shown():
 def test_eye_cells_are_the_cells_the_disc_touches():
     cells = eye_cells(np.array([10.0, 10.0]), 3.0, (8, 8))  # 4 px cells; the disc spans 7..13 px
     assert cells.shape == (8, 8)
-    assert sorted(zip(*np.nonzero(cells), strict=True)) == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2),
-                                                            (2, 3), (3, 1), (3, 2), (3, 3)]
+    assert sorted(zip(*np.nonzero(cells), strict=True)) == [
+        (1, 1),
+        (1, 2),
+        (1, 3),
+        (2, 1),
+        (2, 2),
+        (2, 3),
+        (3, 1),
+        (3, 2),
+        (3, 3),
+    ]
     one = eye_cells(np.array([10.0, 10.0]), 1.0, (8, 8))  # inside cell (2, 2), 2 px from every edge
     assert one.sum() == 1 and one[2, 2]
 

@@ -44,19 +44,24 @@ ARCHITECTURE = {
 }
 
 LOADING = {
-    "vit-faces": "`sa.load_model(\"vit-faces\")` (safetensors + config.json; no pickle).",
+    "vit-faces": '`sa.load_model("vit-faces")` (safetensors + config.json; no pickle).',
     "ddpm-faces": (
-        "`sa.load_model(\"ddpm-faces\")`, or with plain diffusers "
-        "`DDPMPipeline.from_pretrained(\"checkpoints/ddpm-faces\")` (safetensors; no pickle)."
+        '`sa.load_model("ddpm-faces")`, or with plain diffusers '
+        '`DDPMPipeline.from_pretrained("checkpoints/ddpm-faces")` (safetensors; no pickle).'
     ),
-    "sagan-faces": "`sa.load_model(\"sagan-faces\")` (safetensors + config.json; no pickle).",
+    "sagan-faces": '`sa.load_model("sagan-faces")` (safetensors + config.json; no pickle).',
 }
 
 DATA = {
-    "vit-faces": ("all five kinds (valid, eye_color, eye_shape, missing_eye, no_face) in equal measure; "
-                  "half of each batch with Gaussian pixel noise up to 24/255"),
+    "vit-faces": (
+        "all five kinds (valid, eye_color, eye_shape, missing_eye, no_face) in equal measure; "
+        "half of each batch with Gaussian pixel noise up to 24/255"
+    ),
     "ddpm-faces": "valid faces only",
-    "sagan-faces": "valid faces only",
+    "sagan-faces": (
+        "valid faces as real; faces with mismatched eyes (eye_color, eye_shape, missing_eye) shown to "
+        "the discriminator as fake, half a batch per step (negative data augmentation)"
+    ),
 }
 
 
@@ -101,7 +106,7 @@ def write_card(root: Path, name: str, table: str, results: list[dict]) -> Path:
 
 
 def _final_logs(logs: dict) -> str:
-    """"; final logs loss 0.03, ..." or nothing (an export by ``--resume`` at the last step ran no step)."""
+    """ "; final logs loss 0.03, ..." or nothing (an export by ``--resume`` at the last step ran no step)."""
     return "; final logs " + ", ".join(f"{k} {v}" for k, v in logs.items()) if logs else ""
 
 

@@ -7,6 +7,13 @@ re-measured for the averaged weights ("standing statistics"), since a short GAN 
 iterate is noticeably worse than its average. Forwards run under bfloat16 autocast (about 1.45x
 faster on this CPU; weights and optimizer state stay fp32). Learning rates are constant, so a run
 stopped at step N and exported equals ``--steps N``.
+
+Negative data augmentation (Sinha et al. 2021, "Negative Data Augmentation"): each discriminator
+step also sees faces whose eyes do not match (other colour, other shape, one missing) as fake. Real
+faces alone never tell the discriminator that the eyes must agree, and a first run without this
+collapsed onto mismatched eyes (41% of samples judged ``eye_shape``) while its generator's attention
+did not look from eye to eye (lift 0.74). The negatives put the long-range rule into the loss: 82.8%
+valid samples and a generator lift of 8.6 (``checkpoints/sagan-faces/README.md``).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import FaceBatch
+from ..data import FaceBatch, make_faces
 from ..models.sagan import SAGAN, SAGANConfig
 from ..models.weights import save_weights
 from .common import Settings, to_tensor
@@ -27,10 +34,13 @@ DEFAULTS = {"steps": 5000, "batch_size": 32, "lr": 1e-4}
 D_LR_FACTOR = 4.0
 EMA_DECAY = 0.999
 EMA_START = 500  # before this step the average would mostly remember the untrained generator
+NEGATIVES = ("eye_color", "eye_shape", "missing_eye")  # shown to D as fake
+NEG_FRACTION = 0.5  # negatives per D step, as a fraction of the batch
+NEG_WEIGHT = 0.5  # their share of the hinge loss's fake term
 
 
 class SAGANTrainer:
-    """Alternating hinge-loss updates of D then G on valid faces."""
+    """Alternating hinge-loss updates of D then G on valid faces, mismatched eyes as extra fakes."""
 
     name = "sagan-faces"
     kinds = ("valid",)
@@ -55,11 +65,14 @@ class SAGANTrainer:
         G, D = self.model.generator, self.model.discriminator
         real = to_tensor(batch.images)  # (B, 3, 32, 32)
         z = torch.randn(2, len(real), self.cfg.z_dim, generator=gen)  # (2, B, z_dim): one per update
+        neg_seed = int(torch.randint(0, 2**62, (1,), generator=gen))  # the step's seed decides it too
+        neg = to_tensor(make_faces(max(1, round(NEG_FRACTION * len(real))), neg_seed, NEGATIVES).images)
 
         with torch.autocast("cpu", dtype=torch.bfloat16):
             with torch.no_grad():
                 fake = G(z[0])
-            loss_d = F.relu(1 - D(real)).mean() + F.relu(1 + D(fake)).mean()
+            fake_term = (1 - NEG_WEIGHT) * F.relu(1 + D(fake)).mean() + NEG_WEIGHT * F.relu(1 + D(neg)).mean()
+            loss_d = F.relu(1 - D(real)).mean() + fake_term
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
@@ -70,8 +83,12 @@ class SAGANTrainer:
         loss_g.backward()
         self.opt_g.step()
         self._update_ema(step)
-        return {"d": loss_d.item(), "g": loss_g.item(), "gamma_g": G.attn.gamma.item(),
-                "gamma_d": D.attn.gamma.item()}
+        return {
+            "d": loss_d.item(),
+            "g": loss_g.item(),
+            "gamma_g": G.attn.gamma.item(),
+            "gamma_d": D.attn.gamma.item(),
+        }
 
     @torch.no_grad()
     def _update_ema(self, step: int) -> None:
@@ -101,6 +118,13 @@ class SAGANTrainer:
         self.standing_stats()
         state = {f"generator.{k}": v for k, v in self.ema.state_dict().items()}
         state.update({f"discriminator.{k}": v for k, v in self.model.discriminator.state_dict().items()})
-        config = {"kind": "sagan", **self.cfg.to_dict(), "ema_decay": EMA_DECAY,
-                  "d_lr_factor": D_LR_FACTOR}
+        config = {
+            "kind": "sagan",
+            **self.cfg.to_dict(),
+            "ema_decay": EMA_DECAY,
+            "d_lr_factor": D_LR_FACTOR,
+            "negatives": list(NEGATIVES),
+            "neg_fraction": NEG_FRACTION,
+            "neg_weight": NEG_WEIGHT,
+        }
         save_weights(out_dir, config, state)
