@@ -13,7 +13,6 @@ twin the app shows beside the trained model.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,9 +174,7 @@ class DDPMModel(BundledModel):
 
 
 def _load_vit(path: Path, pretrained: bool) -> ViTModel:
-    config = load_config(path)
-    cfg = ViTConfig(**{k: v for k, v in config.items() if k in ViTConfig.__dataclass_fields__})
-    module = _build(lambda: ViT(cfg), path, pretrained)
+    config, cfg, module = _build(ViT, ViTConfig, path, pretrained)
     return ViTModel(
         name="vit-faces",
         kind="vit",
@@ -190,9 +187,7 @@ def _load_vit(path: Path, pretrained: bool) -> ViTModel:
 
 
 def _load_sagan(path: Path, pretrained: bool) -> SAGANModel:
-    config = load_config(path)
-    cfg = SAGANConfig(**{k: v for k, v in config.items() if k in SAGANConfig.__dataclass_fields__})
-    module = _build(lambda: SAGAN(cfg), path, pretrained)
+    config, cfg, module = _build(SAGAN, SAGANConfig, path, pretrained)
     return SAGANModel(
         name="sagan-faces",
         kind="sagan",
@@ -227,17 +222,23 @@ def _load_ddpm(path: Path, pretrained: bool) -> DDPMModel:
     )
 
 
-def _build(make: Callable[[], nn.Module], path: Path, pretrained: bool) -> nn.Module:
-    """``make()`` seeded with TWIN_SEED, then (if pretrained) loaded strictly from safetensors.
+def _build(
+    model_cls: type[nn.Module], config_cls: type, path: Path, pretrained: bool
+) -> tuple[dict, Any, nn.Module]:
+    """``path``'s JSON config, the model's config dataclass built from it, and the module.
 
-    The seed is set inside a forked RNG: loading a model must not reset the caller's random stream.
+    The config file also records training settings, so only the dataclass's own fields are passed.
+    The module is built seeded with TWIN_SEED inside a forked RNG (loading a model must not reset the
+    caller's random stream), then, if pretrained, loaded strictly from safetensors.
     """
+    config = load_config(path)
+    cfg = config_cls(**{k: v for k, v in config.items() if k in config_cls.__dataclass_fields__})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TWIN_SEED)
-        module = make()
+        module = model_cls(cfg)
     if pretrained:
         module.load_state_dict(load_weights(path))
-    return module.eval()
+    return config, cfg, module.eval()
 
 
 _LOADERS = {"ddpm-faces": _load_ddpm, "sagan-faces": _load_sagan, "vit-faces": _load_vit}

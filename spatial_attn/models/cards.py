@@ -106,7 +106,7 @@ def write_card(root: Path, name: str, table: str, results: list[dict]) -> Path:
 
 
 def _final_logs(logs: dict) -> str:
-    """ "; final logs loss 0.03, ..." or nothing (an export by ``--resume`` at the last step ran no step)."""
+    """The suffix ``; final logs loss 0.03, ...``, or nothing (a ``--resume`` export ran no step)."""
     return "; final logs " + ", ".join(f"{k} {v}" for k, v in logs.items()) if logs else ""
 
 
