@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from ..data.tensors import to_tensor, to_uint8
+from ..grid import cell_at
 from .sagan import SAGAN, SAGANConfig
 from .vit import ViT, ViTConfig
 from .weights import load_config, load_weights
@@ -43,6 +44,8 @@ class Prepared:
     kwargs: dict
     display: np.ndarray  # (H, W, 3) uint8
     note: str  # what was done to get here, for the user
+    #: text-conditioned models: the prompt's tokens, in the order of the cross-attention keys
+    tokens: tuple[str, ...] = ()
 
 
 @dataclass
@@ -60,6 +63,8 @@ class BundledModel:
     #: Whether ``prepare(None, seed=s)`` makes its own input (the app then offers "new sample" and
     #: keeps a generated face when the user switches model); models that need an image leave it False.
     generates = False
+    #: Whether ``prepare`` accepts ``prompt=`` (text-conditioned models; the app then shows a prompt box).
+    takes_prompt = False
 
     def prepare(
         self, image: Image.Image | None = None, *, timestep: int | None = None, seed: int = 0
@@ -79,6 +84,14 @@ class BundledModel:
     def sample(self, seed: int, n: int = 1) -> np.ndarray:
         """(n, S, S, 3) uint8 images drawn from ``seed``: what "new sample" shows, and what eval judges."""
         raise ValueError(f"{self.name} does not generate images: give it one")
+
+    def input_pixel(self, point: tuple[float, float], source_hw: tuple[int, int]) -> tuple[int, int]:
+        """The pixel ``(y, x)`` of the model's input that shows pixel ``point`` of a ``source_hw`` image.
+
+        Bundled models resize the whole image, so this is proportional; models whose preprocessing
+        crops or pads override it with their own geometry.
+        """
+        return cell_at(point, source_hw, (self.image_size, self.image_size))
 
     def to_input(self, image: Image.Image | None) -> tuple[torch.Tensor, np.ndarray, str]:
         """Any PIL image -> ((1, 3, S, S) in [-1, 1], the (S, S, 3) uint8 picture, a note)."""
