@@ -13,9 +13,16 @@ registered anywhere else). Inside ``with``:
   (``TransformerEncoderLayer`` in eval) turn themselves off under a mode, and capturing must not
   change a single bit of the model's output.
 
-Hooks act only for the thread that entered the capture and never during a backward pass (gradient
-checkpointing re-runs forwards there), so concurrent users of one model do not see each other's
-calls. Hooks hold the capture weakly: a capture that is dropped without ``__exit__`` releases itself.
+Many users share one model (the web app serves each model to everyone), so hooks are not the
+capture's own: one :class:`_ModelHooks` per model registers them when the model's first capture
+starts and removes them when its last one ends, and each call is dispatched to the captures of the
+thread that made it (never during a backward pass: gradient checkpointing re-runs forwards there).
+Why not a set of hooks per capture: torch reads a module's hooks and then, separately, which of
+them take keyword arguments, so a hook added or removed by another thread in between is called
+with the wrong arguments (``_exit() missing 'output'``). Here a capture's hooks cannot change while
+its own forward runs, and a forward of another thread that meets a registration in flight calls a
+hook that accepts both forms and has nothing to do. Hooks hold the captures weakly: a capture that
+is dropped without ``__exit__`` releases itself.
 """
 
 from __future__ import annotations
@@ -25,10 +32,10 @@ import fnmatch
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -73,7 +80,7 @@ class Capture:
         self._include = _patterns(include)
         self._exclude = _patterns(exclude)
         self._grid = grid
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._hooks: _ModelHooks | None = None
         self._owners: dict[nn.Module, tuple[str, ModuleAdapter | None]] = {}
         self._functions: list[FunctionAdapter] = []
         self._mode: _Watch | None = None
@@ -104,10 +111,11 @@ class Capture:
             self.release()
 
     def release(self) -> None:
-        """Remove every hook and the function mode. Safe to call twice, and from ``__del__``."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        """Leave the model's hooks (the last capture removes them) and pop the function mode. Safe to
+        call twice, and from ``__del__``."""
+        if self._hooks is not None:
+            self._hooks.leave(self)
+            self._hooks = None
         if self._mode is not None and threading.get_ident() == self._thread:
             if self._lifted:
                 self._lifted = False
@@ -120,26 +128,18 @@ class Capture:
         self._claim = None
 
     def _register(self) -> None:
-        ref = weakref.ref(self)
-        adapters = [cls() for cls in MODULE_ADAPTERS]
-        for name, module in self.model.named_modules():
-            adapter = next((a for a in adapters if a.matches(module)), None)
-            self._owners[module] = (name, adapter)
-            self._handles += [
-                module.register_forward_pre_hook(partial(_enter, ref, module), with_kwargs=True),
-                module.register_forward_hook(partial(_exit, ref, module), with_kwargs=True, always_call=True),
-            ]
-            for role, (sub, where) in (adapter.taps(module) if adapter else {}).items():
-                self._handles.append(_tap(sub, where, partial(_on_tap, ref, module, role)))
+        self._hooks = _ModelHooks.join(self.model, self)
+        self._owners = self._hooks.owners
         self._functions = [cls() for cls in FUNCTION_ADAPTERS]
         watched = frozenset().union(*(f.functions for f in self._functions))
-        self._mode = _Watch(ref, watched)
+        self._mode = _Watch(weakref.ref(self), watched)
         _push_mode(self._mode)
 
     # -- events from the hooks ------------------------------------------------------------------
     def _mine(self) -> bool:
-        """Hooks act for the capturing thread only, and never while autograd runs a backward."""
-        return threading.get_ident() == self._thread and torch._C._current_graph_task_id() == -1
+        """The function mode acts for the capturing thread only, and never while autograd runs a
+        backward."""
+        return threading.get_ident() == self._thread and _forward_pass()
 
     def _on_enter(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         name, adapter = self._owners[module]
@@ -168,7 +168,8 @@ class Capture:
                 call, adapter = frame.call, self._owners[module][1]
                 assert call is not None and adapter is not None
                 call.output = output
-                self._record(frame.name, adapter.family, lambda: adapter.extract(call))
+                with _own_math():
+                    self._record(frame.name, adapter.family, lambda: adapter.extract(call))
         finally:
             self._claim = None
             self._restore_mode()
@@ -185,7 +186,8 @@ class Capture:
             if func in adapter.functions:
                 extracted = adapter.on_call(func, args, kwargs, out, batch)
                 if extracted is not None:
-                    self._record(self._context_name(), adapter.family, lambda e=extracted: e)
+                    with _own_math():
+                        self._record(self._context_name(), adapter.family, lambda e=extracted: e)
 
     # -- turning an extraction into a layer -----------------------------------------------------
     def _record(self, base: str, family: str, extract: Callable[[], Extracted]) -> None:
@@ -312,37 +314,118 @@ class _Watch(TorchFunctionMode):
         out = func(*args, **kwargs)
         if func in self._functions:
             cap = self._ref()
-            if cap is not None and cap._mine():
+            if cap is not None and cap._mine() and not _OWN_MATH.depth:
                 cap._on_function(func, args, kwargs, out)
         return out
 
 
-# Hook functions live at module level and reach the capture through a weak reference, so a model
-# that outlives a forgotten capture does not keep it (and its tensors) alive.
+class _ModelHooks:
+    """The one owner of the hooks on one model, shared by every capture active on it.
+
+    Registered when the model's first capture enters and removed when its last one leaves (see the
+    module docstring for why they are not per capture); in between each call is handed to the
+    captures of the calling thread. Captures are held weakly, so a forgotten one can still be
+    collected, and its ``__del__`` leaves.
+    """
+
+    _lock = threading.RLock()  # re-entrant: a capture collected inside join() leaves from there
+    _active: ClassVar[dict[int, _ModelHooks]] = {}  # id(model) -> its hooks, only while in use
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.owners: dict[nn.Module, tuple[str, ModuleAdapter | None]] = {}
+        self._captures: dict[int, list[weakref.ref[Capture]]] = {}  # thread id -> its captures
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        ref = weakref.ref(self)
+        adapters = [cls() for cls in MODULE_ADAPTERS]
+        for name, module in model.named_modules():
+            adapter = next((a for a in adapters if a.matches(module)), None)
+            self.owners[module] = (name, adapter)
+            self._handles += [
+                module.register_forward_pre_hook(partial(_enter, ref, module), with_kwargs=True),
+                module.register_forward_hook(partial(_exit, ref, module), with_kwargs=True, always_call=True),
+            ]
+            for role, (sub, where) in (adapter.taps(module) if adapter else {}).items():
+                self._handles.append(_tap(sub, where, partial(_on_tap, ref, module, role)))
+
+    @classmethod
+    def join(cls, model: nn.Module, capture: Capture) -> _ModelHooks:
+        """The model's hooks, registered now if no capture is using them; ``capture`` (entered on
+        this thread) receives this thread's calls from now on."""
+        with cls._lock:
+            hooks = cls._active.get(id(model))
+            if hooks is None:
+                hooks = cls._active[id(model)] = cls(model)
+            hooks._captures.setdefault(threading.get_ident(), []).append(weakref.ref(capture))
+            return hooks
+
+    def leave(self, capture: Capture) -> None:
+        """Stop sending calls to ``capture`` (and to captures already collected); the last one to
+        leave removes the hooks."""
+        with self._lock:
+            for thread, refs in list(self._captures.items()):
+                refs[:] = [r for r in refs if r() is not None and r() is not capture]
+                if not refs:
+                    del self._captures[thread]
+            if not self._captures and self._handles:
+                for handle in self._handles:
+                    handle.remove()
+                self._handles.clear()
+                del self._active[id(self.model)]
+
+    def receivers(self) -> list[Capture]:
+        """The captures of the calling thread (none during a backward pass)."""
+        refs = self._captures.get(threading.get_ident())
+        if not refs or not _forward_pass():
+            return []
+        return [cap for cap in (r() for r in refs) if cap is not None]
 
 
-def _enter(ref: weakref.ref[Capture], module: nn.Module, _: nn.Module, args: tuple, kwargs: dict) -> None:
-    cap = ref()
-    if cap is not None and cap._mine():
-        cap._on_enter(module, args, kwargs)
+class _Depth(threading.local):
+    depth = 0
 
 
-def _exit(
-    ref: weakref.ref[Capture],
-    module: nn.Module,
-    _: nn.Module,
-    args: tuple,
-    kwargs: dict,
-    output: Any,
+_OWN_MATH = _Depth()  # > 0 while a capture of this thread reads a call: its math is not the model's
+
+
+@contextlib.contextmanager
+def _own_math() -> Iterator[None]:
+    """Marks the library's own reading and verification of a call, so that another capture active
+    on the same thread (nested captures) does not record it as the model's attention."""
+    _OWN_MATH.depth += 1
+    try:
+        yield
+    finally:
+        _OWN_MATH.depth -= 1
+
+
+def _forward_pass() -> bool:
+    """False while autograd runs a backward (checkpointed forwards re-run there)."""
+    return torch._C._current_graph_task_id() == -1
+
+
+# Hook functions live at module level and reach the hooks' owner through a weak reference. Each
+# accepts both of torch's calling conventions (with and without kwargs): a forward of another thread
+# can meet a registration in flight and call it the other way, and then it has nothing to do.
+
+
+def _enter(
+    ref: weakref.ref[_ModelHooks], module: nn.Module, _: nn.Module, args: tuple, *kwargs: dict
 ) -> None:
-    cap = ref()
-    if cap is not None and cap._mine():
-        cap._on_exit(module, output)
+    hooks = ref()
+    for cap in hooks.receivers() if hooks is not None else ():
+        cap._on_enter(module, args, kwargs[0] if kwargs else {})
 
 
-def _on_tap(ref: weakref.ref[Capture], owner: nn.Module, role: str, tensor: torch.Tensor) -> None:
-    cap = ref()
-    if cap is not None and cap._mine():
+def _exit(ref: weakref.ref[_ModelHooks], module: nn.Module, _: nn.Module, args: tuple, *rest: Any) -> None:
+    hooks = ref()
+    for cap in hooks.receivers() if hooks is not None else ():
+        cap._on_exit(module, rest[-1])  # rest: (kwargs, output) or (output,)
+
+
+def _on_tap(ref: weakref.ref[_ModelHooks], owner: nn.Module, role: str, tensor: torch.Tensor) -> None:
+    hooks = ref()
+    for cap in hooks.receivers() if hooks is not None else ():
         cap._on_tap(owner, role, tensor)
 
 

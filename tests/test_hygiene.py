@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 
 import pytest
 import torch
@@ -81,29 +82,107 @@ def test_layers_hold_no_graph():
 
 @pytest.mark.parametrize("same_model", [False, True])
 def test_threads_do_not_see_each_other(same_model):
-    nets = [_net(), _net()]
-    if same_model:
-        nets[1] = nets[0]
-    sizes = [(4, 4), (6, 3)]
-    barrier = threading.Barrier(2)
-    result: dict[int, list] = {}
+    """Four threads enter and leave captures of one model as fast as they can while a fifth runs it
+    without capturing: nothing keeps them apart but the capture's own design. Each capture must see
+    exactly its own thread's calls (sizes differ per thread), and no forward may fail."""
+    shared = _net()
+    nets = [shared if same_model else _net() for _ in range(4)]
+    sizes = [(4, 4), (6, 3), (2, 5), (3, 3)]
+    failures: list[str] = []
+    seen: dict[int, set] = {i: set() for i in range(4)}
 
-    def work(i: int) -> None:
+    def capturing(i: int) -> None:
         x = torch.randn(1, 16, *sizes[i])
-        with torch.no_grad(), sa.capture(nets[i]) as cap:
-            barrier.wait()  # both captures are active at once
-            for _ in range(3):
-                _run(nets[i], x)
-            barrier.wait()
-        result[i] = [layer.query_grid for layer in cap.layers]
+        for _ in range(60):
+            try:
+                with torch.no_grad(), sa.capture(nets[i]) as cap:
+                    _run(nets[i], x)
+                seen[i].add(tuple(layer.query_grid for layer in cap.layers))
+            except Exception as error:  # a failure in any thread must reach the assertion
+                failures.append(repr(error))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    def plain() -> None:
+        x = torch.randn(1, 16, 4, 4)
+        for _ in range(120):
+            try:
+                with torch.no_grad():
+                    _run(shared, x)
+            except Exception as error:
+                failures.append(f"plain forward: {error!r}")
+
+    threads = [threading.Thread(target=capturing, args=(i,)) for i in range(4)]
+    threads.append(threading.Thread(target=plain))
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    for i in range(2):
-        assert result[i] == [sizes[i]] * 6  # 2 layers x 3 forwards, all of this thread's size
+    assert failures == []
+    for i in range(4):
+        assert seen[i] == {(sizes[i], sizes[i])}  # 2 layers per forward, both of this thread's size
+    assert _hook_count(shared) == 0
+
+
+def test_a_forward_meeting_hooks_in_flight_does_not_fail():
+    """One thread enters and leaves captures, so the hooks come and go all the time; another runs the
+    model plainly, with a hook of its user's own that yields the interpreter (as any hook doing I/O
+    does). Torch reads the hooks, runs the user's, then asks which take kwargs: by then the capture's
+    may have gone, and it is called the other way. That must not fail the user's forward."""
+    net = _net()
+    stop = threading.Event()
+    failures: list[str] = []
+    pause = lambda *_: time.sleep(1e-4)  # noqa: E731
+    users = [m.register_forward_pre_hook(pause) for m in net.modules()]
+    users += [m.register_forward_hook(pause) for m in net.modules()]
+
+    def plain() -> None:
+        x = torch.randn(1, 16, 4, 4)
+        while not stop.is_set():
+            try:
+                with torch.no_grad():
+                    _run(net, x)
+            except Exception as error:
+                failures.append(repr(error))
+
+    runner = threading.Thread(target=plain)
+    runner.start()
+    x = torch.randn(1, 16, 4, 4)
+    try:
+        for _ in range(200):
+            with torch.no_grad(), sa.capture(net):
+                _run(net, x)
+    finally:
+        stop.set()
+        runner.join()
+        for handle in users:
+            handle.remove()
+    assert failures == []
+
+
+def test_captures_of_one_model_share_one_set_of_hooks():
+    """Twenty users capturing one model cost one hook pair per module, not twenty."""
+    net = _net()
+    modules = len(list(net.modules()))
+    with sa.capture(net), sa.capture(net):
+        both = _hook_count(net)
+    assert both == 2 * modules + _taps(net)
+    assert _hook_count(net) == 0
+
+
+def _taps(net: nn.Module) -> int:
+    with sa.capture(net):
+        return _hook_count(net) - 2 * len(list(net.modules()))
+
+
+def test_nested_captures_of_one_model_both_record():
+    net = _net()
+    x = torch.randn(1, 16, 4, 4)
+    with torch.no_grad(), sa.capture(net) as outer:
+        _run(net, x)
+        with sa.capture(net) as inner:
+            _run(net, x)
+        assert _hook_count(net) > 0  # the outer capture still holds the hooks
+    assert [len(outer.layers), len(inner.layers)] == [4, 2]
+    assert _hook_count(net) == 0
 
 
 @pytest.mark.parametrize("reentrant", [False, True])
