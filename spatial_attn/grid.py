@@ -13,7 +13,8 @@ and the tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 Grid = tuple[int, int]
 
@@ -64,6 +65,9 @@ class TokenLayout:
     start: int = 0
     labels: tuple[str, ...] = ()
     note: str = ""
+    #: True when the grid is a guess from the token count that other grids fit as well, or that
+    #: assumed special tokens: the note says so and the app shows it (pass ``grid=`` to settle it).
+    ambiguous: bool = False
 
     def __post_init__(self) -> None:
         if self.grid is not None:
@@ -118,6 +122,7 @@ class TokenLayout:
             self.start + len(prefix),
             prefix + self.labels + suffix,
             self.note,
+            self.ambiguous,
         )
 
 
@@ -135,26 +140,42 @@ def text_layout(count: int, note: str = "keys are not spatial") -> TokenLayout:
     return TokenLayout(count, None, note=note)
 
 
+@dataclass(frozen=True)
+class StatedGrid:
+    """A token grid the model itself stated while running: a patch embedding's output, the image
+    ids passed to its forward. Stronger evidence than a factorisation of the token count."""
+
+    grid: Grid
+    source: str  # in words, for the layout's note: "the output of `patch_embed.proj`"
+    special: str = "special"  # what the tokens outside the grid are ("text" for packed sequences)
+
+
 def infer_layout(
     count: int,
     hints: list[Grid],
     input_hw: tuple[int, int] | None,
     override: Grid | None = None,
+    stated: Sequence[StatedGrid] = (),
 ) -> TokenLayout:
     """Find the grid of ``count`` tokens, and say how it was found.
 
     In order: an explicit ``override``; a feature map seen on the way in (``hints``: the 4D inputs of
-    the enclosing modules, innermost first) with exactly ``count`` cells; otherwise the factorings of
+    the enclosing modules, innermost first) with exactly ``count`` cells; a grid the model stated
+    (``stated``, most recent last) with ``count - H*W`` special tokens before it, fewer than its
+    cells (a ViT's CLS and any number of registers); otherwise a guess: the factorings of
     ``count - s`` (``s`` special tokens, assumed first) whose aspect ratio equals the model input's.
-    When several factorings fit, the one with the fewest special tokens wins and the note says the
-    choice was ambiguous; when none fits, the layout is not spatial and the note says to pass
-    ``grid=``.
+    A guess is marked ``ambiguous`` when it assumed special tokens or several factorings fit (the
+    one with the fewest special tokens is taken); when none fits, the layout is not spatial and the
+    note says to pass ``grid=``.
     """
     if override is not None:
         return grid_layout(override, count, "grid given by the caller")
     for h, w in hints:
         if h * w == count:
             return TokenLayout(count, (h, w), note="grid from the enclosing module's feature map")
+    said = _from_stated(count, stated)
+    if said is not None:
+        return said
     if input_hw is None:
         return text_layout(count, f"no feature map of {count} cells seen; pass grid=(H, W)")
     hi, wi = input_hw
@@ -169,11 +190,38 @@ def infer_layout(
     s, h, w = fits[0]
     note = f"{h}x{w} grid inferred from {count} tokens and the input's aspect ratio"
     if s:
-        note += f"; the first {s} token(s) taken as special"
+        note += f"; the first {s} token(s) taken as special (a guess: pass grid=(H, W) if wrong)"
     if len(fits) > 1:
         others = ", ".join(f"{hh}x{ww}+{ss}" for ss, hh, ww in fits[1:])
         note += f"; ambiguous (also fits {others}): pass grid=(H, W) to choose"
-    return grid_layout((h, w), count, note)
+    return replace(grid_layout((h, w), count, note), ambiguous=bool(s) or len(fits) > 1)
+
+
+def _from_stated(count: int, stated: Sequence[StatedGrid]) -> TokenLayout | None:
+    """The layout of ``count`` tokens on the most recent stated grid they fit: its cells last, and
+    fewer special tokens before them than cells (so a coarse grid never claims a long sequence)."""
+    fits: dict[Grid, StatedGrid] = {}
+    for said in reversed(stated):
+        h, w = said.grid
+        if 0 <= count - h * w < h * w:
+            fits.setdefault(said.grid, said)
+    if not fits:
+        return None
+    said, *others = fits.values()
+    (h, w), extra = said.grid, count - said.grid[0] * said.grid[1]
+    note = f"{h}x{w} grid from {said.source}"
+    if extra:
+        note += f"; the first {extra} token(s) are {said.special} tokens"
+    if others:
+        note += f"; ambiguous (also fits {', '.join(f'{o.grid[0]}x{o.grid[1]}' for o in others)})"
+    labels = _special_labels(extra) if said.special == "special" else _numbered(said.special, extra)
+    return TokenLayout(count, (h, w), extra, labels, note, ambiguous=bool(others))
+
+
+def single_query_layout(keys: int) -> TokenLayout:
+    """The layout of a layer's one query (a class token, an attention-pooling probe). It is no
+    pixel: it stands for the whole image as a 1x1 grid, so a click anywhere shows its row."""
+    return TokenLayout(1, (1, 1), note=f"one query (not a pixel) over {keys} keys: every click shows its row")
 
 
 def pooled_grid(query_grid: Grid, count: int) -> Grid | None:
@@ -188,3 +236,8 @@ def pooled_grid(query_grid: Grid, count: int) -> Grid | None:
 def _special_labels(n: int) -> tuple[str, ...]:
     """Names for ``n`` leading non-pixel tokens: the first is a CLS token by near-universal habit."""
     return tuple("CLS" if i == 0 else f"special {i}" for i in range(n))
+
+
+def _numbered(kind: str, n: int) -> tuple[str, ...]:
+    """``kind 0``, ``kind 1``, ...: labels for tokens whose kind is known (``text 0``, ...)."""
+    return tuple(f"{kind} {i}" for i in range(n))

@@ -1,0 +1,238 @@
+"""Windowed attention (Swin, SwinV2, ViTDet, SAM) placed back on the whole token grid.
+
+A windowed block cuts its ``H x W`` token map into ``wh x ww`` windows (after a cyclic shift, for
+Swin's shifted blocks, and zero padding up to a multiple of the window) and runs one small
+attention per window: the attention call sees ``B * nW`` sequences of ``wh*ww`` tokens, and reading
+it as it comes would make each window an "image" and ``batch`` a window index. Here the block
+itself says how it partitioned (its ``window_size``, ``shift_size`` and input size, read when the
+attention call inside it is recorded), :class:`WindowLayout` turns that into the one index map from
+window slots to absolute tokens, and :class:`WindowedScores` answers rows and columns on the whole
+grid from the per-window scores: a row is the token's window row at the absolute positions of its
+keys, zero elsewhere. Nothing ``N x N`` is built; the per-window queries and keys are kept as they
+were multiplied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+from torch import nn
+
+from .grid import Grid, TokenLayout, grid_layout
+from .layer import AttentionLayer, QKScores, Scores, StoredProbs
+
+#: The name of the extra key token that collects the mass on padding (ViTDet, SAM, and Swin when
+#: the grid is not a multiple of the window: the padded zeros are keys like any other).
+PADDING = "padding"
+
+
+@dataclass(frozen=True)
+class WindowLayout:
+    """How one block partitioned ``batch`` images of a ``grid`` of tokens into windows.
+
+    ``shift`` is the cyclic shift ``torch.roll(x, -shift)`` applied before partitioning.
+    ``pad_first``: the map was padded to a multiple of the window before the shift
+    (transformers' Swin) rather than after it (timm's Swin); without a shift both agree.
+    """
+
+    grid: Grid
+    window: Grid
+    batch: int
+    shift: Grid = (0, 0)
+    pad_first: bool = False
+    source: str = ""
+
+    @property
+    def padded(self) -> Grid:
+        """``(Hp, Wp)``: the grid padded up to a multiple of the window."""
+        (h, w), (wh, ww) = self.grid, self.window
+        return -(-h // wh) * wh, -(-w // ww) * ww
+
+    @property
+    def area(self) -> int:
+        """Tokens per window."""
+        return self.window[0] * self.window[1]
+
+    @property
+    def windows(self) -> int:
+        """Windows per image."""
+        (hp, wp), (wh, ww) = self.padded, self.window
+        return (hp // wh) * (wp // ww)
+
+    @property
+    def has_padding(self) -> bool:
+        """Whether padded tokens are attention keys."""
+        return self.padded != self.grid
+
+    @cached_property
+    def cells(self) -> np.ndarray:
+        """``(nW, wh*ww)``: the absolute token ``y*W + x`` at each slot of each window, -1 for padding.
+
+        Window ``j`` of an image is the ``j``-th of its row-major windows and slot ``s`` is
+        row-major inside the window, as ``window_partition`` orders them; slot ``(Y, X)`` of the
+        partitioned map holds the token the shift moved there.
+        """
+        (h, w), (hp, wp), (wh, ww), (sy, sx) = self.grid, self.padded, self.window, self.shift
+        y, x = np.meshgrid(np.arange(hp), np.arange(wp), indexing="ij")  # (Hp, Wp) partitioned frame
+        if self.pad_first:  # roll over the padded map: padding moves with the tokens
+            y, x = (y + sy) % hp, (x + sx) % wp
+            inside = (y < h) & (x < w)
+        else:  # roll over the map, then pad: padding stays at the bottom and right
+            inside = (y < h) & (x < w)
+            y, x = (y + sy) % h, (x + sx) % w
+        index = np.where(inside, y * w + x, -1)  # (Hp, Wp)
+        index = index.reshape(hp // wh, wh, wp // ww, ww).transpose(0, 2, 1, 3)  # (nWh, nWw, wh, ww)
+        return index.reshape(-1, self.area)
+
+    @cached_property
+    def slots(self) -> np.ndarray:
+        """``(N,)``: where each absolute token sits, as ``window * wh*ww + slot``."""
+        flat = self.cells.ravel()
+        where = np.empty(self.grid[0] * self.grid[1], dtype=np.int64)
+        where[flat[flat >= 0]] = np.flatnonzero(flat >= 0)
+        return where
+
+    def fits(self, shape: tuple[int, int, int, int]) -> bool:
+        """Whether an attention call of ``(B', h', N, N')`` tokens is this block's windows."""
+        b, h, n, m = shape
+        return n == m == self.area and (b * h) % (self.batch * self.windows) == 0
+
+    def describe(self) -> str:
+        """The partition in words, for the layer's note."""
+        (h, w), (wh, ww) = self.grid, self.window
+        text = f"{h}x{w} grid in {wh}x{ww} windows"
+        if any(self.shift):
+            text += f" shifted by {self.shift[0]}x{self.shift[1]}"
+        if self.has_padding:
+            text += f", padded to {self.padded[0]}x{self.padded[1]}"
+        return text + (f" (from {self.source})" if self.source else "")
+
+    def local_layout(self) -> TokenLayout:
+        """The layout of one window's tokens, as the attention call inside the block sees them."""
+        return grid_layout(self.window, self.area, "one window")
+
+    def place(self, layer: AttentionLayer) -> AttentionLayer:
+        """``layer`` (one window per batch entry) as a layer of the whole grid of each image."""
+        n = self.grid[0] * self.grid[1]
+        queries = grid_layout(self.grid, n, self.describe())
+        keys = TokenLayout(n + 1, self.grid, 0, (PADDING,), queries.note) if self.has_padding else queries
+        placed = AttentionLayer(layer.name, layer.family, WindowedScores(layer.scores, self), queries, keys)
+        placed.verification = layer.verification  # checked per window, where the model's output is
+        return placed
+
+
+class WindowedScores:
+    """The scores of every window of a block, answering for absolute tokens: ``(B, h, N, N')``.
+
+    ``N' = N``, plus one key token (:data:`PADDING`) holding the mass on padding when there is any.
+    Rows and columns cost one window's row or column, placed by :attr:`WindowLayout.cells`.
+    """
+
+    def __init__(self, inner: Scores, layout: WindowLayout) -> None:
+        self.layout = layout
+        self.inner = _per_window(inner, layout.batch * layout.windows)  # (B*nW, h, a, a)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(B, h, N, N')``."""
+        n = self.layout.grid[0] * self.layout.grid[1]
+        return self.layout.batch, self.inner.shape[1], n, n + int(self.layout.has_padding)
+
+    def _window(self, batch: int, token: int) -> tuple[int, int, np.ndarray]:
+        """The inner batch entry of ``token``'s window, its slot there, and the window's cells."""
+        window, slot = divmod(int(self.layout.slots[token]), self.layout.area)
+        return batch * self.layout.windows + window, slot, self.layout.cells[window]
+
+    def row(self, batch: int, token: int) -> np.ndarray:
+        """Token ``token``'s row over every absolute key (padding last, if any): ``(h, N')``."""
+        entry, slot, cells = self._window(batch, token)
+        window_row = self.inner.row(entry, slot)  # (h, wh*ww)
+        out = np.zeros((window_row.shape[0], self.shape[3]), dtype=window_row.dtype)
+        inside = cells >= 0
+        out[:, cells[inside]] = window_row[:, inside]
+        if self.layout.has_padding:
+            out[:, -1] = window_row[:, ~inside].sum(-1)
+        return out
+
+    def probs(self, batch: int, queries: torch.Tensor) -> torch.Tensor:
+        """Rows of a block of absolute query tokens: ``(h, s, N')``."""
+        return torch.from_numpy(np.stack([self.row(batch, int(t)) for t in queries], axis=1))
+
+    def column(self, batch: int, key: int) -> np.ndarray:
+        """What every absolute query gives to absolute key ``key``: ``(h, N)``, zero outside its window."""
+        if key >= self.shape[2]:
+            raise ValueError("the padding key is many tokens, one per window; it has no single column")
+        entry, slot, cells = self._window(batch, key)
+        window_column = self.inner.column(entry, slot)  # (h, wh*ww): the window's queries
+        out = np.zeros((window_column.shape[0], self.shape[2]), dtype=window_column.dtype)
+        inside = cells >= 0
+        out[:, cells[inside]] = window_column[:, inside]
+        return out
+
+    def nbytes(self) -> int:
+        """Memory held: the per-window scores and the index maps."""
+        return self.inner.nbytes() + self.layout.cells.nbytes + self.layout.slots.nbytes
+
+
+def _per_window(scores: Scores, entries: int) -> Scores:
+    """Scores regrouped as ``(B*nW, h, a, a)``: a call may have folded heads into its batch axis or
+    windows into its head axis (SAM runs ``(B*nW*h, a, d)``); both keep image, window, head order."""
+    b, h, n, m = scores.shape
+    if b == entries:
+        return scores
+    heads = b * h // entries
+    if isinstance(scores, StoredProbs):
+        return StoredProbs(scores.p.reshape(entries, heads, n, m))
+    assert isinstance(scores, QKScores)
+    q = scores.q.reshape(entries, heads, n, -1)
+    k = scores.k.reshape(entries, heads, m, -1)
+    mask = scores.mask
+    if mask is not None:
+        mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape)).expand(b, h, n, m)
+        mask = mask.reshape(entries, heads, n, m)
+    return QKScores(q, k, mask, scores.causal)
+
+
+def read_window(module: nn.Module, args: tuple, kwargs: dict, batch: int, name: str) -> WindowLayout | None:
+    """How ``module``, a running block, partitions its input into windows; None if it does not.
+
+    Read when the attention call inside the block is recorded, so a size the block set in its own
+    forward (transformers' Swin shrinks its window to a small map) is the one it used. Blocks are
+    recognised by what they hold: a ``window_size``; a ``shift_size`` (Swin) or none (ViTDet, SAM:
+    ``window_size = 0`` is a global block, one window of the whole map). Their input is a
+    ``(B, H, W, C)`` map (timm, SAM, ViTDet) or ``(B, H*W, C)`` tokens with the grid passed as
+    ``input_dimensions`` (transformers' Swin) or kept as ``input_resolution`` (older timm).
+    """
+    attrs = vars(module)  # the block's own attributes (getattr would also ask a diffusers config)
+    size = attrs.get("window_size")
+    x = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("hidden_states")
+    if size is None or not isinstance(x, torch.Tensor) or x.shape[0] != batch:
+        return None
+    if x.ndim == 4:
+        grid = (int(x.shape[1]), int(x.shape[2]))
+    elif x.ndim == 3:
+        dims = args[1] if len(args) > 1 else kwargs.get("input_dimensions")
+        dims = dims if dims is not None else attrs.get("input_resolution")
+        if dims is None:
+            return None
+        grid = (int(dims[0]), int(dims[1]))
+        if grid[0] * grid[1] != x.shape[1]:
+            return None
+    else:
+        return None
+    window = _pair(size)
+    if window[0] <= 0:  # a global block among windowed ones (ViTDet, SAM)
+        window = grid
+    shift = _pair(attrs.get("shift_size", 0))
+    pad_first = hasattr(module, "maybe_pad")  # transformers' Swin pads, then shifts
+    return WindowLayout(grid, window, batch, shift, pad_first, f"`{name}`")
+
+
+def _pair(value: object) -> Grid:
+    """An int or a pair (tuple, list, 0-d tensor) as a pair of ints."""
+    if isinstance(value, tuple | list):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)  # type: ignore[call-overload]
