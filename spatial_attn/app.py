@@ -95,14 +95,23 @@ def default_image() -> tuple[Image.Image, str]:
 
 
 def run(
-    library: Library, model: str, timestep: float, seed: float, source: Image.Image | None, note: str
+    library: Library,
+    model: str,
+    timestep: float,
+    seed: float,
+    source: Image.Image | None,
+    note: str,
+    prompt: str | None = None,
 ) -> Session:
-    """Run ``model`` once on ``source`` (None: generate from ``seed``) under capture."""
+    """Run ``model`` once on ``source`` (None: generate from ``seed``) under capture; a text-conditioned
+    model on ``prompt`` (None: its default)."""
     bundled = library[model]
+    if prompt is not None and bundled.takes_prompt:
+        bundled = bundled.with_prompt(prompt)  # a copy holding this user's prompt, same modules
     t = int(timestep) if bundled.num_timesteps else None
     if source is not None:
         source = source.copy()
-        source.thumbnail((256, 256))  # bounds the session; the model sees 32x32 anyway
+        source.thumbnail((max(256, 2 * bundled.image_size),) * 2)  # bounds the session, keeps the detail
     exploration = Exploration(bundled, source, timestep=t, seed=int(seed))
     h, w = exploration.image_hw
     return Session(exploration, source, note, point=(h // 2, w // 2))
@@ -147,6 +156,8 @@ def input_note(session: Session) -> str:
         parts.append(f"classified **{best}** ({summary['probs'][best]:.0%})")
     if "score" in summary:
         parts.append(f"discriminator score {summary['score']:.2f}")
+    if "top" in summary:  # your own classifier
+        parts.append("top predictions: " + ", ".join(f"**{label}** {p:.0%}" for label, p in summary["top"]))
     parts += [f"⚠ {p}" for p in ex.problems]
     return " · ".join(p for p in parts if p)
 
@@ -176,25 +187,30 @@ def attend(
     y: float,
     head: str = "mean",
     seed: float = 0,
+    prompt: str = "",
 ) -> tuple[list[tuple[Image.Image, str]], dict]:
     """The HTTP API: every layer's attention row for pixel ``(x, y)`` of ``image``.
 
     ``image`` is a file path (None: the default example face); ``x``/``y`` are pixels of that image,
-    whatever its size. Returns the panels and, per layer, its grids, the query cell and the row.
+    whatever its size: mapped through the model's own resize and crop. ``prompt`` is for
+    text-conditioned models ("": the model's default). Returns the panels and, per layer, its grids,
+    the query cell and the row (over the prompt's ``tokens`` in cross-attention layers).
     """
     source, notes = load_image(image) if image else (default_image()[0], [])
-    session = run(library, model, timestep, seed, source, "")
+    session = run(library, model, timestep, seed, source, "", prompt or None)
     ex = session.exploration
     hw = (source.height, source.width)
-    clicks = ex.click((float(y), float(x)), hw, View(head=head))
+    pixel = ex.model.input_pixel((float(y), float(x)), hw)
+    clicks = ex.click(pixel, ex.image_hw, View(head=head))
     return [(c.panel, c.caption()) for c in clicks], {
         "model": model,
         "timestep": ex.timestep,
         "seed": int(seed),
         "image_size": list(hw),
         "point": [float(y), float(x)],
-        "model_pixel": list(cell_at((float(y), float(x)), hw, ex.image_hw)),
+        "model_pixel": list(pixel),
         "notes": notes,
+        "tokens": list(ex.prepared.tokens),
         "layers": [c.to_json() for c in clicks],
     }
 
@@ -259,7 +275,8 @@ class Handlers:
         source, note = session.source, session.note
         if source is None and not self.library[name].generates:
             source, note = default_image()  # a generated face is gone; this model needs an image
-        fresh = run(self.library, name, t, s, source, note)
+        prompt = getattr(session.exploration.model, "default_prompt", None)  # the user's, kept
+        fresh = run(self.library, name, t, s, source, note, prompt)
         h, w = fresh.exploration.image_hw
         y, x = session.point  # the same click, kept inside the new model's input
         return self._after_run(replace(fresh, point=(min(y, h - 1), min(x, w - 1))), *view)
@@ -310,19 +327,26 @@ class Handlers:
         return draw(session, view_of(*view))
 
     @guarded
-    def attend(self, path: str | None, name: str, t: float, x: float, y: float, head: str, s: float) -> tuple:
+    def attend(
+        self, path: str | None, name: str, t: float, x: float, y: float, head: str, s: float, prompt: str = ""
+    ) -> tuple:
         """``/attend``: see :func:`attend`."""
-        return attend(self.library, path, name, t, x, y, head, s)
+        return attend(self.library, path, name, t, x, y, head, s, prompt)
 
 
 def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) -> gr.Blocks:
     """The Blocks app, opened on ``model``: a bundled model's name, or your own ``BundledModel``
     (any module with ``prepare``/``run``, see :mod:`spatial_attn.models.bundle`), served beside them."""
     library = library or Library()
-    if not isinstance(model, str):
-        model = library.add(model)
+    models_given = model if isinstance(model, list) else [model]
+    for own in reversed(models_given):  # your own models first, in the order given
+        if not isinstance(own, str):
+            library.add(own)
+    model = models_given[0] if isinstance(models_given[0], str) else models_given[0].name
     if model not in library.models:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(library.models)}")
+    from .views.prompt import PromptView  # imports this module: only once it is loaded
+
     on = Handlers(library)
     with gr.Blocks(title="spatial-attn", analytics_enabled=False) as demo:
         gr.Markdown(
@@ -393,6 +417,7 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                 opacity = gr.Slider(0, 1, value=0.65, step=0.05, label="heatmap opacity", elem_id="opacity")
                 heatmaps = gr.HTML(elem_id="heatmaps", js_on_load=None)
                 explanation = gr.Markdown(elem_id="explanation")
+                prompt_view = PromptView()  # text-conditioned models only
 
         view_inputs = [head, mode, cmap, scale, upsampling, opacity, layout, over]
         drawn = [image, heatmaps, explanation]
@@ -426,9 +451,11 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                 gr.Number(16, label="y"),
                 gr.Textbox("mean", label="head"),
                 gr.Number(0, label="seed"),
+                gr.Textbox("", label="prompt"),
             ]
             api_outputs = [gr.Gallery(format="png", label="heatmaps"), gr.JSON(label="rows")]
         gr.on(None, on.attend, api_inputs, api_outputs, api_name="attend")
+        prompt_view.wire(state, head, cmap, on, run, run_inputs, reran, guarded)
     return demo
 
 

@@ -1,7 +1,8 @@
-"""``spatial-attn``: the command line (one function per subcommand, so more can be added).
+"""spatial-attn: click a pixel of an image model's input and see where it attends, in every layer.
 
-Training and evaluation import torch and diffusers only when their subcommand runs, so
-``spatial-attn --help`` stays instant.
+The command line: one function per subcommand, so more can be added. Training, evaluation and
+serving import torch, diffusers and gradio only when their subcommand runs, so ``--help`` stays
+instant; help is plain text, and every option says its default.
 """
 
 from __future__ import annotations
@@ -13,6 +14,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 MODELS = ("ddpm", "sagan", "vit")
+DEFAULT_MODEL = "ddpm-faces"
+
+
+class PlainHelp(argparse.HelpFormatter):
+    """Every option's help ends with its default (a flag: off by default), unless it says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default in (None, argparse.SUPPRESS) or "default" in text:
+            return text
+        if action.default is False:
+            return f"{text} (off by default)"
+        return f"{text} (default: %(default)s)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,7 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spatial-attn", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="spatial-attn", description=__doc__.splitlines()[0], formatter_class=PlainHelp
+    )
     sub = parser.add_subparsers(title="subcommands")
     add_train(sub)
     add_eval(sub)
@@ -36,11 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a bundled model on procedural faces made on the fly")
-    p.add_argument("model", choices=MODELS)
+    p = sub.add_parser(
+        "train", help="train a bundled model on procedural faces made on the fly", formatter_class=PlainHelp
+    )
+    p.add_argument("model", choices=MODELS, help="which model: ddpm, sagan or vit")
     p.add_argument("--steps", type=int, help="optimisation steps (default: the model's)")
     p.add_argument("--batch-size", type=int, help="faces per step (default: the model's)")
-    p.add_argument("--lr", type=float, help="peak learning rate (SAGAN: the generator's; D gets 4x)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="peak learning rate (SAGAN: the generator's; D gets 4x) (default: the model's)",
+    )
     p.add_argument("--seed", type=int, default=0, help="initialisation, data and noise all follow it")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (recorded in the card)")
     p.add_argument("--out", type=Path, default=Path("checkpoints"), help="exports to OUT/<name>/")
@@ -77,13 +99,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="measure the bundled models on fresh faces and print the table")
-    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
+    p = sub.add_parser(
+        "eval",
+        help="measure the bundled models on fresh faces and print the table",
+        formatter_class=PlainHelp,
+    )
+    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="the models' folder")
     p.add_argument("--samples", type=int, default=256, help="generated samples judged per model")
     p.add_argument("--faces", type=int, default=200, help="real faces for the eye-to-eye lift")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--write-cards", action="store_true", help="put the table into each model card")
-    p.add_argument("--grids", type=Path, help="also save DDPM / SAGAN sample grids here (e.g. assets)")
+    p.add_argument(
+        "--grids", type=Path, help="also save DDPM / SAGAN sample grids here, e.g. assets (default: none)"
+    )
     p.set_defaults(func=cmd_eval)
 
 
@@ -102,23 +130,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def add_faces(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("faces", help="write example faces as PNG and measure the generator's speed")
-    p.add_argument("--out", type=Path, default=Path("assets/faces"))
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser(
+        "faces", help="write the example faces of the app's gallery as PNG", formatter_class=PlainHelp
+    )
+    p.add_argument("--out", type=Path, default=Path("assets/faces"), help="folder to write them to")
+    p.add_argument("--seed", type=int, default=0, help="the faces follow it")
     p.set_defaults(func=cmd_faces)
 
 
 def cmd_faces(args: argparse.Namespace) -> int:
-    from .data.gallery import measure_throughput, write_examples
+    from .data.gallery import write_examples
 
     for path in write_examples(args.out, seed=args.seed):
         print(path)
-    print(f"make_faces: {measure_throughput():,.0f} images/s (batches of 5,000, all kinds, best of 5)")
     return 0
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="open the web app (the same flags as `python app.py`)")
+    p = sub.add_parser(
+        "serve", help="open the web app (the same options as python app.py)", formatter_class=PlainHelp
+    )
     add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
 
@@ -126,22 +157,80 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import launch  # imports gradio: only when serving
 
-    launch(args.model, host=args.host, port=args.port, share=args.share)
+    models = open_models(args.model or [[DEFAULT_MODEL, None]], allow_download=args.allow_download)
+    launch(models, host=args.host, port=args.port, share=args.share)
     return 0
 
 
+def open_models(specs: list[list], allow_download: bool = False) -> list:
+    """``--model`` values -> what :func:`spatial_attn.launch` serves: a bundled model's name as it is,
+    anything else opened from disk (a folder, ``timm:NAME``, ``package.module:factory``, a Hub id).
+
+    A spec that cannot be opened stops the command with its message (exit status 2), before any
+    server starts.
+    """
+    from .app import UNTRAINED
+    from .models import available_models
+    from .models.sources import open_model
+
+    bundled = set(available_models()) | {name + UNTRAINED for name in available_models()}
+    try:
+        return [
+            spec if spec in bundled else open_model(spec, weights, allow_download=allow_download)
+            for spec, weights in specs
+        ]
+    except ValueError as error:
+        print(f"spatial-attn: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+class _ModelAction(argparse.Action):
+    """``--model SPEC``, repeatable: each one a ``[spec, weights]`` pair that ``--weights`` fills."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value, option=None):
+        models = list(getattr(namespace, self.dest) or [])
+        setattr(namespace, self.dest, [*models, [value, None]])
+
+
+class _WeightsAction(argparse.Action):
+    """``--weights FILE`` belongs to the ``--model`` just before it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value, option=None):
+        models = getattr(namespace, "model", None)
+        if not models:
+            parser.error("--weights must follow the --model it belongs to")
+        models[-1][1] = value
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags shared by ``python app.py`` and ``spatial-attn serve``."""
+    """The options shared by ``python app.py`` and ``spatial-attn serve``."""
     parser.add_argument(
         "--host",
         default="127.0.0.1",
-        help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes the app on your network)",
+        help="address to listen on; 0.0.0.0 exposes the app on your network",
     )
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--model", default="ddpm-faces", help="bundled model to open (default ddpm-faces)")
+    parser.add_argument("--port", type=int, default=7860, help="port")
     parser.add_argument(
-        "--share", action="store_true", help="ask Gradio for a public share link (off by default)"
+        "--model",
+        action=_ModelAction,
+        metavar="SPEC",
+        help=f"a model to serve, repeatable, listed first in the order given (default {DEFAULT_MODEL}; "
+        "the bundled models stay in the list): a bundled name, a diffusers or transformers folder, "
+        "timm:NAME, package.module:factory, or a Hub id from the local cache",
     )
+    parser.add_argument(
+        "--weights",
+        action=_WeightsAction,
+        metavar="FILE",
+        help="a .safetensors file for the timm: or factory --model just before it (default: none, "
+        "random weights)",
+    )
+    parser.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let a Hub id missing from the local cache be downloaded (configs and safetensors only)",
+    )
+    parser.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
 
 
 if __name__ == "__main__":

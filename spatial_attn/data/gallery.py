@@ -1,8 +1,7 @@
-"""Example faces for the app's gallery, and a measurement of how fast faces are made."""
+"""Example faces for the app's gallery (``spatial-attn faces``)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from PIL import Image
@@ -24,14 +23,3 @@ def write_examples(out_dir: Path, seed: int = 0) -> list[Path]:
             Image.fromarray(img).save(path)
             paths.append(path)
     return paths
-
-
-def measure_throughput(n: int = 5000, repeats: int = 5) -> float:
-    """Images per second of ``make_faces`` for batches of ``n`` of all kinds (best of ``repeats``)."""
-    make_faces(100, 0, KINDS)  # warm up
-    best = float("inf")
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        make_faces(n, r, KINDS)
-        best = min(best, time.perf_counter() - t0)
-    return n / best

@@ -12,7 +12,7 @@ lands on the token of the pixel the model saw there.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -104,12 +104,16 @@ class DiffusionModel(PreprocessedModel):
     vae: nn.Module | None = None
     text: TextEncoder | None = None
     call: str = "unet"
-    cross_attention_dim: int | None = None
+    text_dim: int | None = None  # width of the text encoder's states (PixArt: its caption channels)
     default_prompt: str = "a photo"
 
     @property
     def takes_prompt(self) -> bool:  # type: ignore[override]
         return self.text is not None
+
+    def with_prompt(self, prompt: str) -> DiffusionModel:
+        """This model with ``prompt`` as its default: the same modules, a per-user prompt."""
+        return replace(self, default_prompt=prompt)
 
     def prepare(
         self,
@@ -163,9 +167,9 @@ class DiffusionModel(PreprocessedModel):
             if self.text is not None:
                 hidden, tokens = self.text(self.default_prompt if prompt is None else prompt)
             else:  # a bare conditioned UNet: a single null text token
-                hidden = torch.zeros(1, 1, self.cross_attention_dim)
+                hidden = torch.zeros(1, 1, self.text_dim)
             kwargs["encoder_hidden_states"] = hidden
-            if self.kind == "pixart":
+            if self.kind.startswith("PixArt"):
                 kwargs["added_cond_kwargs"] = {"resolution": None, "aspect_ratio": None}
         return kwargs, tokens
 

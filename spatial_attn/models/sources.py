@@ -149,6 +149,12 @@ def _diffusion(
         scheduler = getattr(diffusers, scheduler_cls).from_pretrained(scheduler_dir)
     else:
         scheduler = diffusers.DDPMScheduler()  # a bare model folder: the standard linear DDPM schedule
+    channels = module.config.in_channels
+    if vae is None and channels != 3:
+        raise ValueError(
+            f"{folder}: {cls_name} takes {channels}-channel latents; open the whole pipeline folder, "
+            "whose vae/ encodes the image"
+        )
     sample = module.config.sample_size
     latent = sample if isinstance(sample, int) else sample[0]
     factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
@@ -166,7 +172,7 @@ def _diffusion(
         vae=vae,
         text=text,
         call=DENOISERS[cls_name],
-        cross_attention_dim=module.config.get("cross_attention_dim"),
+        text_dim=module.config.get("caption_channels") or module.config.get("cross_attention_dim"),
     )
 
 

@@ -1,0 +1,139 @@
+"""The prompt view, for text-conditioned models: a prompt box, the clicked pixel's attention over the
+prompt's tokens as one bar chart per cross-attention layer, and a chosen token's map over the image.
+
+Shown only when the model takes a prompt (a diffusers pipeline with its text encoder). The numbers
+come from :mod:`spatial_attn.text`; a click or a token choice only reads the captured layers, and a
+new prompt re-runs the model once, like a new image. Token maps are per layer at the chosen timestep:
+move the timestep slider to see a word land at another step.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from .. import render
+from ..explore import head_index
+from ..grid import cell_at
+from ..text import PromptTokens, text_layers, token_bars, token_map
+
+BAR_HEIGHT = 90  # px of a bar at probability 1
+MAP_SIDE = 192  # px of a token map
+
+
+class PromptView:
+    """The widgets; :meth:`wire` connects them to the app's session state."""
+
+    def __init__(self) -> None:
+        with gr.Group(visible=False) as self.group:
+            self.prompt = gr.Textbox(label="prompt (Enter runs the model on it)", elem_id="prompt")
+            self.bars = gr.HTML(elem_id="token-bars")
+            self.token = gr.Radio([], label="token: where it lands in the image", elem_id="token")
+            self.maps = gr.HTML(elem_id="token-maps")
+
+    def wire(
+        self,
+        state: gr.State,
+        head: gr.Dropdown,
+        cmap: gr.Dropdown,
+        on: Any,
+        run: Callable[..., Any],
+        run_inputs: list[Any],
+        reran: list[Any],
+        guard: Callable[[Callable[..., tuple]], Callable[..., tuple]],
+    ) -> None:
+        """Enter in the box re-runs the model on the new prompt (``run`` and ``on._after_run``: the
+        app's); every change of the session redraws the bars and the token maps."""
+
+        def prompted(session: Any, prompt: str, name: str, t: float, s: float, *view: Any) -> tuple:
+            if session is None:
+                raise ValueError("the image is still loading; press Enter again in a moment")
+            fresh = run(on.library, name, t, s, session.source, session.note, prompt)
+            return on._after_run(replace(fresh, point=session.point), *view)
+
+        shown = [self.group, self.prompt, self.bars, self.token, self.maps]
+        self.prompt.submit(guard(prompted), [state, self.prompt, *run_inputs], reran, api_name=False)
+        quiet = {"api_name": False, "show_progress": "hidden"}
+        state.change(guard(refresh), [state, self.token, head, cmap], shown, **quiet)
+        for control in (self.token, head, cmap):
+            control.change(guard(draw_maps), [state, self.token, head, cmap], [self.maps], **quiet)
+
+
+def refresh(session: Any, token: str | None, head: str, cmap: str) -> tuple:
+    """After a run or a click: the box (hidden for models without a prompt), bars, tokens, maps."""
+    ex = session.exploration if session is not None else None
+    if ex is None or not ex.prepared.tokens:
+        return gr.Group(visible=False), gr.skip(), "", gr.Radio(choices=[], value=None), ""
+    prompt = PromptTokens.of(ex.prepared.tokens)
+    labels = prompt.labels()
+    chosen = token if token in labels else labels[min(1, len(labels) - 1)]  # the first word
+    return (
+        gr.Group(visible=True),
+        ex.model.default_prompt,
+        bars_html(ex, session.point, prompt, head),
+        gr.Radio(choices=labels, value=chosen),
+        draw_maps(session, chosen, head, cmap),
+    )
+
+
+def bars_html(ex: Any, point: tuple[int, int], prompt: PromptTokens, head: str) -> str:
+    """One bar chart per cross-attention layer: the clicked pixel's row over the prompt's tokens."""
+    labels = prompt.labels()
+    figures = []
+    for layer in text_layers(ex.layers, len(prompt.names)):
+        cell = cell_at(point, ex.image_hw, layer.query_grid)
+        values = token_bars(layer, cell, prompt, _head(head, layer.heads))
+        bars = "".join(
+            f'<div style="display:flex;flex-direction:column;align-items:center;width:40px" '
+            f'title="{html.escape(label)}: {v:.3f}"><div style="font-size:10px">{v:.2f}</div>'
+            f'<div class="sa-token-bar" data-value="{v:.6f}" style="width:24px;height:{v * BAR_HEIGHT:.1f}px;'
+            f'background:#4c72b0"></div><div style="font-size:11px;max-width:40px;overflow:hidden;'
+            f'text-overflow:ellipsis;white-space:nowrap">{html.escape(label)}</div></div>'
+            for label, v in zip(labels, values, strict=True)
+        )
+        name = html.escape(layer.name)
+        figures.append(
+            f'<figure class="sa-bars" data-layer="{name}" style="margin:0">'
+            f'<div style="display:flex;align-items:flex-end;gap:2px;height:{BAR_HEIGHT + 40}px">{bars}</div>'
+            f'<figcaption style="font-size:12px">{name} · cell {cell} · t = {ex.timestep}</figcaption>'
+            "</figure>"
+        )
+    y, x = point
+    return f'<div data-pixel="{y},{x}" style="display:flex;flex-wrap:wrap;gap:18px">{"".join(figures)}</div>'
+
+
+def draw_maps(session: Any, token: str | None, head: str, cmap: str) -> str:
+    """Where ``token`` lands: its column of every cross-attention layer, over the image."""
+    ex = session.exploration if session is not None else None
+    if ex is None or not ex.prepared.tokens or token is None:
+        return ""
+    prompt = PromptTokens.of(ex.prepared.tokens)
+    labels = prompt.labels()
+    if token not in labels:
+        raise ValueError(f"token {token!r} is not in the prompt; choose one of {labels}")
+    keys = prompt.keys(labels.index(token))
+    base = render.upscale(ex.image, (MAP_SIDE, MAP_SIDE))
+    figures = []
+    for layer in text_layers(ex.layers, len(prompt.names)):
+        values = token_map(layer, keys, _head(head, layer.heads))
+        scale = render.colour_scale(values, "per map", layer.keys.count)
+        picture = render.panel(base, values, scale=scale, cmap=cmap)
+        name = html.escape(layer.name)
+        figures.append(
+            f'<figure class="sa-token-map" data-layer="{name}" style="margin:0">'
+            f'<img alt="where {html.escape(token)} lands in {name}" src="{render.png_data_uri(picture)}">'
+            f'<figcaption style="font-size:12px">{name} · {html.escape(token)} · t = {ex.timestep} · '
+            f"max {float(np.max(values)):.3f}</figcaption></figure>"
+        )
+    return f'<div style="display:flex;flex-wrap:wrap;gap:14px">{"".join(figures)}</div>'
+
+
+def _head(choice: str, heads: int) -> int | str | None:
+    """The app's head choice for one layer (a head the layer lacks falls back to the mean)."""
+    k = head_index(choice)
+    return k if not isinstance(k, int) or k < heads else None
