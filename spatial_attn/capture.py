@@ -43,8 +43,19 @@ from torch.overrides import TorchFunctionMode, _get_current_function_mode, _pop_
 
 from .adapters import FUNCTION_ADAPTERS, MODULE_ADAPTERS
 from .adapters.base import Call, Extracted, FunctionAdapter, ModuleAdapter, keep
-from .grid import Grid, TokenLayout, grid_layout, infer_layout, pooled_grid, text_layout
+from .grid import (
+    Grid,
+    StatedGrid,
+    TokenLayout,
+    grid_layout,
+    infer_layout,
+    pooled_grid,
+    single_query_layout,
+    text_layout,
+)
 from .layer import AttentionLayer, LayerList, QKScores, StoredProbs, Verification
+from .model_grids import stated_grids
+from .windows import WindowLayout, read_window
 
 GridOverride = Grid | dict[str, Grid] | None
 
@@ -57,6 +68,7 @@ class _Frame:
     module: nn.Module
     map_hw: Grid | None  # (H, W) of its input feature map, if its first tensor input is 4D
     call: Call | None = None  # set when this module is a claimed attention call
+    inputs: tuple[tuple, dict] = ((), {})  # its forward's arguments (a windowed block's partition)
 
 
 class Capture:
@@ -89,6 +101,7 @@ class Capture:
         self._frames: list[_Frame] = []
         self._claim: _Frame | None = None
         self._input: tuple[int, Grid | None] | None = None  # (batch, (H, W)) of the outermost input
+        self._stated: list[StatedGrid] = []  # grids the model stated in this forward (model_grids.py)
         self._counts: dict[str, int] = {}
 
     # -- lifetime -------------------------------------------------------------------------------
@@ -143,11 +156,13 @@ class Capture:
 
     def _on_enter(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         name, adapter = self._owners[module]
-        frame = _Frame(name, module, _map_hw(args, kwargs))
+        frame = _Frame(name, module, _map_hw(args, kwargs), inputs=(args, kwargs))
         if not self._frames:
             first = _first_tensor(args, kwargs)
             if first is not None and first.ndim >= 1:
                 self._input = (first.shape[0], frame.map_hw)
+            self._stated = []
+        self._stated += stated_grids(name, module, args, kwargs)
         self._frames.append(frame)
         if adapter is not None and self._claim is None:
             frame.call = Call(module, args, kwargs)
@@ -199,8 +214,12 @@ class Capture:
             base = base + extracted.name_suffix if base else family
             if not self._wanted(base):
                 return
-            queries, keys = self._layouts(base, extracted)
-            if extracted.require_grid and queries.grid is None:
+            window = self._window(extracted)
+            if window is not None:  # one window per batch entry: placed on the grid below
+                queries = keys = window.local_layout()
+            else:
+                queries, keys = self._layouts(base, extracted)
+            if extracted.require_grid and queries.grid is None and keys.grid is None:
                 return
             name = self._unique(base)
             scores = (
@@ -212,6 +231,8 @@ class Capture:
             layer.verification = (
                 extracted.verify(layer) if extracted.verify else Verification(None, None, "no output")
             )
+            if window is not None:
+                layer = window.place(layer)
         except Exception as error:
             message = f"{base or family} ({family}): could not be read: {error}"
             self.problems.append(message)
@@ -228,27 +249,41 @@ class Capture:
         shape = ex.probs.shape if ex.probs is not None else (*ex.q.shape[:3], ex.k.shape[2])
         n, m = shape[2], shape[3]
         override = self._override(name)
+        hints = [f.map_hw for f in reversed(self._frames) if f.map_hw is not None]
+        infer = partial(
+            infer_layout,
+            hints=hints,
+            input_hw=self._input[1] if self._input else None,
+            override=override,
+            stated=self._stated,
+        )
         if ex.query_grid is not None and override is None:
             queries = grid_layout(ex.query_grid, n, "grid from the layer's feature map")
+        elif n == 1 < m and ex.keys != "text":  # class attention, a pooling probe
+            queries = single_query_layout(m)
         else:
-            hints = [f.map_hw for f in reversed(self._frames) if f.map_hw is not None]
-            queries = infer_layout(n, hints, self._input[1] if self._input else None, override)
+            queries = infer(n)
         specials = len(ex.key_prefix) + len(ex.key_suffix)
         kind = ex.keys
         if kind == "auto":
             kind = "self" if m == n else "pooled"
         if kind == "self" and m - specials == n:
             base = queries
-        elif kind == "pooled" and queries.grid is not None:
-            key_grid = ex.key_grid or pooled_grid(queries.grid, m - specials)
-            base = (
-                grid_layout(key_grid, m - specials, "keys pooled from the query grid")
-                if key_grid is not None and key_grid[0] * key_grid[1] == m - specials
-                else text_layout(m - specials)
-            )
+        elif kind == "pooled":
+            base = _key_layout(queries, m - specials, ex.key_grid, infer)
         else:
             base = text_layout(m - specials)
         return queries, base.with_special(ex.key_prefix, ex.key_suffix)
+
+    def _window(self, ex: Extracted) -> WindowLayout | None:
+        """The window partition of the innermost running block that made this call's sequences."""
+        shape = ex.probs.shape if ex.probs is not None else (*ex.q.shape[:3], ex.k.shape[2])
+        batch = self._input[0] if self._input else None
+        for frame in reversed(self._frames):
+            window = read_window(frame.module, *frame.inputs, batch, frame.name) if batch else None
+            if window is not None and window.fits(shape):
+                return window
+        return None
 
     def _override(self, name: str) -> Grid | None:
         if isinstance(self._grid, dict):
@@ -434,6 +469,23 @@ def _tap(sub: nn.Module, where: str, record: Callable[[torch.Tensor], None]) -> 
     if where == "in":
         return sub.register_forward_pre_hook(lambda _m, args: record(args[0]))
     return sub.register_forward_hook(lambda _m, _a, out: record(out))
+
+
+def _key_layout(
+    queries: TokenLayout, count: int, stated: Grid | None, infer: Callable[[int], TokenLayout]
+) -> TokenLayout:
+    """Keys that are not the queries: pooled from the query grid (BigGAN), or, when there are more
+    keys than queries (one class token or probe over the patches, LeViT's subsampled queries), on
+    their own grid, found as a query grid is; otherwise not spatial."""
+    if queries.grid is not None:
+        key_grid = stated or pooled_grid(queries.grid, count)
+        if key_grid is not None and key_grid[0] * key_grid[1] == count:
+            return grid_layout(key_grid, count, "keys pooled from the query grid")
+    if count > queries.count:
+        own = infer(count)
+        if own.grid is not None:
+            return own
+    return text_layout(count)
 
 
 def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:

@@ -243,6 +243,12 @@ class AttentionLayer:
         return self.scores.k if isinstance(self.scores, QKScores) else None
 
     @property
+    def single_query(self) -> bool:
+        """One query that is not a pixel (CaiT's class attention, SigLIP's pooling probe) over keys on
+        a grid. Its query grid is 1x1, so a click anywhere in the image maps to it and shows its row."""
+        return self.queries.count == 1 and self.keys.grid is not None and self.keys.grid_size > 1
+
+    @property
     def verified(self) -> bool | None:
         """Shortcut for ``verification.ok``."""
         return self.verification.ok
@@ -256,7 +262,8 @@ class AttentionLayer:
         """Where query pixel ``(y, x)`` looks: a map shaped like ``key_grid``.
 
         ``head`` is a head index, ``None``/``"mean"`` for the mean over heads, or ``"max"``. Mass
-        on special key tokens is left out of the map; :meth:`attend` reports it.
+        on special key tokens is left out of the map; :meth:`attend` reports it. A
+        :attr:`single_query` layer has a 1x1 query grid: its one row is ``row(0, 0)``.
         """
         return self.attend(y, x, head, batch).values
 
@@ -348,8 +355,8 @@ class AttentionLayer:
 
     def _mean_distance(self, dist: np.ndarray, cell: tuple[int, int]) -> float | None:
         """Expected distance from the query cell's centre to the attended key cells' centres."""
-        if self.queries.grid is None or self.keys.grid is None or cell[0] < 0:
-            return None
+        if self.queries.grid is None or self.keys.grid is None or cell[0] < 0 or self.single_query:
+            return None  # a single query is no pixel: it has no place to measure from
         (qh, qw), (kh, kw) = self.queries.grid, self.keys.grid
         qy, qx = (cell[0] + 0.5) / qh, (cell[1] + 0.5) / qw
         ky = (np.arange(kh) + 0.5) / kh
