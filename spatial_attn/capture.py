@@ -247,7 +247,7 @@ class Capture:
 
     def _layouts(self, name: str, ex: Extracted) -> tuple[TokenLayout, TokenLayout]:
         shape = ex.probs.shape if ex.probs is not None else (*ex.q.shape[:3], ex.k.shape[2])
-        n, m = shape[2], shape[3]
+        n, m = shape[2] - len(ex.query_prefix) - len(ex.query_suffix), shape[3]  # n: the map's queries
         override = self._override(name)
         hints = [f.map_hw for f in reversed(self._frames) if f.map_hw is not None]
         infer = partial(
@@ -273,7 +273,8 @@ class Capture:
             base = _key_layout(queries, m - specials, ex.key_grid, infer)
         else:
             base = text_layout(m - specials)
-        return queries, base.with_special(ex.key_prefix, ex.key_suffix)
+        keys = base.with_special(ex.key_prefix, ex.key_suffix)
+        return queries.with_special(ex.query_prefix, ex.query_suffix), keys
 
     def _window(self, ex: Extracted) -> WindowLayout | None:
         """The window partition of the innermost running block that made this call's sequences."""

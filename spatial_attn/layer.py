@@ -303,6 +303,20 @@ class AttentionLayer:
             cell=cell,
         )
 
+    def row_of_token(self, token: int | str, head: Head = None, batch: int = 0) -> np.ndarray:
+        """The row of a query that is not a pixel, as a map shaped like ``key_grid``.
+
+        ``token`` is a query token index or the label of a special query token: ``"text 3"`` for
+        the fourth text token of joint attention (SD3, AuraFlow), ``"CLS"`` for a ViT's class token.
+        Their mass on special keys is in :meth:`attend_token`'s ``special``.
+        """
+        if isinstance(token, str):
+            labels = self.queries.labels
+            if token not in labels:
+                raise ValueError(f"{self.name} has no query token {token!r}; its special ones: {labels}")
+            token = self.queries.special_indices()[labels.index(token)]
+        return self.attend_token(token, head, batch).values
+
     def logits(self, y: int, x: int, head: int, batch: int = 0) -> np.ndarray:
         """One head's scores for query pixel ``(y, x)`` before the softmax: ``q_i . k_j`` (scale folded
         into q, mask added) for every key token ``j``, special ones included: ``(N',)``.

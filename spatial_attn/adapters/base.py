@@ -29,7 +29,9 @@ class Extracted:
     ``(B, h, N', d)``. ``keys`` says what the key tokens are: the query tokens themselves
     (``"self"``), those tokens pooled (``"pooled"``), tokens with no place in the image
     (``"text"``), or unknown (``"auto"``: decided from the counts). ``key_prefix``/``key_suffix``
-    label key tokens added around them (MultiheadAttention's ``bias_k``, GLIDE's encoder keys).
+    label key tokens added around them (MultiheadAttention's ``bias_k``, GLIDE's encoder keys);
+    ``query_prefix``/``query_suffix`` do the same for queries (joint attention's text tokens are
+    queries as well as keys).
     """
 
     q: torch.Tensor | None
@@ -41,6 +43,8 @@ class Extracted:
     keys: Literal["self", "pooled", "text", "auto"] = "self"
     key_prefix: tuple[str, ...] = ()
     key_suffix: tuple[str, ...] = ()
+    query_prefix: tuple[str, ...] = ()
+    query_suffix: tuple[str, ...] = ()
     verify: Callable[[AttentionLayer], Verification] | None = None
     probs: torch.Tensor | None = None  # (B, h, N, N') only where q and k could not be recovered
     name_suffix: str = ""  # appended to the module name (an encoder layer names its ``self_attn``)
@@ -155,17 +159,19 @@ def check_output(
     observed: Callable[[torch.Tensor], torch.Tensor],
     what: str,
     project: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    among: torch.Tensor | None = None,
 ) -> Callable[[AttentionLayer], Verification]:
     """A recipe that checks the captured probabilities against what the model produced.
 
     For a sample of query tokens ``idx``, ``P[idx] @ values`` (``(B, h, s, dv)``) is mapped by
     ``project(out, idx)`` into the space of ``observed(idx)``, the model's own output at those
     queries, and the two are compared. Comparing where the model's numbers live (after its output
-    projection or residual) keeps the tolerance meaningful. Only a few rows are computed.
+    projection or residual) keeps the tolerance meaningful. Only a few rows are computed. ``among``
+    restricts the sample to the query tokens whose output the model exposes (default: all).
     """
 
     def verify(layer: AttentionLayer) -> Verification:
-        idx = sample_queries(layer.queries.count)
+        idx = sample_queries(layer.queries.count) if among is None else among[sample_queries(len(among))]
         got = layer.sampled_output(values, idx)
         return compare(observed(idx), project(got, idx) if project else got, what)
 

@@ -9,6 +9,14 @@ scale: the ``get_attention_scores`` ones apply ``attn.scale``, the SDPA ones use
 whose grid comes from the enclosing Transformer2DModel's feature map. ``encoder_hidden_states``
 makes it cross-attention, whose keys are text tokens.
 
+*Joint* attention (SD3 / MMDiT, AuraFlow: modules with ``add_q_proj``) runs one softmax over image
+and text tokens together: the text's queries, keys and values come from ``add_q_proj``,
+``add_k_proj``, ``add_v_proj`` (or ``norm_added_q``/``norm_added_k``) and are concatenated with the
+image's, text first for AuraFlow and after the image for SD3, exactly as the processor does. The layer
+keeps that whole sequence: image tokens on the grid, text tokens as special tokens ``text 0 ..`` on
+both axes, so a row's text mass is reported and text queries have rows too. The text half of the
+output (the input of ``to_add_out``) verifies the text rows.
+
 diffusers is never imported here: a model built with it has imported it already.
 """
 
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import sys
 
+import torch
 from torch import nn
 
 from .base import Call, Extracted, ModuleAdapter, check_output, keep, per_head, split_heads
@@ -31,6 +40,10 @@ _SCALED_BY_ATTN = frozenset(
     }
 )
 
+#: Joint processors that put the text tokens before the image tokens (the others put them after);
+#: they also apply ``norm_q``/``norm_k`` to ``(B, N, h, d)``, before moving heads forward.
+_TEXT_FIRST = frozenset({"AuraFlowAttnProcessor2_0", "FusedAuraFlowAttnProcessor2_0"})
+
 
 class DiffusersAdapter(ModuleAdapter):
     """``diffusers.models.attention_processor.Attention``."""
@@ -43,16 +56,29 @@ class DiffusersAdapter(ModuleAdapter):
         return attention is not None and isinstance(module, attention)
 
     def taps(self, module: nn.Module) -> dict:
-        return {
+        taps = {
             "q": (module.norm_q if module.norm_q is not None else module.to_q, "out"),
             "k": (module.norm_k if module.norm_k is not None else module.to_k, "out"),
             "v": (module.to_v, "out"),
             "attended": (module.to_out[0], "in"),
         }
+        if getattr(module, "add_q_proj", None) is not None:  # joint attention: the text's projections
+            norm_q, norm_k = getattr(module, "norm_added_q", None), getattr(module, "norm_added_k", None)
+            taps["text_q"] = (norm_q if norm_q is not None else module.add_q_proj, "out")
+            taps["text_k"] = (norm_k if norm_k is not None else module.add_k_proj, "out")
+            taps["text_v"] = (module.add_v_proj, "out")
+            if getattr(module, "to_add_out", None) is not None:
+                taps["text_attended"] = (module.to_add_out, "in")
+        return taps
 
     def extract(self, call: Call) -> Extracted:
         attn, heads = call.module, call.module.heads
-        q, k, v = (_heads(call.taps[r], heads) for r in ("q", "k", "v"))  # (B, h, N | N', d)
+        if "q" not in call.taps or "k" not in call.taps:
+            raise ValueError(
+                "its projections did not run one by one (fused to_qkv?): queries and keys are not "
+                "observable; call unfuse_qkv_projections() on the model before capturing"
+            )
+        q, k, v = (_heads(call.taps[r], heads, attn.processor) for r in ("q", "k", "v"))  # (B, h, N | N', d)
         batch, _, _, head_dim = q.shape
         hidden = call.arg("hidden_states", 0)
         cross = call.arg("encoder_hidden_states", 1) is not None
@@ -62,6 +88,8 @@ class DiffusersAdapter(ModuleAdapter):
                 batch, heads, -1, k.shape[2]
             )
         scale = attn.scale if type(attn.processor).__name__ in _SCALED_BY_ATTN else head_dim**-0.5
+        if cross and "text_q" in call.taps:
+            return _joint(call, q.float() * scale, k, v, scale)
         return Extracted(
             q=q.float() * scale,
             k=k,
@@ -72,6 +100,48 @@ class DiffusersAdapter(ModuleAdapter):
         )
 
 
-def _heads(t, heads: int):
-    """Projections arrive as ``(B, N, h*d)``, or already split ``(B, h, N, d)`` after norm_q/norm_k."""
-    return t if t.ndim == 4 else split_heads(t, heads)
+def _heads(t: torch.Tensor, heads: int, processor: object) -> torch.Tensor:
+    """Projections arrive as ``(B, N, h*d)``, or already split after norm_q/norm_k: ``(B, h, N, d)``,
+    or ``(B, N, h, d)`` where the processor normalises before moving heads forward (AuraFlow)."""
+    if t.ndim == 3:
+        return split_heads(t, heads)
+    return t.transpose(1, 2) if type(processor).__name__ in _TEXT_FIRST else t
+
+
+def _joint(call: Call, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Extracted:
+    """One softmax over image and text tokens: both halves concatenated in the processor's order.
+
+    ``q`` (scaled), ``k`` and ``v`` are the image's ``(B, h, Ni, d)``; the text's come from the taps.
+    """
+    heads, hidden = call.module.heads, call.arg("hidden_states", 0)
+    processor = call.module.processor
+    roles = ("text_q", "text_k", "text_v")
+    tq, tk, tv = (_heads(call.taps[r], heads, processor) for r in roles)  # (B, h, Nt, d)
+    text_first = type(processor).__name__ in _TEXT_FIRST
+    labels = tuple(f"text {i}" for i in range(tq.shape[2]))
+    n_image = q.shape[2]
+
+    def joined(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return torch.cat([text, image] if text_first else [image, text], dim=2)  # (B, h, Nt + Ni, d)
+
+    image_at = torch.arange(n_image) + (len(labels) if text_first else 0)  # image tokens in the sequence
+    attended = split_heads(call.taps["attended"], heads)  # (B, h, Ni, d): image half of the output
+    among = image_at
+    if "text_attended" in call.taps:  # the text half reaches the output too (not context_pre_only)
+        attended = joined(attended, split_heads(call.taps["text_attended"], heads))
+        among = None
+    else:  # only image queries can be checked: scatter their outputs to sequence positions
+        full = attended.new_zeros(*attended.shape[:2], n_image + len(labels), attended.shape[3])
+        full[:, :, image_at] = attended
+        attended = full
+    return Extracted(
+        q=joined(q, tq.float() * scale),
+        k=joined(k, tk),
+        query_grid=tuple(hidden.shape[-2:]) if hidden.ndim == 4 else None,
+        keys="self",
+        query_prefix=labels if text_first else (),
+        query_suffix=() if text_first else labels,
+        key_prefix=labels if text_first else (),
+        key_suffix=() if text_first else labels,
+        verify=check_output(joined(v, tv), per_head(attended), "joint attention output", among=among),
+    )

@@ -4,13 +4,30 @@ A user's own attention module works without an adapter. While it runs, the captu
 shows this adapter every softmax, and every product that could have made the scores: ``matmul``/``@``,
 ``bmm``, ``baddbmm`` with ``beta=0`` and two-operand ``einsum``, optionally multiplied or divided by a
 number. When the softmax input is such a product, its two operands *are* the queries and keys, and
-the layer stores them (O(N d)); otherwise it stores the probabilities themselves. Softmaxes whose
-``N`` matches no spatial grid (a classifier's output) are not attention and are ignored.
+the layer stores them (O(N d)). Nothing else is taken on trust:
+
+* **Scores edited in place** after the product (``attn += bias``, ``masked_fill_``, ``attn[..] = x``)
+  are no longer ``q k^T``. Every in-place op bumps a tensor's version counter, wherever it writes,
+  so the versions of the scores, ``q`` and ``k`` are recorded at the product and compared at the
+  softmax; under ``torch.inference_mode`` (no version counters) the whole softmax input is compared
+  with ``q k^T`` in blocks of rows instead. Either way an edited layer keeps the probabilities the
+  softmax produced.
+* **Scores that are not a product** (``q @ k.T + bias``, written out of place) keep the probabilities
+  too, but only when they are square, ``N x N`` over the grid's tokens: a softmax over features
+  (Efficient Attention's ``q.softmax(-1)`` on ``(B, N, d)``, its ``(B, d, N)`` keys softmaxed over
+  ``N``) has one axis that is not tokens and is no layer.
+* **Weights changed after the softmax** (CaiT's talking heads mix heads with ``proj_w``) are what
+  multiplies V, so the first product after the softmax that takes a tensor of the probabilities'
+  shape is compared with them; if it differs, the layer shows that tensor instead and says so.
+
+Softmaxes whose ``N`` matches no spatial grid (a classifier's output) are not attention and are
+ignored.
 """
 
 from __future__ import annotations
 
 import numbers
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ..layer import AttentionLayer, Verification, compare, sample_queries
+from ..layer import AttentionLayer, StoredProbs, Verification, compare, sample_queries
 from .base import Extracted, FunctionAdapter, keep, to_heads
 
 _SOFTMAX = frozenset({torch.softmax, F.softmax, torch.Tensor.softmax, torch.special.softmax})
@@ -38,6 +55,9 @@ _SCALINGS = frozenset({torch.mul, torch.Tensor.mul, torch.div, torch.Tensor.div}
 
 Origin = tuple[torch.Tensor, torch.Tensor, float]  # (queries (..., N, d), keys (..., N', d), scale)
 
+#: Rows of scores compared per block when version counters are unavailable (inference mode).
+_COMPARE_ROWS = 256
+
 
 class SoftmaxAdapter(FunctionAdapter):
     """Softmax over spatial scores, traced back to queries and keys where possible."""
@@ -46,28 +66,41 @@ class SoftmaxAdapter(FunctionAdapter):
     functions = _SOFTMAX | _PRODUCTS | _SCALINGS
 
     def __init__(self) -> None:
-        # scores tensor -> where it came from; entries die with the scores, so nothing is kept alive
+        # scores tensor -> (origin, versions at the product); entries die with the scores, so nothing
+        # is kept alive
         self._origins: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._pending: _Pending | None = None  # the last softmax layer, until a product consumes it
 
     def on_call(
         self, func: Callable, args: tuple, kwargs: dict, out: Any, batch: int | None
     ) -> Extracted | None:
         if func in _PRODUCTS:
+            self._check_consumer(func, args, batch)
             origin = _product(func, args, kwargs)
         elif func in _SCALINGS:
             origin = self._scaled(func, args, kwargs)
         else:
             return self._softmax(args, kwargs, out, batch)
         if origin is not None and isinstance(out, torch.Tensor):
-            self._origins[out] = origin
+            self._origins[out] = (origin, _versions(out, *origin[:2]))
         return None
+
+    def _origin(self, scores: torch.Tensor) -> Origin | None:
+        """Where ``scores`` came from, if it is still exactly that product (no in-place edit since)."""
+        entry = self._origins.get(scores)
+        if entry is None:
+            return None
+        origin, versions = entry
+        if versions is None:  # inference tensors have no version counter: compare the values
+            return origin if _equals_product(scores, *origin) else None
+        return origin if _versions(scores, *origin[:2]) == versions else None
 
     def _scaled(self, func: Callable, args: tuple, kwargs: dict) -> Origin | None:
         """Scores times or divided by a number keep their origin, with the scale updated."""
         if len(args) != 2 or kwargs:
             return None
         tensor, number = (args[0], args[1]) if isinstance(args[0], torch.Tensor) else (args[1], args[0])
-        origin = self._origins.get(tensor) if isinstance(tensor, torch.Tensor) else None
+        origin = self._origin(tensor) if isinstance(tensor, torch.Tensor) else None
         factor = _number(number)
         if (
             origin is None
@@ -83,16 +116,22 @@ class SoftmaxAdapter(FunctionAdapter):
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
         if not isinstance(scores, torch.Tensor) or scores.ndim < 3 or dim not in (-1, scores.ndim - 1):
             return None
+        traced = scores in self._origins  # made by a product, perhaps edited since
+        origin = self._origin(scores)
+        if not traced and scores.shape[-1] != scores.shape[-2]:
+            return None  # not traced to q k^T and not N x N: one axis is features, not tokens
         probs = to_heads(keep(out), batch)  # (B, h, N, N')
-        origin = self._origins.get(scores)
+        pending = _Pending(weakref.ref(out), probs)
+        self._pending = pending
         if origin is None:
+            why = "the scores were edited after q @ k" if traced else "the scores are not a plain q @ k"
             return Extracted(
                 q=None,
                 k=None,
                 probs=probs,
                 keys="auto",
                 require_grid=True,
-                verify=lambda layer: Verification(True, 0.0, "probabilities stored as computed"),
+                verify=pending.watch(lambda layer: Verification(True, 0.0, f"probabilities stored ({why})")),
             )
         q, k, scale = origin
         return Extracted(
@@ -100,7 +139,56 @@ class SoftmaxAdapter(FunctionAdapter):
             k=to_heads(keep(k), batch),
             keys="auto",
             require_grid=True,
-            verify=_against(probs),
+            verify=pending.watch(_against(probs)),
+        )
+
+    def _check_consumer(self, func: Callable, args: tuple, batch: int | None) -> None:
+        """The first product after a softmax that takes a tensor of the probabilities' shape is where
+        they multiply V; if what it multiplies differs from them, the layer must show that."""
+        pending = self._pending
+        if pending is None or func in (torch.einsum, torch.baddbmm, torch.Tensor.baddbmm) or len(args) != 2:
+            return
+        weights = args[0]
+        if not isinstance(weights, torch.Tensor) or weights.shape != pending.out_shape:
+            return
+        self._pending = None
+        if weights is pending.out() or pending.layer is None:
+            return
+        pending.consumed_by(to_heads(keep(weights), batch))
+
+
+class _Pending:
+    """A softmax layer waiting for the product that multiplies its probabilities with the values."""
+
+    def __init__(self, out: weakref.ref, probs: torch.Tensor) -> None:
+        self.out = out  # the softmax output itself, weakly: identity is the common, free case
+        self.out_shape = out().shape
+        self.probs = probs  # (B, h, N, N'), on the CPU
+        self.layer: AttentionLayer | None = None
+
+    def watch(self, verify: Callable[[AttentionLayer], Verification]) -> Callable:
+        """The layer's verification recipe, also remembering the layer it verifies."""
+
+        def remember(layer: AttentionLayer) -> Verification:
+            self.layer = layer
+            return verify(layer)
+
+        return remember
+
+    def consumed_by(self, weights: torch.Tensor) -> None:
+        """``weights`` ``(B, h, N, N')`` multiplied the values: keep them if they are not the
+        probabilities (heads mixed after the softmax, gates, ...)."""
+        check = compare(self.probs, weights, "weights that multiply V vs softmax")
+        if check.ok:
+            return
+        layer = self.layer
+        assert layer is not None
+        layer.scores = StoredProbs(weights)
+        layer.verification = Verification(
+            True,
+            0.0,
+            f"the weights were changed after the softmax ({check.detail}); the map shows the weights "
+            "that multiply V, as the model computed them (rows need not sum to 1)",
         )
 
 
@@ -165,3 +253,24 @@ def _number(x: Any) -> float | None:
     if isinstance(x, torch.Tensor) and x.numel() == 1 and x.ndim == 0:
         return float(x)
     return None
+
+
+def _versions(*tensors: torch.Tensor) -> tuple[int, ...] | None:
+    """Version counters (bumped by every in-place write); None for inference tensors, which have none."""
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple(t._version for t in tensors)
+
+
+def _equals_product(scores: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float) -> bool:
+    """Whether ``scores`` is ``q k^T * scale`` everywhere: compared in blocks of rows, so the extra
+    memory is one block (``O(rows N')``), never another ``N x N'``."""
+    n = scores.shape[-2]
+    k_t = k.transpose(-1, -2)
+    for start in range(0, n, _COMPARE_ROWS):
+        rows = slice(start, min(n, start + _COMPARE_ROWS))
+        expected = (q[..., rows, :] @ k_t) * scale
+        got = scores[..., rows, :]
+        if expected.shape != got.shape or not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
+            return False
+    return True
