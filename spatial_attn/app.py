@@ -3,15 +3,13 @@
 Widgets only: the model runs and the maps are computed in :mod:`spatial_attn.explore`. Each handler is
 a plain function of its inputs (and therefore also an HTTP endpoint); per-user state is one small
 :class:`Session` in ``gr.State``; the bundled models are loaded once at start-up and only read.
-The heatmaps come back as one HTML block of PNG data URIs, so a click costs one round trip.
+The heatmaps are drawn by the browser (``views/panels.js``) from the rows the server sends,
+and follow the mouse from the queries and keys sent once per model run.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
-import html
-import io
 import os
 import warnings
 from collections.abc import Callable
@@ -25,24 +23,21 @@ import gradio as gr
 from PIL import Image
 
 from . import render
-from .explore import Exploration, LayerClick, View, explain
+from .explore import Exploration, View, explain
 from .grid import cell_at
 from .images import ImageError, load_image
+from .views import panels
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DISPLAY = 384  # the clickable image, px: a 32x32 input at 12x, crisp
 UNTRAINED = " (untrained)"
 DEFAULT_TIMESTEP = 250
 
-CSS = """
-#input-image img { image-rendering: pixelated; cursor: crosshair; }
-#model-input img { image-rendering: pixelated; }
+# the image at its own size: Gradio's click position assumes it is not stretched (and hover follows it)
+CSS = f"""
+#input-image img {{ image-rendering: pixelated; cursor: crosshair; width: {DISPLAY}px; height: {DISPLAY}px; }}
+#model-input img {{ image-rendering: pixelated; }}
 """
-# gr.HTML content is not reached by launch(css=...) rules, so the panels carry their own styles
-PANELS_STYLE = "display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start"
-FIGURE_STYLE = "margin:0;width:min-content"
-IMG_STYLE = "display:block;image-rendering:pixelated;border-radius:4px"
-CAPTION_STYLE = "font-size:12px;line-height:1.35;margin-top:4px"
 
 
 class Library:
@@ -113,37 +108,17 @@ def run(
         source = source.copy()
         source.thumbnail((max(256, 2 * bundled.image_size),) * 2)  # bounds the session, keeps the detail
     exploration = Exploration(bundled, source, timestep=t, seed=int(seed))
-    h, w = exploration.image_hw
-    return Session(exploration, source, note, point=(h // 2, w // 2))
+    return Session(exploration, source, note, point=exploration.first_point())
 
 
 def draw(session: Session, view: View) -> tuple[Image.Image, str, str]:
     """The clickable image with its marker, the heatmap panels and the explanation."""
     ex = session.exploration
-    clicks = ex.click(session.point, ex.image_hw, view)
+    clicks = ex.click(session.point, ex.image_hw, view, draw=False)  # the browser draws the panels
     shown = render.upscale(ex.image, (DISPLAY, DISPLAY))
     render.draw_cell(shown, session.point, ex.image_hw)
-    return shown, panels_html(clicks, session.point), explain(clicks, session.point, view.mode, view.head)
-
-
-def panels_html(clicks: list[LayerClick], pixel: tuple[int, int]) -> str:
-    """One ``<figure>`` per layer, its PNG inline, its caption below; ``data-pixel`` on the container
-    says which model-input pixel ``y,x`` the maps are for (read by the browser test and scripts)."""
-    figures = []
-    for c in clicks:
-        buffer = io.BytesIO()
-        c.panel.save(buffer, format="PNG", compress_level=1)
-        data = base64.b64encode(buffer.getvalue()).decode()
-        name = html.escape(c.layer.name)
-        figures.append(
-            f'<figure class="sa-panel" data-layer="{name}" style="{FIGURE_STYLE}">'
-            f'<img alt="attention of {name}" style="{IMG_STYLE}" src="data:image/png;base64,{data}">'
-            f'<figcaption style="{CAPTION_STYLE}">{html.escape(c.caption())}</figcaption></figure>'
-        )
-    y, x = pixel
-    return (
-        f'<div class="sa-panels" data-pixel="{y},{x}" style="{PANELS_STYLE}">' + "".join(figures) + "</div>"
-    )
+    heatmaps = panels.html_of(ex.browser_data(session.point, view), ex.hover)
+    return shown, heatmaps, explain(clicks, session.point, view.mode, view.head)
 
 
 def input_note(session: Session) -> str:
@@ -255,7 +230,7 @@ class Handlers:
             panels,
             text,
             input_note(session),
-            render.upscale(ex.input, (160, 160)) if steps else None,
+            render.upscale(ex.input, (128, 128)),
             gr.Dropdown(choices=heads, value=chosen),
             gr.Slider(maximum=(steps or 1000) - 1, visible=bool(steps)),
             gr.Button(visible=ex.model.generates),
@@ -350,14 +325,15 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
     on = Handlers(library)
     with gr.Blocks(title="spatial-attn", analytics_enabled=False) as demo:
         gr.Markdown(
-            "# spatial-attn\nClick any pixel of the image: every attention layer of the model shows "
-            "where that pixel looks (its row of the softmax matrix), drawn over the image."
+            "**spatial-attn** · move the mouse over the image: every attention layer shows where that "
+            "pixel looks (its row of the softmax matrix), drawn over the image; click to pin a pixel.",
+            elem_id="intro",
         )
         state = gr.State(None)
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=400):
                 image = gr.Image(
-                    label="click a pixel",
+                    label="hover or click a pixel",
                     elem_id="input-image",
                     interactive=False,
                     format="png",
@@ -365,7 +341,6 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                     width=DISPLAY + 16,
                     buttons=[],
                 )
-                note = gr.Markdown(elem_id="input-note")
                 with gr.Row():
                     models = gr.Dropdown(library.choices(), value=model, label="model", elem_id="model")
                     seed = gr.Number(0, label="seed", precision=0, minimum=0, elem_id="seed")
@@ -379,44 +354,35 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                 )
                 with gr.Row():
                     sample = gr.Button("new sample from seed", elem_id="new-sample")
-                    upload = gr.File(label="upload an image", file_types=["image"], elem_id="upload")
-                model_input = gr.Image(
-                    label="what the model sees (x_t)",
-                    elem_id="model-input",
-                    interactive=False,
-                    format="png",
-                    height=160,
-                    width=160,
-                    buttons=[],
-                )
-                gallery = gr.Gallery(
-                    [str(p) for p in on.example_paths],
-                    label="examples",
-                    columns=6,
-                    allow_preview=False,
-                    height=140,
-                    elem_id="examples",
-                )
+                    upload = gr.UploadButton("upload an image", file_types=["image"], elem_id="upload")
+                note = gr.Markdown(elem_id="input-note")
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=1, min_width=140):
+                        gr.Markdown("what the model sees", elem_id="model-input-label")
+                        model_input = gr.Image(
+                            show_label=False,
+                            container=False,
+                            elem_id="model-input",
+                            interactive=False,
+                            format="png",
+                            height=128,
+                            width=128,
+                            buttons=[],
+                        )
+                    with gr.Column(scale=3):
+                        gallery = gr.Gallery(
+                            [(str(p), p.stem) for p in on.example_paths],
+                            label="example faces (valid, then broken)",
+                            columns=5,
+                            allow_preview=False,
+                            height="auto",
+                            elem_id="examples",
+                        )
             with gr.Column(scale=3):
-                with gr.Row():
-                    head = gr.Dropdown(["mean", "max"], value="mean", label="head", elem_id="head")
-                    mode = gr.Radio(
-                        ["row: where it looks", "column: who looks at it"],
-                        value="row: where it looks",
-                        label="show",
-                        elem_id="mode",
-                    )
-                    layout = gr.Radio(["per layer", "layers × heads"], value="per layer", label="layout")
-                with gr.Row():
-                    cmap = gr.Dropdown(list(render.COLORMAPS), value="viridis", label="colormap")
-                    scale = gr.Dropdown(
-                        ["per map", "shared", "percentile"], value="per map", label="colour scale"
-                    )
-                    upsampling = gr.Radio(["nearest", "smooth"], value="nearest", label="upsampling")
-                    over = gr.Radio(["image", "model input"], value="image", label="draw over")
-                opacity = gr.Slider(0, 1, value=0.65, step=0.05, label="heatmap opacity", elem_id="opacity")
-                heatmaps = gr.HTML(elem_id="heatmaps", js_on_load=None)
-                explanation = gr.Markdown(elem_id="explanation")
+                with gr.Tabs(elem_id="views"), gr.Tab("panels", id="panels"):
+                    heatmaps = panels.component()
+                    head, mode, cmap, scale, upsampling, opacity, layout, over = panels.controls()
+                    explanation = gr.Markdown(elem_id="explanation")
                 prompt_view = PromptView()  # text-conditioned models only
 
         view_inputs = [head, mode, cmap, scale, upsampling, opacity, layout, over]
@@ -433,7 +399,8 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
         }
         demo.load(on.start, run_inputs, reran, api_name=False)
         models.change(on.rerun, [state, *run_inputs], reran, api_name=False)
-        timestep.release(on.rerun, [state, *run_inputs], reran, api_name=False)
+        # .change, not .release: a value typed into the box or stepped with the arrow keys re-runs too
+        timestep.change(on.rerun, [state, *run_inputs], reran, api_name=False, trigger_mode="always_last")
         seed.submit(on.rerun, [state, *run_inputs], reran, api_name=False)
         upload.upload(on.uploaded, [upload, *run_inputs], reran, api_name=False)
         gallery.select(on.picked, run_inputs, reran, api_name=False)

@@ -5,11 +5,22 @@ A panel is the image the model saw, upscaled with crisp pixels, under a heatmap 
 a 32x32 image) and the query cell is outlined at the layer's own query resolution, both through
 :func:`spatial_attn.grid.cell_box`, so the drawing and the click use the same arithmetic.
 
+How a value becomes a colour is a :class:`ColourScale`. "× uniform" divides by the uniform share
+``1/N'``: a row that spreads evenly is one flat colour whatever its grid (an 8x8 layer is no longer
+brighter than a 16x16 one just because ``1/64 > 1/256``), and its log2 axis reads "4× uniform" the
+same in every layer. The probability scales (per map, shared, percentile) stretch each map instead,
+which finds structure in any row, including rows that have none. The browser's drawing
+(``views/panels.js``) follows the same definitions.
+
 matplotlib is consulted once per colormap for its 256-entry table and never draws anything.
 """
 
 from __future__ import annotations
 
+import base64
+import io
+import math
+from dataclasses import dataclass
 from functools import cache
 from typing import Literal
 
@@ -19,7 +30,65 @@ from PIL import Image, ImageDraw
 from .grid import Grid, cell_box
 
 COLORMAPS = ("viridis", "magma", "inferno", "cividis")
-Scale = Literal["per map", "shared", "percentile"]
+Scale = Literal["× uniform", "per map", "shared", "percentile"]
+SCALES: tuple[Scale, ...] = ("× uniform", "per map", "shared", "percentile")
+#: The "× uniform" axis spans 2**-SPAN .. 2**SPAN times the uniform share, uniform in the middle.
+SPAN = 4
+#: Smallest side of a displayed panel, px.
+MIN_PANEL = 192
+
+
+@dataclass(frozen=True)
+class ColourScale:
+    """Values -> positions 0..1 on the colormap, and the numbers its colorbar is labelled with.
+
+    ``uniform``: position = (log2(value x tokens) + SPAN) / (2 SPAN), clipped; ``tokens`` is the
+    length of the whole row (special tokens included), so 0.5 is exactly uniform attention.
+    Otherwise: position = value / top, linear from no attention (0) to ``top``.
+    """
+
+    uniform: bool
+    top: float = 1.0
+    tokens: int = 1
+
+    def unit(self, values: np.ndarray) -> np.ndarray:
+        """Colormap positions in [0, 1]."""
+        if self.uniform:
+            ratio = np.maximum(np.asarray(values, dtype=np.float64) * self.tokens, 2.0**-60)
+            return np.clip((np.log2(ratio) + SPAN) / (2 * SPAN), 0.0, 1.0)
+        return np.clip(np.asarray(values, dtype=np.float64) / self.top, 0.0, 1.0)
+
+    def ticks(self) -> list[tuple[float, str]]:
+        """(position, label) pairs for a colorbar."""
+        if self.uniform:
+            return [((e + SPAN) / (2 * SPAN), _ratio_text(2.0**e)) for e in range(-SPAN, SPAN + 1, 2)]
+        return [(f, f"{self.top * f:.3g}") for f in (0.0, 0.5, 1.0)]
+
+    @property
+    def label(self) -> str:
+        """What the colorbar's numbers are."""
+        return "× uniform (1 = 1/N′)" if self.uniform else "probability"
+
+
+def colour_scale(values: np.ndarray, scale: Scale, tokens: int, shared: float | None = None) -> ColourScale:
+    """The scale a map of ``values`` (a row of ``tokens`` entries in all) is drawn with."""
+    if scale == "× uniform":
+        return ColourScale(True, tokens=tokens)
+    return ColourScale(False, top=vmax_of(values, scale, shared))
+
+
+def panel_size(grids: list[Grid], image_hw: tuple[int, int], least: int = MIN_PANEL) -> int:
+    """One display side for every panel of an image: an integer upscale of every grid and of the
+    image (so no map's cells are resampled unevenly), at least ``least`` px.
+
+    When the sides share no small multiple (a 7x7 grid over a 32x32 image: 224), the least common
+    multiple is used as long as it stays under 4 ``least``; beyond that the largest side's multiple.
+    """
+    sides = {s for grid in grids for s in grid} | set(image_hw)
+    common = math.lcm(*sides)
+    if common > 4 * least:
+        common = max(sides)
+    return common * max(1, math.ceil(least / common))
 
 
 @cache
@@ -49,10 +118,18 @@ def vmax_of(values: np.ndarray, scale: Scale, shared: float | None = None) -> fl
     return top if top > 0 else 1.0
 
 
-def colorize(values: np.ndarray, vmax: float, cmap: str) -> np.ndarray:
-    """Map values in ``[0, vmax]`` through the colormap: ``(..., 3)`` uint8."""
-    index = np.clip(values / vmax * 255.0, 0, 255).astype(np.uint8)
+def colorize(values: np.ndarray, scale: ColourScale, cmap: str) -> np.ndarray:
+    """Map values through the scale and the colormap: ``(..., 3)`` uint8."""
+    index = (scale.unit(values) * 255.0).astype(np.uint8)
     return lut(cmap)[index]
+
+
+def png_data_uri(image: np.ndarray | Image.Image) -> str:
+    """A small image as an inline ``data:image/png`` URI (what the browser draws under its maps)."""
+    buffer = io.BytesIO()
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    picture.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def heat_layer(values: np.ndarray, size: tuple[int, int], smooth: bool) -> np.ndarray:
@@ -66,7 +143,7 @@ def panel(
     base: Image.Image,
     values: np.ndarray,
     *,
-    vmax: float,
+    scale: ColourScale,
     cmap: str = "viridis",
     opacity: float = 0.6,
     smooth: bool = False,
@@ -78,7 +155,7 @@ def panel(
     that grid's resolution.
     """
     size = (base.height, base.width)
-    heat = colorize(heat_layer(values, size, smooth), vmax, cmap).astype(np.float32)
+    heat = colorize(heat_layer(values, size, smooth), scale, cmap).astype(np.float32)
     mixed = (1.0 - opacity) * np.asarray(base, dtype=np.float32) + opacity * heat
     out = Image.fromarray(mixed.round().astype(np.uint8))
     if outline is not None:
@@ -95,9 +172,9 @@ def draw_cell(image: Image.Image, cell: tuple[int, int], grid: Grid) -> None:
     draw.rectangle(box, outline=(255, 255, 255), width=1)
 
 
-def strip(values: np.ndarray, *, vmax: float, cmap: str, cell: int = 12) -> Image.Image:
+def strip(values: np.ndarray, *, scale: ColourScale, cmap: str, cell: int = 12) -> Image.Image:
     """Weights over tokens with no place in the image (text keys) as a one-row strip."""
-    row = colorize(values.reshape(1, -1), vmax, cmap)
+    row = colorize(values.reshape(1, -1), scale, cmap)
     return Image.fromarray(row).resize((values.size * cell, 2 * cell), Image.Resampling.NEAREST)
 
 
@@ -111,3 +188,8 @@ def side_by_side(images: list[Image.Image], gap: int = 4) -> Image.Image:
         out.paste(im, (x, 0))
         x += im.width + gap
     return out
+
+
+def _ratio_text(r: float) -> str:
+    """2 -> "2×", 0.25 -> "1/4×"."""
+    return f"{r:g}×" if r >= 1 else f"1/{1 / r:g}×"

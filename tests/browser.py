@@ -1,4 +1,4 @@
-"""Driving Debian's Chromium with Playwright: shared by the browser test and the browser benchmark."""
+"""Driving Debian's Chromium with Playwright: shared by the browser tests and the browser benchmarks."""
 
 from __future__ import annotations
 
@@ -35,15 +35,15 @@ def find_chromium() -> str | None:
 
 
 @contextmanager
-def open_app(url: str, chromium: str) -> Iterator[Any]:
-    """A page showing the app, once its first heatmaps are drawn."""
+def open_app(url: str, chromium: str, viewport: tuple[int, int] = (1280, 800)) -> Iterator[Any]:
+    """A page showing the app, once its first heatmaps are painted."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 1300})
+        page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
         page.goto(url)
-        page.wait_for_selector("#heatmaps figure img", timeout=60_000)
+        page.wait_for_selector(f"{PANELS} figure .sa-stats:not(:empty)", timeout=60_000)
         try:
             yield page
         finally:
@@ -54,19 +54,32 @@ PANELS = "#heatmaps .sa-panels"  # the panels alone: #heatmaps also holds Gradio
 
 
 def click_and_wait(page: Any, x: float, y: float) -> str:
-    """Click the input image at CSS position (x, y); return the panels' HTML once they are repainted.
-
-    Only the panel container is compared: the status tracker beside it changes as soon as the event
-    is pending, long before the new panels arrive.
-    """
-    before = page.eval_on_selector(PANELS, "e => e.outerHTML")
+    """Click the input image at CSS position (x, y); return the panels' HTML once the server's
+    answer has replaced it (the payload changes with the click, even when hover already showed it)."""
+    before = page.eval_on_selector(PANELS, "e => e.dataset.payload")
     page.locator("#input-image img").click(position={"x": x, "y": y})
     page.wait_for_function(
-        "([sel, prev]) => { const e = document.querySelector(sel); return e && e.outerHTML !== prev; }",
+        "([sel, prev]) => { const e = document.querySelector(sel); return e && e.dataset.payload !== prev; }",
         arg=[PANELS, before],
         timeout=30_000,
     )
     return page.eval_on_selector(PANELS, "e => e.outerHTML")
+
+
+def image_pixel(page: Any, fx: float, fy: float) -> tuple[float, float]:
+    """Page coordinates of the point at fractions (fx, fy) of the input image."""
+    box = page.locator("#input-image img").bounding_box()
+    return box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
+
+
+WAIT_PIXEL = """pixel => [...document.querySelectorAll('#heatmaps figure.sa-panel')]
+    .every(f => f.dataset.pixel === pixel)"""
+
+
+def hover_and_wait(page: Any, x: float, y: float, pixel: str, timeout: float = 30_000) -> None:
+    """Move the mouse to page position (x, y); return once every panel shows model pixel ``"y,x"``."""
+    page.mouse.move(x, y)
+    page.wait_for_function(WAIT_PIXEL, arg=pixel, timeout=timeout, polling="raf")
 
 
 def clicked_pixel(page: Any) -> tuple[int, int]:
@@ -76,7 +89,8 @@ def clicked_pixel(page: Any) -> tuple[int, int]:
 
 
 def panels(page: Any) -> list[tuple[str, str]]:
-    """(layer name, PNG data URI) of every heatmap panel."""
+    """(layer name, PNG data URI of its first map's canvas) of every heatmap panel."""
     return page.eval_on_selector_all(
-        f"{PANELS} figure", "els => els.map(e => [e.dataset.layer, e.querySelector('img').src])"
+        f"{PANELS} figure",
+        "els => els.map(e => [e.dataset.layer, e.querySelector('canvas.sa-map').toDataURL('image/png')])",
     )

@@ -1,16 +1,35 @@
-"""The app in a real browser (Debian's Chromium, driven by Playwright): clicks repaint the heatmaps,
-and what is drawn is the rows that ``/attend`` returns for the same pixel."""
+"""The app in a real browser (Debian's Chromium, driven by Playwright): hovering and clicking repaint
+every panel, the rows the page computes are the server's, what is drawn is those rows, the layout
+fits a laptop screen, and a timestep typed into the box re-runs the model.
+
+Screenshots go to a temporary folder, or to ``$SPATIAL_ATTN_SCREENSHOTS`` when set: the README's are
+refreshed with ``SPATIAL_ATTN_SCREENSHOTS=assets python -m pytest tests/test_browser.py``.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import PANELS, click_and_wait, clicked_pixel, find_chromium, open_app, panels
+from browser import (
+    PANELS,
+    click_and_wait,
+    clicked_pixel,
+    find_chromium,
+    hover_and_wait,
+    image_pixel,
+    open_app,
+    panels,
+)
 from PIL import Image
+
+from spatial_attn.app import DISPLAY
+from spatial_attn.grid import cell_at
+from spatial_attn.render import ColourScale
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -27,6 +46,13 @@ def chromium() -> str:
             "Debian's chromium is not installed (apt-get install chromium); under CI=true it is installed"
         )
     return path
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Where screenshots go: a temporary folder unless SPATIAL_ATTN_SCREENSHOTS names one."""
+    chosen = os.environ.get("SPATIAL_ATTN_SCREENSHOTS")
+    return Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
 
 
 def _viridis() -> np.ndarray:
@@ -61,24 +87,39 @@ def _drawn_values(
     for y in range(h):
         for x in range(w):
             block = heat[
-                y * height // h + 2 : (y + 1) * height // h - 2, x * width // w + 2 : (x + 1) * width // w - 2
+                y * height // h + 4 : (y + 1) * height // h - 4, x * width // w + 4 : (x + 1) * width // w - 4
             ]
             index = ((block.reshape(-1, 1, 3) - table[None]) ** 2).sum(-1).argmin(-1)
             out[y, x] = np.median(index) / 255
     return out
 
 
-def test_clicks_repaint_and_draw_the_rows_attend_returns(app_url, chromium):
+def _model_pixel(fx: float, fy: float) -> str:
+    """The model-input pixel "y,x" under fractions (fx, fy) of the displayed image (shown at its own
+    size, so a CSS pixel is an image pixel; Gradio rounds the position of a click)."""
+    y, x = cell_at((round(fy * DISPLAY), round(fx * DISPLAY)), (DISPLAY, DISPLAY), (32, 32))
+    return f"{y},{x}"
+
+
+def test_clicks_pin_and_what_is_drawn_is_the_rows_attend_returns(app_url, chromium, shots):
     from gradio_client import Client
 
     client = Client(app_url, verbose=False)
     table = _viridis()
     with open_app(app_url, chromium) as page:
+        page.screenshot(path=str(shots / "screenshot-app.png"))
+        assert clicked_pixel(page) == (13, 9)  # the first click is the left eye, not between the eyes
         seen = []
         for fx, fy in ((0.33, 0.42), (0.68, 0.62)):
             box = page.locator("#input-image img").bounding_box()
             seen.append(click_and_wait(page, box["width"] * fx, box["height"] * fy))
-            y, x = clicked_pixel(page)  # from the same HTML as the panels
+            page.mouse.move(0, 0)  # off the image: the panels show the pinned click
+            page.wait_for_function(
+                "p => [...document.querySelectorAll('#heatmaps figure')].every(f => f.dataset.pixel === p)",
+                arg=_model_pixel(fx, fy),
+            )
+            y, x = clicked_pixel(page)
+            assert f"{y},{x}" == _model_pixel(fx, fy)
             _, rows = client.predict(None, "ddpm-faces", 250, x, y, "mean", 0, api_name="/attend")
             layers = {layer["name"]: layer for layer in rows["layers"]}
             drawn = panels(page)
@@ -86,18 +127,68 @@ def test_clicks_repaint_and_draw_the_rows_attend_returns(app_url, chromium):
             for name, uri in drawn:
                 values = np.array(layers[name]["values"])
                 panel = _decode(uri)
+                assert panel.shape[:2] == (192, 192)
                 decoded = _drawn_values(panel, values.shape, _base(panel.shape[:2]), table)
-                np.testing.assert_allclose(
-                    decoded, values / values.max(), atol=4 / 255, err_msg=f"{name} {y, x}"
-                )
-                brightest = np.unravel_index(decoded.argmax(), values.shape)
-                assert values[brightest] >= values.max() - 4 / 255 * values.max()
+                expected = ColourScale(True, tokens=values.size).unit(values)  # "× uniform", the default
+                np.testing.assert_allclose(decoded, expected, atol=4 / 255, err_msg=f"{name} {y, x}")
         assert seen[0] != seen[1]
-        page.screenshot(path=str(ASSETS / "screenshot-app.png"))
-        before = page.eval_on_selector(PANELS, "e => e.outerHTML")
+
+
+def test_hover_repaints_every_panel_and_its_rows_are_the_servers(app_url, chromium, shots):
+    from gradio_client import Client
+
+    client = Client(app_url, verbose=False)
+    with open_app(app_url, chromium) as page:
+        pinned = page.get_attribute(PANELS, "data-pixel")
+        for fx, fy in ((0.2, 0.3), (0.7, 0.35), (0.5, 0.8)):
+            hover_and_wait(page, *image_pixel(page, fx, fy), _model_pixel(fx, fy))
+        page.screenshot(path=str(shots / "screenshot-hover.png"))
+        page.mouse.move(0, 0)  # leaving the image goes back to the pinned pixel
+        page.wait_for_function(
+            "p => [...document.querySelectorAll('#heatmaps figure')].every(f => f.dataset.pixel === p)",
+            arg=pinned,
+        )
+        for y, x in ((0, 0), (13, 21), (31, 17)):
+            browser_rows = page.evaluate("([y, x]) => window.saRows(y, x)", [y, x])
+            _, rows = client.predict(None, "ddpm-faces", 250, x, y, "mean", 0, api_name="/attend")
+            for mine, server in zip(browser_rows, rows["layers"], strict=True):
+                assert mine["name"] == server["name"] and mine["cell"] == server["cell"]
+                expected = np.asarray(server["values"]).ravel()
+                np.testing.assert_allclose(mine["values"], expected, atol=1e-3, err_msg=mine["name"])
+        # the value under the cursor on a map
+        canvas = page.locator(f"{PANELS} figure canvas.sa-map").first
+        canvas.hover(position={"x": 100, "y": 100})
+        assert "× uniform" in page.locator(f"{PANELS} figure .sa-value").first.inner_text()
+
+
+def test_layout_fits_a_laptop_screen_and_heads_are_labelled(app_url, chromium, shots):
+    with open_app(app_url, chromium, viewport=(1280, 800)) as page:
+        for selector in ("#input-image img", "#model", "#timestep", f"{PANELS} figure canvas.sa-map"):
+            box = page.locator(selector).first.bounding_box()
+            assert box["y"] >= 0 and box["y"] + box["height"] <= 800, selector
+        sizes = page.eval_on_selector_all(
+            f"{PANELS} canvas.sa-map", "els => els.map(e => [e.clientWidth, e.clientHeight])"
+        )
+        assert {tuple(s) for s in sizes} == {(192, 192)}
+        before = page.get_attribute(PANELS, "data-payload")
         page.get_by_label("layers × heads").check()
         page.wait_for_function(
-            "([sel, prev]) => document.querySelector(sel).outerHTML !== prev", arg=[PANELS, before]
+            "([sel, prev]) => document.querySelector(sel).dataset.payload !== prev", arg=[PANELS, before]
         )
-        assert page.locator("#heatmaps figure").count() == len(drawn)
-        page.locator("#heatmaps").screenshot(path=str(ASSETS / "screenshot-heads.png"))
+        titles = page.eval_on_selector_all(
+            f"{PANELS} figure",
+            "els => els.map(e => [...e.querySelectorAll('.sa-map-title')].map(t => t.textContent))",
+        )
+        assert ["head 0", "head 1", "mean of 2 heads"] in titles and [""] in titles  # one head: one map
+        page.locator("#heatmaps").screenshot(path=str(shots / "screenshot-heads.png"))
+
+
+def test_a_timestep_typed_into_the_box_reruns_the_model(app_url, chromium):
+    with open_app(app_url, chromium) as page:
+        assert "t=250" in page.locator("#input-note").inner_text()
+        box = page.locator("#timestep input[type=number]")
+        box.fill("900")
+        box.press("Enter")
+        page.wait_for_function("() => document.querySelector('#input-note').innerText.includes('t=900')")
+        box.press("ArrowUp")  # the arrow keys step the value, and re-run too
+        page.wait_for_function("() => document.querySelector('#input-note').innerText.includes('t=901')")

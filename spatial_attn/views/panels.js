@@ -1,0 +1,337 @@
+// spatial-attn heatmap panels, run by gr.HTML's js_on_load (`element` and `watch` are given).
+//
+// The server sends, in the panels' HTML, every layer's pinned vector (the clicked pixel's row or
+// column for every head) and, once per model run, its queries and keys. This script draws the
+// panels from that data and, while the mouse is over the input image, recomputes each layer's row
+// for the pixel under it: softmax(q_i . k^T), as QKScores.row does on the server, so hover costs no
+// round trip. Colour scales follow spatial_attn/render.py (ColourScale).
+(() => {
+  const SPAN = 4; // render.SPAN: the "× uniform" axis spans 2^-SPAN .. 2^SPAN
+  const root = () => element.querySelector(".sa-panels");
+  let data = null; // the parsed payload of the panels on screen
+  let hover = { id: null, layers: [] }; // decoded q, k, lse per layer, kept across re-renders
+  let hovering = null; // the model-input pixel [y, x] under the mouse, or null
+  const images = new Map(); // data URI -> loaded <img>
+
+  // -- decoding ---------------------------------------------------------------------------------
+  const bytes = (b64) => {
+    const bin = atob(b64);
+    const out = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+    return out.buffer;
+  };
+  const HALF = (() => {
+    // every float16 bit pattern as a float32, so decoding is one table lookup per number
+    const table = new Float32Array(65536);
+    for (let h = 0; h < 65536; h++) {
+      const sign = h & 0x8000 ? -1 : 1;
+      const exp = (h >> 10) & 0x1f;
+      const frac = h & 0x3ff;
+      table[h] =
+        exp === 0 ? sign * frac * 2 ** -24
+        : exp === 31 ? (frac ? NaN : sign * Infinity)
+        : sign * (1 + frac / 1024) * 2 ** (exp - 15);
+    }
+    return table;
+  })();
+  const halves = (b64) => {
+    const raw = new Uint16Array(bytes(b64));
+    const out = new Float32Array(raw.length);
+    for (let i = 0; i < raw.length; i++) out[i] = HALF[raw[i]];
+    return out;
+  };
+  const floats = (b64) => new Float32Array(bytes(b64));
+
+  function load() {
+    const el = root();
+    data = el ? JSON.parse(el.dataset.payload) : null;
+    if (!data) return;
+    if (data.id !== hover.id && el.dataset.hover) {
+      const raw = JSON.parse(el.dataset.hover);
+      hover = {
+        id: data.id,
+        layers: raw.map((h) => h && { d: h.d, q: halves(h.q), k: halves(h.k), lse: floats(h.lse) }),
+      };
+    }
+    for (const layer of data.layers) layer.pinnedValues = floats(layer.pinned.values);
+  }
+
+  // -- the attention math the hover needs (the definition: QKScores.row / column) -----------------
+  function rowFromQK(layer, qk, token) {
+    // every head's probabilities over the N' keys for query `token`: (h * N')
+    const { heads } = layer, n = layer.queries.count, m = layer.keys.count, d = qk.d;
+    const out = new Float32Array(heads * m);
+    for (let h = 0; h < heads; h++) {
+      const qo = (h * n + token) * d;
+      let top = -Infinity;
+      for (let j = 0; j < m; j++) {
+        const ko = (h * m + j) * d;
+        let s = 0;
+        for (let c = 0; c < d; c++) s += qk.q[qo + c] * qk.k[ko + c];
+        out[h * m + j] = s;
+        if (s > top) top = s;
+      }
+      let sum = 0;
+      for (let j = 0; j < m; j++) sum += (out[h * m + j] = Math.exp(out[h * m + j] - top));
+      for (let j = 0; j < m; j++) out[h * m + j] /= sum;
+    }
+    return out;
+  }
+  function columnFromQK(layer, qk, key) {
+    // what every query gives key `key`, every head: exp(q_i . k_j - lse_i), (h * N)
+    const { heads } = layer, n = layer.queries.count, m = layer.keys.count, d = qk.d;
+    const out = new Float32Array(heads * n);
+    for (let h = 0; h < heads; h++) {
+      const ko = (h * m + key) * d;
+      for (let i = 0; i < n; i++) {
+        const qo = (h * n + i) * d;
+        let s = 0;
+        for (let c = 0; c < d; c++) s += qk.q[qo + c] * qk.k[ko + c];
+        out[h * n + i] = Math.exp(s - qk.lse[h * n + i]);
+      }
+    }
+    return out;
+  }
+  const cellAt = (py, px, hw, grid) => [
+    Math.min(Math.floor(((py + 0.5) * grid[0]) / hw[0]), grid[0] - 1),
+    Math.min(Math.floor(((px + 0.5) * grid[1]) / hw[1]), grid[1] - 1),
+  ];
+  const tokenOf = (layout, cell) => layout.start + cell[0] * layout.grid[1] + cell[1];
+
+  // what one layer shows for the pixel under the mouse: {mode, cell, token, vector}, or null
+  function hovered(index, pixel) {
+    const layer = data.layers[index];
+    const qk = hover.layers[index];
+    if (!qk) return null;
+    const mode = layer.pinned.mode;
+    const layout = mode === "row" ? layer.queries : layer.keys;
+    const cell = cellAt(pixel[0], pixel[1], data.image_hw, layout.grid);
+    const token = tokenOf(layout, cell);
+    const vector = mode === "row" ? rowFromQK(layer, qk, token) : columnFromQK(layer, qk, token);
+    return { mode, cell, token, vector };
+  }
+
+  // -- heads, maps and scales ---------------------------------------------------------------------
+  function reduce(vector, heads, choice) {
+    const m = vector.length / heads;
+    const out = new Float32Array(m);
+    const k = choice.startsWith("head ") ? Number(choice.slice(5)) : null;
+    for (let j = 0; j < m; j++) {
+      if (k !== null && k < heads) out[j] = vector[k * m + j];
+      else if (choice === "max") {
+        let best = -Infinity;
+        for (let h = 0; h < heads; h++) best = Math.max(best, vector[h * m + j]);
+        out[j] = best;
+      } else {
+        let s = 0;
+        for (let h = 0; h < heads; h++) s += vector[h * m + j];
+        out[j] = s / heads;
+      }
+    }
+    return out;
+  }
+  function maps(layer, shown) {
+    // [{title, tokens (whole vector), values (grid part)}] for one figure
+    const layout = shown.mode === "row" ? layer.keys : layer.queries;
+    const grid = (v) => (layout.grid ? v.subarray(layout.start, layout.start + layout.grid[0] * layout.grid[1]) : v);
+    const view = data.view, heads = layer.heads;
+    if (view.heads_grid && shown.mode === "row" && heads > 1) {
+      const out = [];
+      for (let h = 0; h < heads; h++) {
+        const v = reduce(shown.vector, heads, `head ${h}`);
+        out.push({ title: `head ${h}`, tokens: v, values: grid(v) });
+      }
+      const mean = reduce(shown.vector, heads, "mean");
+      out.push({ title: `mean of ${heads} heads`, tokens: mean, values: grid(mean) });
+      return out;
+    }
+    const v = reduce(shown.vector, heads, view.head);
+    return [{ title: "", tokens: v, values: grid(v) }];
+  }
+  const maxOf = (v) => v.reduce((a, b) => Math.max(a, b), 0);
+  function percentile99(v) {
+    const s = Float64Array.from(v).sort();
+    const at = 0.99 * (s.length - 1), lo = Math.floor(at);
+    return s[lo] + (s[Math.min(lo + 1, s.length - 1)] - s[lo]) * (at - lo);
+  }
+  function scaleFor(all, layer, shared) {
+    // render.colour_scale: {uniform, top, tokens}
+    const kind = data.view.scale;
+    if (kind === "× uniform") return { uniform: true, top: 1, tokens: layer.keys.count };
+    let top = kind === "shared" ? shared : 0;
+    if (kind !== "shared") for (const m of all) top = Math.max(top, kind === "percentile" ? percentile99(m.values) : maxOf(m.values));
+    return { uniform: false, top: top > 0 ? top : 1, tokens: layer.keys.count };
+  }
+  const unit = (scale, v) =>
+    scale.uniform
+      ? Math.min(1, Math.max(0, (Math.log2(Math.max(v * scale.tokens, 2 ** -60)) + SPAN) / (2 * SPAN)))
+      : Math.min(1, Math.max(0, v / scale.top));
+  const ratioText = (r) => (r >= 1 ? `${r}×` : `1/${1 / r}×`);
+  function ticks(scale) {
+    if (scale.uniform) {
+      const out = [];
+      for (let e = -SPAN; e <= SPAN; e += 2) out.push([(e + SPAN) / (2 * SPAN), ratioText(2 ** e)]);
+      return out;
+    }
+    return [0, 0.5, 1].map((f) => [f, Number((scale.top * f).toPrecision(3)).toString()]);
+  }
+  function entropyBits(p) {
+    let s = 0;
+    for (const x of p) if (x > 0) s -= x * Math.log2(x);
+    return s;
+  }
+
+  // -- drawing ------------------------------------------------------------------------------------
+  function picture(uri, then) {
+    let img = images.get(uri);
+    if (!img) {
+      img = new Image();
+      img.onload = then;
+      img.src = uri;
+      images.set(uri, img);
+    }
+    return img.complete && img.naturalWidth ? img : null;
+  }
+  function paint(canvas, map, layer, shown, scale, base) {
+    const ctx = canvas.getContext("2d");
+    const size = canvas.width, lut = data.lut, view = data.view;
+    const layout = shown.mode === "row" ? layer.keys : layer.queries;
+    const [gh, gw] = layout.grid || [1, map.values.length];
+    const heat = new ImageData(gw, gh);
+    for (let i = 0; i < gh * gw; i++) {
+      const c = Math.floor(unit(scale, map.values[i]) * 255) * 3;
+      heat.data.set([lut[c], lut[c + 1], lut[c + 2], 255], 4 * i);
+    }
+    const small = new OffscreenCanvas(gw, gh);
+    small.getContext("2d").putImageData(heat, 0, 0);
+    ctx.globalAlpha = 1;
+    ctx.imageSmoothingEnabled = false;
+    ctx.clearRect(0, 0, size, canvas.height);
+    if (base && layout.grid) ctx.drawImage(base, 0, 0, size, size);
+    ctx.globalAlpha = layout.grid ? view.opacity : 1;
+    ctx.imageSmoothingEnabled = view.smooth;
+    ctx.drawImage(small, 0, 0, size, canvas.height);
+    ctx.globalAlpha = 1;
+    const outlineGrid = (shown.mode === "row" ? layer.queries : layer.keys).grid;
+    if (outlineGrid && layout.grid) {
+      const [y, x] = shown.cell, ch = size / outlineGrid[0], cw = size / outlineGrid[1];
+      ctx.lineWidth = 3;
+      ctx.strokeStyle = "#000";
+      ctx.strokeRect(Math.round(x * cw) + 1.5, Math.round(y * ch) + 1.5, Math.round(cw) - 3, Math.round(ch) - 3);
+      ctx.lineWidth = 1;
+      ctx.strokeStyle = "#fff";
+      ctx.strokeRect(Math.round(x * cw) + 1.5, Math.round(y * ch) + 1.5, Math.round(cw) - 3, Math.round(ch) - 3);
+    }
+    canvas.saMap = { values: map.values, grid: [gh, gw], scale };
+  }
+  function colorbar(figure, scale) {
+    const bar = figure.querySelector(".sa-bar");
+    const ctx = bar.getContext("2d");
+    const img = new ImageData(256, 1);
+    for (let i = 0; i < 256; i++) img.data.set([data.lut[3 * i], data.lut[3 * i + 1], data.lut[3 * i + 2], 255], 4 * i);
+    const strip = new OffscreenCanvas(256, 1);
+    strip.getContext("2d").putImageData(img, 0, 0);
+    ctx.imageSmoothingEnabled = true;
+    ctx.drawImage(strip, 0, 0, bar.width, bar.height);
+    const labels = figure.querySelector(".sa-ticks");
+    const key = JSON.stringify([scale.uniform, scale.top, scale.tokens]);
+    if (labels.dataset.key !== key) {
+      labels.dataset.key = key;
+      labels.replaceChildren(
+        ...ticks(scale).map(([pos, text]) => {
+          const span = document.createElement("span");
+          span.textContent = text;
+          span.style.left = `${pos * 100}%`;
+          return span;
+        }),
+      );
+      figure.querySelector(".sa-bar-label").textContent = scale.uniform ? `× uniform: 1× = 1/${scale.tokens}, what every key gets when attention is even` : "probability";
+    }
+  }
+  function stats(layer, shown, map) {
+    if (shown.mode !== "row") return `key cell (${shown.cell.join(", ")})`;
+    const dist = data.view.head === "max" ? reduce(shown.vector, layer.heads, "mean") : map.tokens;
+    const parts = [
+      `query cell (${shown.cell.join(", ")}), token ${shown.token}`,
+      `entropy ${entropyBits(dist).toFixed(2)} of ${Math.log2(layer.keys.count).toFixed(2)} bits` +
+        (data.view.head === "max" && layer.heads > 1 ? " (of the head mean)" : ""),
+    ];
+    layer.keys.special.forEach((j, s) => parts.push(`${layer.keys.labels[s]} ${(map.tokens[j] * 100).toFixed(1)}%`));
+    return parts.join(" · ");
+  }
+
+  function draw(pixel) {
+    // every panel, for `pixel` (hover) or the pinned click (null)
+    if (!data) return;
+    const base = picture(data.base, () => draw(hovering));
+    const figures = root().querySelectorAll("figure.sa-panel");
+    const shown = data.layers.map((layer, i) => (pixel && hovered(i, pixel)) || { ...layer.pinned, vector: layer.pinnedValues });
+    const all = data.layers.map((layer, i) => maps(layer, shown[i]));
+    const shared = Math.max(...all.flat().map((m) => maxOf(m.values)));
+    data.layers.forEach((layer, i) => {
+      const figure = figures[i];
+      const scale = scaleFor(all[i], layer, shared);
+      const canvases = figure.querySelectorAll("canvas.sa-map");
+      all[i].forEach((map, k) => canvases[k] && paint(canvases[k], map, layer, shown[i], scale, base));
+      colorbar(figure, scale);
+      figure.querySelector(".sa-stats").textContent = stats(layer, shown[i], all[i][all[i].length - 1]);
+      const live = pixel && hover.layers[i];
+      figure.dataset.pixel = (live ? pixel : data.pixel).join(",");
+      figure.classList.toggle("sa-stale", Boolean(pixel) && !live);
+    });
+    root().dataset.pixel = (pixel || data.pixel).join(",");
+  }
+
+  // -- events -------------------------------------------------------------------------------------
+  function pixelUnder(event, img) {
+    // the model-input pixel under the mouse: the image pixel exactly as Gradio's select event
+    // computes it for a click (ImagePreview: scale capped at 1, centred, rounded), then grid.cell_at
+    const r = img.getBoundingClientRect(), nw = img.naturalWidth, nh = img.naturalHeight;
+    if (!nw || !nh) return null;
+    const s = Math.min(r.width / nw, r.height / nh, 1);
+    const x = Math.round((event.clientX - r.left - (r.width - nw * s) / 2) / s);
+    const y = Math.round((event.clientY - r.top - (r.height - nh * s) / 2) / s);
+    if (y < 0 || x < 0 || y >= nh || x >= nw) return null;
+    return cellAt(y, x, [nh, nw], data.image_hw);
+  }
+  document.addEventListener("mousemove", (event) => {
+    if (!data || !root()) return;
+    const img = event.target.closest ? event.target.closest("#input-image img") : null;
+    const pixel = img && pixelUnder(event, img);
+    if (pixel) {
+      if (!hovering || pixel[0] !== hovering[0] || pixel[1] !== hovering[1]) draw((hovering = pixel));
+    } else if (hovering) {
+      draw((hovering = null));
+    }
+    const canvas = event.target.closest ? event.target.closest("canvas.sa-map") : null;
+    if (canvas && canvas.saMap && element.contains(canvas)) readout(event, canvas);
+  });
+  function readout(event, canvas) {
+    const { values, grid, scale } = canvas.saMap;
+    const r = canvas.getBoundingClientRect();
+    const y = Math.min(grid[0] - 1, Math.floor(((event.clientY - r.top) * grid[0]) / r.height));
+    const x = Math.min(grid[1] - 1, Math.floor(((event.clientX - r.left) * grid[1]) / r.width));
+    const v = values[y * grid[1] + x];
+    const where = grid[0] === 1 && !canvas.dataset.grid ? `token ${x}` : `cell (${y}, ${x})`;
+    canvas.closest("figure").querySelector(".sa-value").textContent =
+      `${where}: p = ${v.toPrecision(3)} = ${(v * scale.tokens).toPrecision(3)}× uniform`;
+  }
+
+  // for tests and scripts: every hoverable layer's head-mean row (as a grid) for model pixel (y, x)
+  window.saRows = (y, x) =>
+    data.layers.map((layer, i) => {
+      const qk = hover.layers[i];
+      if (!qk) return null;
+      const cell = cellAt(y, x, data.image_hw, layer.queries.grid);
+      const v = reduce(rowFromQK(layer, qk, tokenOf(layer.queries, cell)), layer.heads, "mean");
+      const g = layer.keys.grid;
+      return { name: layer.name, cell, values: Array.from(v.subarray(layer.keys.start, layer.keys.start + g[0] * g[1])) };
+    });
+
+  const render = () => {
+    load();
+    draw(hovering);
+  };
+  watch("value", render);
+  render();
+})();
