@@ -13,7 +13,8 @@ the layer stores them (O(N d)). Nothing else is taken on trust:
   with ``q k^T`` in blocks of rows instead. Either way an edited layer keeps the probabilities the
   softmax produced.
 * **Scores that are not a product** (``q @ k.T + bias``, written out of place) keep the probabilities
-  too, but only when they are square, ``N x N`` over the grid's tokens: a softmax over features
+  too: whatever their shape when a product went into them (LeViT's subsampled queries against all
+  keys), otherwise only when they are square, ``N x N`` over the grid's tokens: a softmax over features
   (Efficient Attention's ``q.softmax(-1)`` on ``(B, N, d)``, its ``(B, d, N)`` keys softmaxed over
   ``N``) has one axis that is not tokens and is no layer.
 * **Weights changed after the softmax** (CaiT's talking heads mix heads with ``proj_w``) are what
@@ -52,6 +53,7 @@ _PRODUCTS = frozenset(
     }
 )
 _SCALINGS = frozenset({torch.mul, torch.Tensor.mul, torch.div, torch.Tensor.div})
+_SUMS = frozenset({torch.add, torch.Tensor.add})  # ``a + b`` reaches the mode as Tensor.add
 
 Origin = tuple[torch.Tensor, torch.Tensor, float]  # (queries (..., N, d), keys (..., N', d), scale)
 
@@ -63,13 +65,16 @@ class SoftmaxAdapter(FunctionAdapter):
     """Softmax over spatial scores, traced back to queries and keys where possible."""
 
     family = "softmax"
-    functions = _SOFTMAX | _PRODUCTS | _SCALINGS
+    functions = _SOFTMAX | _PRODUCTS | _SCALINGS | _SUMS
 
     def __init__(self) -> None:
         # scores tensor -> (origin, versions at the product); entries die with the scores, so nothing
         # is kept alive
         self._origins: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._pending: _Pending | None = None  # the last softmax layer, until a product consumes it
+        # scores made from a product out of place (``q @ k.T * s + bias``: LeViT's subsampling, Swin's
+        # relative positions): their axes are still queries x keys, square or not
+        self._derived: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
     def on_call(
         self, func: Callable, args: tuple, kwargs: dict, out: Any, batch: int | None
@@ -79,11 +84,19 @@ class SoftmaxAdapter(FunctionAdapter):
             origin = _product(func, args, kwargs)
         elif func in _SCALINGS:
             origin = self._scaled(func, args, kwargs)
+        elif func in _SUMS:
+            origin = None
         else:
             return self._softmax(args, kwargs, out, batch)
         if origin is not None and isinstance(out, torch.Tensor):
             self._origins[out] = (origin, _versions(out, *origin[:2]))
+        elif isinstance(out, torch.Tensor) and any(self._from_product(a) for a in args[:2]):
+            self._derived[out] = True
         return None
+
+    def _from_product(self, t: Any) -> bool:
+        """Whether ``t`` is a product's scores or was made from them out of place."""
+        return isinstance(t, torch.Tensor) and (t in self._origins or t in self._derived)
 
     def _origin(self, scores: torch.Tensor) -> Origin | None:
         """Where ``scores`` came from, if it is still exactly that product (no in-place edit since)."""
@@ -116,7 +129,7 @@ class SoftmaxAdapter(FunctionAdapter):
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
         if not isinstance(scores, torch.Tensor) or scores.ndim < 3 or dim not in (-1, scores.ndim - 1):
             return None
-        traced = scores in self._origins  # made by a product, perhaps edited since
+        traced = self._from_product(scores)  # made by a product, perhaps edited since
         origin = self._origin(scores)
         if not traced and scores.shape[-1] != scores.shape[-2]:
             return None  # not traced to q k^T and not N x N: one axis is features, not tokens
