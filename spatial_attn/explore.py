@@ -9,6 +9,9 @@ all of it is testable without a browser.
 
 from __future__ import annotations
 
+import functools
+import json
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -16,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import render
+from . import payload, render
 from .capture import capture
 from .grid import cell_at
 from .layer import AttentionLayer
@@ -34,7 +37,7 @@ class View:
     head: str = "mean"  # "mean", "max" or "head k"
     mode: Literal["row", "column"] = "row"  # where the pixel looks / who looks at it
     cmap: str = "viridis"
-    scale: render.Scale = "per map"
+    scale: render.Scale = "× uniform"
     smooth: bool = False
     opacity: float = 0.65
     heads_grid: bool = False  # one panel per head (and the mean) for every layer
@@ -64,7 +67,8 @@ class LayerClick:
             f"{layer.heads} head{'s' if layer.heads > 1 else ''}{self.head_note}",
         ]
         if self.entropy is not None:
-            parts.append(f"entropy {self.entropy:.2f} bits")
+            of = " (of the head mean)" if self.head_note.startswith(" (max") else ""
+            parts.append(f"entropy {self.entropy:.2f} of {np.log2(layer.keys.count):.2f} bits{of}")
         parts += [f"{label} {mass:.1%}" for label, mass in self.special.items()]
         if layer.verification.ok is not True:
             parts.append(f"unverified: {layer.verification.detail}")
@@ -87,6 +91,7 @@ class LayerClick:
             "values": np.round(self.values.astype(np.float64), 7).tolist(),
             "special": self.special,
             "entropy_bits": self.entropy,
+            "head": self.head_note.strip(" ()") or "mean",  # says so when a layer lacks the head asked
             "verified": layer.verification.ok,
         }
 
@@ -113,18 +118,27 @@ class Exploration:
         """Size of the model's input, in pixels."""
         return self.image.shape[0], self.image.shape[1]
 
+    def nbytes(self) -> int:
+        """Memory held by the captured layers (queries and keys; never an N x N matrix)."""
+        return sum(layer.nbytes() for layer in self.layers)
+
     def max_heads(self) -> int:
         """The most heads any layer has (for the head selector)."""
         return max((layer.heads for layer in self.layers), default=1)
 
-    def click(self, point: tuple[float, float], image_hw: tuple[int, int], view: View) -> list[LayerClick]:
+    def click(
+        self, point: tuple[float, float], image_hw: tuple[int, int], view: View, draw: bool = True
+    ) -> list[LayerClick]:
         """Every layer's map for a click at ``point = (y, x)`` in an image of size ``image_hw``.
 
         The point is mapped to each layer's own grid with :func:`~spatial_attn.grid.cell_at`, so an
         uploaded photo, the upscaled display and the 32x32 model input all agree on the cell.
+        ``draw=False`` leaves ``panel`` unset (the app's browser draws its own).
         """
         clicks = [self._read(layer, point, image_hw, view) for layer in self.layers]
-        shared = max((float(c.values.max()) for c in clicks), default=1.0)
+        if not draw:
+            return clicks
+        shared = max((float(c.values.max()) for c in clicks), default=1.0)  # "shared": one top for all
         base = render.upscale(self.image if view.over == "image" else self.input, (PANEL, PANEL))
         for c in clicks:
             c.panel = self._draw(c, base, view, shared)
@@ -144,20 +158,66 @@ class Exploration:
 
     def _draw(self, c: LayerClick, base: Image.Image, view: View, shared: float) -> Image.Image:
         layer = c.layer
-        vmax = render.vmax_of(c.values, view.scale, shared)
+        scale = render.colour_scale(c.values, view.scale, layer.keys.count, shared)
         if c.values.ndim == 1:  # keys with no place in the image
-            return render.strip(c.values, vmax=vmax, cmap=view.cmap)
+            return render.strip(c.values, scale=scale, cmap=view.cmap)
         grid = layer.key_grid if view.mode == "column" and layer.key_grid else layer.query_grid
         outline = (c.cell, grid)
-        draw = dict(vmax=vmax, cmap=view.cmap, opacity=view.opacity, smooth=view.smooth, outline=outline)
-        if not view.heads_grid or view.mode == "column":
+        draw = dict(scale=scale, cmap=view.cmap, opacity=view.opacity, smooth=view.smooth, outline=outline)
+        if not view.heads_grid or view.mode == "column" or layer.heads == 1:  # one head: its map is the mean
             return render.panel(base, c.values, **draw)
         per_head = layer.head_rows(*c.cell)
-        maps = [*per_head, per_head.mean(0)]
-        if view.scale != "shared":
-            draw["vmax"] = max(render.vmax_of(m, view.scale) for m in maps)
-        small = base.resize((PANEL // 2, PANEL // 2), Image.Resampling.NEAREST)
-        return render.side_by_side([render.panel(small, m, **draw) for m in maps])
+        maps = [*per_head, per_head.mean(0)]  # every head, then their mean
+        if view.scale not in ("shared", "× uniform"):  # one top for the layer's maps
+            top = max(render.vmax_of(m, view.scale) for m in maps)
+            draw["scale"] = render.ColourScale(False, top=top)
+        return render.side_by_side([render.panel(base, m, **draw) for m in maps])
+
+    @functools.cached_property
+    def hover(self) -> tuple[str, str]:
+        """``(id, JSON)`` of what the browser needs to recompute rows under the mouse (the queries and
+        keys of :func:`~spatial_attn.payload.hover_json`): encoded once per run, sent with every draw."""
+        return uuid.uuid4().hex[:12], json.dumps(payload.hover_json(self.layers))
+
+    def browser_data(self, point: tuple[int, int], view: View) -> dict[str, Any]:
+        """Everything the page draws the panels from for a click at model-input pixel ``point``: the
+        layers, each one's pinned vector for every head, the view, the colormap and the picture."""
+        grids = [g for layer in self.layers for g in (layer.query_grid, layer.key_grid) if g]
+        return {
+            "id": self.hover[0],
+            "pixel": list(point),
+            "image_hw": list(self.image_hw),
+            "size": render.panel_size(grids, self.image_hw),
+            "view": {
+                "head": view.head,
+                "cmap": view.cmap,
+                "scale": view.scale,
+                "smooth": view.smooth,
+                "opacity": view.opacity,
+                "heads_grid": view.heads_grid,
+            },
+            "lut": render.lut(view.cmap).ravel().tolist(),
+            "base": render.png_data_uri(self.image if view.over == "image" else self.input),
+            "layers": [
+                {
+                    **payload.layer_json(layer),
+                    "pinned": payload.pinned_json(layer, point, self.image_hw, view.mode),
+                }
+                for layer in self.layers
+            ],
+        }
+
+    def first_point(self) -> tuple[int, int]:
+        """Where the first click lands: the left eye when the picture is a face whose eyes can be
+        found (a click there lights up the other eye), else the centre, where little stands out."""
+        from .evaluate import locate_eyes  # the judge's eye finder; loaded only when asked
+
+        h, w = self.image_hw
+        found = locate_eyes(self.image) if (h, w) == (32, 32) else None
+        if found is None:
+            return h // 2, w // 2
+        y, x = found[0][0]
+        return min(int(y), h - 1), min(int(x), w - 1)
 
 
 def explain(clicks: list[LayerClick], pixel: tuple[int, int], mode: str = "row", head: str = "mean") -> str:
