@@ -106,7 +106,7 @@ def run(
     t = int(timestep) if bundled.num_timesteps else None
     if source is not None:
         source = source.copy()
-        source.thumbnail((max(256, 2 * bundled.image_size),) * 2)  # bounds the session, keeps the detail
+        source.thumbnail((bundled.max_source,) * 2)  # bounds the session; the model sees its own size
     exploration = Exploration(bundled, source, timestep=t, seed=int(seed))
     return Session(exploration, source, note, point=exploration.first_point())
 

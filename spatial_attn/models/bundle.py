@@ -63,6 +63,9 @@ class BundledModel:
     #: Whether ``prepare(None, seed=s)`` makes its own input (the app then offers "new sample" and
     #: keeps a generated face when the user switches model); models that need an image leave it False.
     generates = False
+    #: The largest side of an uploaded image the app keeps (bigger ones are shrunk first): the bundled
+    #: models see 32x32, so 256 is plenty and bounds each user's session.
+    max_source = 256
     #: Whether ``prepare`` accepts ``prompt=`` (text-conditioned models; the app then shows a prompt box).
     takes_prompt = False
 
@@ -74,8 +77,11 @@ class BundledModel:
         ``image=None`` asks a generative model to make its own input from ``seed``; a model that
         cannot must raise ``ValueError`` (the app shows the message). ``Prepared.display`` is what
         the heatmaps are overlaid on, so it must be the picture the model actually saw.
+
+        The default suits a model whose forward takes the image tensor alone: ``to_input(image)``.
         """
-        raise NotImplementedError
+        x, pixels, note = self.to_input(image)
+        return Prepared(args=(x,), kwargs={}, display=pixels, note=note)
 
     def run(self, prepared: Prepared) -> dict:
         """One forward pass on prepared inputs; returns a small JSON-able summary."""
@@ -109,12 +115,6 @@ class BundledModel:
 
 class ViTModel(BundledModel):
     """Classifies an image into valid face / each kind of broken face."""
-
-    def prepare(
-        self, image: Image.Image | None = None, *, timestep: int | None = None, seed: int = 0
-    ) -> Prepared:
-        x, pixels, note = self.to_input(image)
-        return Prepared(args=(x,), kwargs={}, display=pixels, note=note)
 
     def run(self, prepared: Prepared) -> dict:
         probs = torch.softmax(self.module(*prepared.args, **prepared.kwargs)[0], dim=-1)  # (classes,)

@@ -33,6 +33,8 @@ class PreprocessedModel(BundledModel):
     """A model whose images go through a :class:`Preprocess` (resize, crop or pad, normalise)."""
 
     preprocess: Preprocess | None = None
+    #: photos up to 2048 px reach the model's own preprocessing untouched (the issue's 224 to 1024 px)
+    max_source = 2048
 
     def to_input(self, image: Image.Image | None) -> tuple[torch.Tensor, np.ndarray, str]:
         if image is None:
@@ -54,12 +56,6 @@ class ImageModel(PreprocessedModel):
 
     #: how the module is called on the input tensor (transformers wants ``pixel_values=``)
     forward: Callable[[nn.Module, torch.Tensor], Any] = field(default=_call, repr=False)
-
-    def prepare(
-        self, image: Image.Image | None = None, *, timestep: int | None = None, seed: int = 0
-    ) -> Prepared:
-        x, pixels, note = self.to_input(image)
-        return Prepared(args=(x,), kwargs={}, display=pixels, note=note)
 
     def run(self, prepared: Prepared) -> dict:
         out = self.forward(self.module, prepared.args[0])

@@ -229,21 +229,9 @@ def _timm(spec: str, weights: str | Path | None) -> ImageModel:
         module = timm.create_model(arch, pretrained=False)
     except RuntimeError as error:  # timm's "Unknown model"
         raise ValueError(f"{spec}: {error}") from None
-    random = _load(module, weights)
     cfg = dict(getattr(module, "pretrained_cfg", None) or {})
-    num_classes = getattr(module, "num_classes", 0)
-    labels = cfg.get("label_names") or [f"class {i}" for i in range(num_classes)]
-    steps = preprocess.from_timm(cfg)
-    return ImageModel(
-        name=spec,
-        kind="timm" + (" (random weights)" if random else ""),
-        pretrained=not random,
-        module=_eval(module),
-        image_size=steps.out[0],
-        labels=list(labels) or None,
-        config=cfg,
-        preprocess=steps,
-    )
+    labels = cfg.get("label_names") or [f"class {i}" for i in range(getattr(module, "num_classes", 0))]
+    return _image_model(spec, "timm", module, weights, preprocess.from_timm(cfg), labels)
 
 
 def _factory(spec: str, weights: str | Path | None) -> ImageModel:
@@ -253,22 +241,31 @@ def _factory(spec: str, weights: str | Path | None) -> ImageModel:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as error:
         raise ValueError(f"{spec}: cannot import it ({error})") from None
+    if not callable(factory):
+        raise ValueError(f"{spec}: {attr} is not callable; name a function that returns the nn.Module")
     with torch.random.fork_rng(devices=[]):  # a random-weight factory gets the same weights every time
         torch.manual_seed(TWIN_SEED)
         module = factory()
     if not isinstance(module, nn.Module):
         raise ValueError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module")
-    random = _load(module, weights)
     config = getattr(module, "preprocessor_config", None)
     size = int(getattr(module, "image_size", 224))
     steps = preprocess.from_transformers(config) if config else preprocess.square(size)
+    return _image_model(spec, "factory", module, weights, steps, getattr(module, "labels", None))
+
+
+def _image_model(
+    spec: str, kind: str, module: nn.Module, weights: str | Path | None, steps: Any, labels: Any
+) -> ImageModel:
+    """A timm or factory module with ``weights`` loaded (or its initial ones, said in its kind)."""
+    initial = _load(module, weights)
     return ImageModel(
         name=spec,
-        kind="factory" + (" (its own weights)" if random else ""),
-        pretrained=not random,
+        kind=kind + (" (initial weights: no --weights)" if initial else ""),
+        pretrained=not initial,
         module=_eval(module),
         image_size=steps.out[0],
-        labels=list(getattr(module, "labels", None) or []) or None,
+        labels=list(labels or []) or None,
         preprocess=steps,
     )
 
