@@ -26,9 +26,10 @@ from . import render
 from .explore import Exploration, View, explain
 from .grid import cell_at
 from .images import ImageError, load_image
+from .resources import locate, searched
 from .views import panels
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSETS = locate("assets")  # the checkout's, an installed wheel's, or $SPATIAL_ATTN_ASSETS
 DISPLAY = 384  # the clickable image, px: a 32x32 input at 12x, crisp
 UNTRAINED = " (untrained)"
 DEFAULT_TIMESTEP = 250
@@ -85,7 +86,10 @@ def examples() -> list[Path]:
 
 def default_image() -> tuple[Image.Image, str]:
     """The first example (a valid face): what the app shows before anything is uploaded."""
-    first = examples()[0]
+    found = examples()
+    if not found:
+        raise FileNotFoundError(f"no example faces in {ASSETS / 'faces'} ({searched('assets')})")
+    first = found[0]
     return Image.open(first).convert("RGB"), f"example {first.name}"
 
 

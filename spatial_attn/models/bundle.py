@@ -12,7 +12,6 @@ twin the app shows beside the trained model.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,14 +23,14 @@ from torch import nn
 
 from ..data.tensors import to_tensor, to_uint8
 from ..grid import cell_at
+from ..resources import locate, searched
 from .sagan import SAGAN, SAGANConfig
 from .vit import ViT, ViTConfig
 from .weights import load_config, load_weights
 
-#: Where the bundled weights live: the repository's ``checkpoints/`` unless overridden.
-CHECKPOINTS = Path(
-    os.environ.get("SPATIAL_ATTN_CHECKPOINTS", Path(__file__).resolve().parents[2] / "checkpoints")
-)
+#: Where the bundled weights live: the checkout's ``checkpoints/``, an installed wheel's copy, or
+#: ``$SPATIAL_ATTN_CHECKPOINTS`` (see :mod:`spatial_attn.resources`).
+CHECKPOINTS = locate("checkpoints")
 #: The random twins' initialisation seed (fixed, so the untrained maps are the same every time).
 TWIN_SEED = 1234
 
@@ -271,5 +270,8 @@ def load_model(name: str, pretrained: bool = True, *, root: str | Path | None = 
         raise ValueError(f"unknown model {name!r}: choose one of {available_models()}")
     path = Path(root or CHECKPOINTS) / name
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} is missing: train it with `spatial-attn train {name.split('-')[0]}`")
+        where = searched("checkpoints") if root is None else f"looked in {root}"
+        raise FileNotFoundError(
+            f"{name} is missing ({where}); or train it with `spatial-attn train {name.split('-')[0]}`"
+        )
     return _LOADERS[name](path, pretrained)
