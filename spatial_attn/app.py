@@ -13,7 +13,7 @@ import functools
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the
 import gradio as gr
 from PIL import Image
 
-from . import render
-from .explore import Exploration, View, explain
+from . import render, serving
+from .explore import Exploration, View, explain, head_index
 from .grid import cell_at
-from .images import ImageError, load_image
+from .images import MAX_UPLOAD_MB, ImageError, load_image
 from .resources import locate, searched
+from .serving import RUN_EVENTS, RUNS, Explorations, Tickets
 from .views import panels
 
 ASSETS = locate("assets")  # the checkout's, an installed wheel's, or $SPATIAL_ATTN_ASSETS
@@ -76,7 +77,8 @@ class Session:
     exploration: Exploration
     source: Image.Image | None  # the clean image; None when the model generated it from the seed
     note: str
-    point: tuple[int, int] = (0, 0)  # (y, x) in model-input pixels; run() starts at the centre
+    point: tuple[int, int] = (0, 0)  # (y, x) in model-input pixels: the click, updated in place
+    tickets: Tickets = field(default_factory=Tickets)  # orders its clicks; retired when replaced
 
 
 def examples() -> list[Path]:
@@ -167,26 +169,46 @@ def attend(
     head: str = "mean",
     seed: float = 0,
     prompt: str = "",
+    images: bool = False,
+    cache: Explorations | None = None,
 ) -> tuple[list[tuple[Image.Image, str]], dict]:
     """The HTTP API: every layer's attention row for pixel ``(x, y)`` of ``image``.
 
     ``image`` is a file path (None: the default example face); ``x``/``y`` are pixels of that image,
     whatever its size: mapped through the model's own resize and crop. ``prompt`` is for
-    text-conditioned models ("": the model's default). Returns the panels and, per layer, its grids,
-    the query cell and the row (over the prompt's ``tokens`` in cross-attention layers).
+    text-conditioned models ("": the model's default). Returns the panels (only if ``images``: each
+    one is a file written for the caller) and, per layer, its grids, the head shown, the query cell
+    and the row (over the prompt's ``tokens`` in cross-attention layers). Every parameter is checked
+    first; the capture is kept in ``cache`` by (model, image bytes, timestep, seed, prompt), so asking
+    again about the same image costs a click, not a forward.
     """
-    source, notes = load_image(image) if image else (default_image()[0], [])
-    session = run(library, model, timestep, seed, source, "", prompt or None)
+    name, t, s = checked_run(library, model, timestep, seed)
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be text, got {prompt!r}")
+    head_index(head)  # the form of it ("mean", "max", "head k"); its range once the layers are known
+    key = (name, serving.file_digest(image) if image else None, t, s, prompt)
+
+    def capture() -> tuple[Session, list[str], tuple[int, int]]:
+        source, notes = load_image(image) if image else (default_image()[0], [])
+        return run(library, name, t, s, source, "", prompt or None), notes, (source.height, source.width)
+
+    session, notes, hw = cache.get(key, capture) if cache is not None else capture()
     ex = session.exploration
-    hw = (source.height, source.width)
-    pixel = ex.model.input_pixel((float(y), float(x)), hw)
-    clicks = ex.click(pixel, ex.image_hw, View(head=head))
-    return [(c.panel, c.caption()) for c in clicks], {
-        "model": model,
+    point = (
+        serving.number(y, "y", 0, hw[0] - 1e-9 * hw[0]),
+        serving.number(x, "x", 0, hw[1] - 1e-9 * hw[1]),
+    )
+    heads = ex.max_heads()
+    if isinstance(head_index(head), int) and head_index(head) >= heads:
+        raise ValueError(f"{head}: the layers of {name} have at most {heads} heads (0 to {heads - 1})")
+    pixel = ex.model.input_pixel(point, hw)
+    clicks = ex.click(pixel, ex.image_hw, View(head=head), draw=images)
+    return [(c.panel, c.caption()) for c in clicks] if images else [], {
+        "model": name,
         "timestep": ex.timestep,
-        "seed": int(seed),
+        "seed": s,
         "image_size": list(hw),
-        "point": [float(y), float(x)],
+        "point": list(point),
         "model_pixel": list(pixel),
         "notes": notes,
         "tokens": list(ex.prepared.tokens),
@@ -194,13 +216,22 @@ def attend(
     }
 
 
+def checked_run(library: Library, model: Any, timestep: Any, seed: Any) -> tuple[str, int | None, int]:
+    """The model's name, the timestep (None for a model without one) and the seed, each checked with a
+    message a person can read: a timestep of -0.5 or a seed of 2^64 is refused, not truncated."""
+    name = serving.one_of(model, "model", library.choices())
+    steps = library[name].num_timesteps
+    t = serving.whole(timestep, "timestep", 0, steps - 1) if steps else None
+    return name, t, serving.whole(seed, "seed", 0, serving.SEED_MAX)
+
+
 def guarded(fn: Callable[..., tuple]) -> Callable[..., tuple]:
     """User mistakes become a short message in the app (``gr.Error``); the app keeps serving."""
 
     @functools.wraps(fn)  # keeps the signature: Gradio reads it to pass gr.SelectData
-    def wrapper(*args: Any) -> tuple:
+    def wrapper(*args: Any, **kwargs: Any) -> tuple:
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except (ImageError, ValueError) as error:
             raise gr.Error(str(error), print_exception=False) from None
 
@@ -215,14 +246,18 @@ class Handlers:
     """
 
     DRAWN = ("image", "heatmaps", "explanation")
-    CLICKED = ("state", *DRAWN)
-    RERAN = (*CLICKED, "note", "model_input", "head", "timestep", "sample")
+    RERAN = ("state", *DRAWN, "note", "model_input", "head", "timestep", "sample")
 
     def __init__(self, library: Library) -> None:
         self.library = library
         self.example_paths = examples()
+        # /attend's captures: a repeated image costs a click, not a forward (bounded: see serving)
+        self.explorations = Explorations(lambda entry: entry[0].exploration.nbytes())
 
-    def _after_run(self, session: Session, *view: Any) -> tuple:
+    def _after_run(self, session: Session, *view: Any, previous: Session | None = None) -> tuple:
+        """The outputs of a run; ``previous`` (the session it replaces) paints nothing from now on."""
+        if previous is not None:
+            previous.tickets.retire()
         ex = session.exploration
         heads = ["mean", "max"] + [f"head {k}" for k in range(ex.max_heads())]
         chosen = view[0] if view[0] in heads else "mean"
@@ -244,6 +279,7 @@ class Handlers:
     def start(self, name: str, t: float, s: float, *view: Any) -> tuple:
         """The first page load: the default example face."""
         source, note = default_image()
+        name, t, s = checked_run(self.library, name, t, s)
         return self._after_run(run(self.library, name, t, s, source, note), *view)
 
     @guarded
@@ -251,6 +287,7 @@ class Handlers:
         """Model, timestep or seed changed: same image, new capture, same click."""
         if session is None:
             return self.start(name, t, s, *view)
+        name, t, s = checked_run(self.library, name, t, s)
         source, note = session.source, session.note
         if source is None and not self.library[name].generates:
             source, note = default_image()  # a generated face is gone; this model needs an image
@@ -258,59 +295,88 @@ class Handlers:
         fresh = run(self.library, name, t, s, source, note, prompt)
         h, w = fresh.exploration.image_hw
         y, x = session.point  # the same click, kept inside the new model's input
-        return self._after_run(replace(fresh, point=(min(y, h - 1), min(x, w - 1))), *view)
+        kept = replace(fresh, point=(min(y, h - 1), min(x, w - 1)), tickets=Tickets())
+        return self._after_run(kept, *view, previous=session)
 
     @guarded
-    def uploaded(self, path: str | None, name: str, t: float, s: float, *view: Any) -> tuple:
+    def uploaded(
+        self, session: Session | None, path: str | None, name: str, t: float, s: float, *view: Any
+    ) -> tuple:
         """A user's file: validated, converted, resized to the model's input."""
         if path is None:
             return (gr.skip(),) * len(self.RERAN)
+        name, t, s = checked_run(self.library, name, t, s)
         source, notes = load_image(path)
         size = self.library[name].image_size
         text = f"upload {Path(path).name} ({source.width}×{source.height}, resized to {size}×{size})"
-        return self._after_run(run(self.library, name, t, s, source, " · ".join([text, *notes])), *view)
+        fresh = run(self.library, name, t, s, source, " · ".join([text, *notes]))
+        return self._after_run(fresh, *view, previous=session)
 
     @guarded
-    def picked(self, evt: gr.SelectData, name: str, t: float, s: float, *view: Any) -> tuple:
+    def picked(
+        self, evt: gr.SelectData, session: Session | None, name: str, t: float, s: float, *view: Any
+    ) -> tuple:
         """An example from the gallery."""
+        name, t, s = checked_run(self.library, name, t, s)
         path = self.example_paths[evt.index]
         source = Image.open(path).convert("RGB")
-        return self._after_run(run(self.library, name, t, s, source, f"example {path.name}"), *view)
+        fresh = run(self.library, name, t, s, source, f"example {path.name}")
+        return self._after_run(fresh, *view, previous=session)
 
     @guarded
-    def generated(self, name: str, t: float, s: float, *view: Any) -> tuple:
+    def generated(self, session: Session | None, name: str, t: float, s: float, *view: Any) -> tuple:
         """A new sample: the DDPM's fast sampler (then noised to t), or the SAGAN generator itself."""
+        name, t, s = checked_run(self.library, name, t, s)
         bundled = self.library[name]
         if bundled.kind == "ddpm":
             source, note = Image.fromarray(bundled.sample(int(s))[0]), f"DDPM sample, seed {int(s)}"
         else:
             source, note = None, f"generated from seed {int(s)}"
-        return self._after_run(run(self.library, name, t, s, source, note), *view)
+        return self._after_run(run(self.library, name, t, s, source, note), *view, previous=session)
 
     @guarded
     def clicked(self, evt: gr.SelectData, session: Session | None, *view: Any) -> tuple:
-        """A click on the image: rows only, no model run."""
+        """A click on the image: rows only, no model run. The click is kept in the session itself
+        (the state is not an output, so a click that finishes late cannot bring back a session that
+        a model switch replaced), and a result that a later event of the session overtook is
+        dropped rather than painted over the newer one (see :class:`~spatial_attn.serving.Tickets`)."""
         if session is None:
             raise ValueError("the image is still loading; click again in a moment")
+        ticket = session.tickets.take()
         x, y = evt.index
-        point = cell_at((y, x), (DISPLAY, DISPLAY), session.exploration.image_hw)
-        session = replace(session, point=point)
-        return (session, *draw(session, view_of(*view)))
+        session.point = cell_at((y, x), (DISPLAY, DISPLAY), session.exploration.image_hw)
+        return self._shown(session, ticket, draw(session, view_of(*view)))
 
     @guarded
     def redraw(self, session: Session | None, *view: Any) -> tuple:
-        """A display control changed: same rows, drawn anew. The state is not an output: a redraw
-        that finishes after a later click must not put the old click back."""
+        """A display control changed: same rows, drawn anew (dropped if overtaken, as a click)."""
         if session is None:
             return (gr.skip(),) * len(self.DRAWN)
-        return draw(session, view_of(*view))
+        ticket = session.tickets.take()
+        return self._shown(session, ticket, draw(session, view_of(*view)))
+
+    def _shown(self, session: Session, ticket: int, outputs: tuple) -> tuple:
+        """``outputs``, or nothing if a later event of the session started meanwhile, or if the session
+        was replaced (a model switch, an upload) while this one was drawing."""
+        return outputs if session.tickets.current(ticket) else (gr.skip(),) * len(outputs)
 
     @guarded
     def attend(
-        self, path: str | None, name: str, t: float, x: float, y: float, head: str, s: float, prompt: str = ""
+        self,
+        path: str | None,
+        name: str,
+        t: float,
+        x: float,
+        y: float,
+        head: str,
+        s: float,
+        prompt: str = "",
+        images: bool = False,
     ) -> tuple:
         """``/attend``: see :func:`attend`."""
-        return attend(self.library, path, name, t, x, y, head, s, prompt)
+        if not isinstance(images, bool):
+            raise ValueError(f"images must be true or false, got {images!r}")
+        return attend(self.library, path, name, t, x, y, head, s, prompt, images, self.explorations)
 
 
 def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) -> gr.Blocks:
@@ -327,7 +393,9 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
     from .views.prompt import PromptView  # imports this module: only once it is loaded
 
     on = Handlers(library)
-    with gr.Blocks(title="spatial-attn", analytics_enabled=False) as demo:
+    # Gradio's files (uploads, /attend's images) are deleted an hour after they were made, checked
+    # every ten minutes, and all of them when the server stops.
+    with gr.Blocks(title="spatial-attn", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         gr.Markdown(
             "**spatial-attn** · move the mouse over the image: every attention layer shows where that "
             "pixel looks (its row of the softmax matrix), drawn over the image; click to pin a pixel.",
@@ -393,23 +461,20 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
         drawn = [image, heatmaps, explanation]
         reran = [state, *drawn, note, model_input, head, timestep, sample]
         run_inputs = [models, timestep, seed, *view_inputs]
-        # clicks and redraws share one first-in-first-out lane: a redraw fired just before a click
-        # (a slider losing focus when the image is clicked) is then always painted before it
-        quiet = {
-            "api_name": False,
-            "show_progress": "hidden",
-            "concurrency_id": "draw",
-            "concurrency_limit": 1,
-        }
-        demo.load(on.start, run_inputs, reran, api_name=False)
-        models.change(on.rerun, [state, *run_inputs], reran, api_name=False)
+        # Clicks and redraws are cheap: they run side by side for all users (no shared lane), and
+        # within one session a result overtaken by a later event is dropped (Handlers._shown).
+        # Model runs share one bounded lane, whatever their kind (serving.RUN_EVENTS).
+        quiet = {"api_name": False, "show_progress": "hidden", "concurrency_limit": None}
+        runs = {"api_name": False, **RUN_EVENTS}
+        demo.load(on.start, run_inputs, reran, **runs)
+        models.change(on.rerun, [state, *run_inputs], reran, **runs)
         # .change, not .release: a value typed into the box or stepped with the arrow keys re-runs too
-        timestep.change(on.rerun, [state, *run_inputs], reran, api_name=False, trigger_mode="always_last")
-        seed.submit(on.rerun, [state, *run_inputs], reran, api_name=False)
-        upload.upload(on.uploaded, [upload, *run_inputs], reran, api_name=False)
-        gallery.select(on.picked, run_inputs, reran, api_name=False)
-        sample.click(on.generated, run_inputs, reran, api_name=False)
-        image.select(on.clicked, [state, *view_inputs], [state, *drawn], **quiet)
+        timestep.change(on.rerun, [state, *run_inputs], reran, trigger_mode="always_last", **runs)
+        seed.submit(on.rerun, [state, *run_inputs], reran, **runs)
+        upload.upload(on.uploaded, [state, upload, *run_inputs], reran, **runs)
+        gallery.select(on.picked, [state, *run_inputs], reran, **runs)
+        sample.click(on.generated, [state, *run_inputs], reran, **runs)
+        image.select(on.clicked, [state, *view_inputs], drawn, **quiet)
         for control in view_inputs:  # redrawing is cheap: follow every change, sliders included
             control.change(on.redraw, [state, *view_inputs], drawn, trigger_mode="always_last", **quiet)
 
@@ -423,24 +488,27 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                 gr.Textbox("mean", label="head"),
                 gr.Number(0, label="seed"),
                 gr.Textbox("", label="prompt"),
+                gr.Checkbox(False, label="images"),
             ]
             api_outputs = [gr.Gallery(format="png", label="heatmaps"), gr.JSON(label="rows")]
-        gr.on(None, on.attend, api_inputs, api_outputs, api_name="attend")
+            api_only = gr.Button()  # never shown nor clicked: gr.on(None) would also run on page load
+        api_only.click(on.attend, api_inputs, api_outputs, api_name="attend", **RUN_EVENTS)
         prompt_view.wire(state, head, cmap, on, run, run_inputs, reran, guarded)
     return demo
 
 
 def launch(
     model: str | Any = "ddpm-faces",
-    host: str = "127.0.0.1",
+    host: str | None = None,
     port: int = 7860,
     share: bool = False,
     **kwargs: Any,
 ) -> gr.Blocks:
     """Build the app and serve it. Blocks until stopped, unless ``prevent_thread_lock=True`` is passed;
-    then returns the running app (``.close()`` stops it)."""
+    then returns the running app (``.close()`` stops it). ``host=None`` is Gradio's own choice:
+    ``GRADIO_SERVER_NAME`` if set (a Space sets it), else 127.0.0.1."""
     demo = build_demo(model)
-    demo.queue(default_concurrency_limit=4)
+    demo.queue(default_concurrency_limit=RUNS)
     theme = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     demo.launch(
         server_name=host,
@@ -449,6 +517,7 @@ def launch(
         css=CSS,
         theme=theme,
         state_session_capacity=256,
+        max_file_size=f"{MAX_UPLOAD_MB:g}mb",
         footer_links=["api"],
         **kwargs,
     )

@@ -174,14 +174,20 @@ def open_models(specs: list[list], allow_download: bool = False) -> list:
     from .models.sources import open_model
 
     bundled = set(available_models()) | {name + UNTRAINED for name in available_models()}
-    try:
-        return [
-            spec if spec in bundled else open_model(spec, weights, allow_download=allow_download)
-            for spec, weights in specs
-        ]
-    except ValueError as error:
-        print(f"spatial-attn: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    models = []
+    for spec, weights in specs:
+        if spec in bundled:
+            models.append(spec)
+            continue
+        try:
+            opened = open_model(spec, weights, allow_download=allow_download)
+        except ValueError as error:
+            print(f"spatial-attn: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+        if opened.name in bundled:  # checkpoints/ddpm-faces opened as a folder: keep both apart
+            opened.name = spec
+        models.append(opened)
+    return models
 
 
 class _ModelAction(argparse.Action):
@@ -206,8 +212,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The options shared by ``python app.py`` and ``spatial-attn serve``."""
     parser.add_argument(
         "--host",
-        default="127.0.0.1",
-        help="address to listen on; 0.0.0.0 exposes the app on your network",
+        default=None,
+        help="address to listen on (default: $GRADIO_SERVER_NAME if set, else 127.0.0.1); "
+        "0.0.0.0 exposes the app on your network",
     )
     parser.add_argument("--port", type=int, default=7860, help="port")
     parser.add_argument(

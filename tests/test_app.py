@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import gradio as gr
 import numpy as np
 import pytest
@@ -37,9 +39,9 @@ def test_click_reads_rows_without_running_the_model(handlers, monkeypatch):
     session = handlers.start("vit-faces", 0, 0, *VIEW)[0]
     ran = []
     monkeypatch.setattr(session.exploration.model, "run", lambda *a: ran.append(a))
-    state, _, heatmaps, text = handlers.clicked(_select(200, 100), session, *VIEW)
+    _, heatmaps, text = handlers.clicked(_select(200, 100), session, *VIEW)
     assert not ran
-    assert state.point == (100 * 32 // DISPLAY, 200 * 32 // DISPLAY)
+    assert session.point == (100 * 32 // DISPLAY, 200 * 32 // DISPLAY)  # kept in the session itself
     assert "(y, x) = (8, 16)" in text and "CLS" in heatmaps
 
 
@@ -58,13 +60,14 @@ def test_every_display_control_draws(handlers, view):
 
 
 def test_model_switch_keeps_the_click(handlers):
-    session = handlers.clicked(_select(40, 300), handlers.start("ddpm-faces", 250, 0, *VIEW)[0], *VIEW)[0]
+    session = handlers.start("ddpm-faces", 250, 0, *VIEW)[0]
+    handlers.clicked(_select(40, 300), session, *VIEW)
     switched = handlers.rerun(session, "sagan-faces", 250, 0, *VIEW)[0]
     assert switched.point == session.point and switched.exploration.model.name == "sagan-faces"
 
 
 def test_generators_sample_from_the_seed(handlers):
-    out = dict(zip(Handlers.RERAN, handlers.generated("sagan-faces", 0, 3, *VIEW), strict=True))
+    out = dict(zip(Handlers.RERAN, handlers.generated(None, "sagan-faces", 0, 3, *VIEW), strict=True))
     assert out["state"].source is None and "generator" in " ".join(
         layer.name for layer in out["state"].exploration.layers
     )
@@ -85,10 +88,11 @@ def test_bad_upload_is_a_message_and_the_app_keeps_serving(handlers, tmp_path):
     bad = tmp_path / "model.png"
     bad.write_bytes(b"\x80\x04not an image")
     with pytest.raises(gr.Error, match="not an image"):
-        handlers.uploaded(str(bad), "ddpm-faces", 250, 0, *VIEW)
+        handlers.uploaded(None, str(bad), "ddpm-faces", 250, 0, *VIEW)
     good = tmp_path / "face.png"
     default_image()[0].resize((320, 320)).convert("RGBA").save(good)
-    out = dict(zip(Handlers.RERAN, handlers.uploaded(str(good), "ddpm-faces", 250, 0, *VIEW), strict=True))
+    outputs = handlers.uploaded(None, str(good), "ddpm-faces", 250, 0, *VIEW)
+    out = dict(zip(Handlers.RERAN, outputs, strict=True))
     assert "transparency" in out["note"] and "320×320" in out["note"]
 
 
@@ -96,7 +100,7 @@ def test_attend_over_http_matches_a_direct_capture(app_url, tmp_path):
     from gradio_client import Client, handle_file
 
     client = Client(app_url, verbose=False)
-    panels, rows = client.predict(None, "vit-faces", 0, 20, 9, "mean", 0, api_name="/attend")
+    panels, rows = client.predict(None, "vit-faces", 0, 20, 9, "mean", 0, "", True, api_name="/attend")
     model = sa.load_model("vit-faces")
     prepared = model.prepare(default_image()[0])
     with torch.no_grad(), sa.capture(model.module) as cap:
@@ -145,7 +149,110 @@ def test_your_own_model_is_served_beside_the_bundled_ones(handlers):
     assert out["heatmaps"].count("<figure") == 1
     # a generated SAGAN face has no image behind it: switching to a model that needs one falls
     # back to the example face instead of failing
-    sampled = dict(zip(Handlers.RERAN, handlers.generated("sagan-faces", 0, 3, *VIEW), strict=True))
+    sampled = dict(zip(Handlers.RERAN, handlers.generated(None, "sagan-faces", 0, 3, *VIEW), strict=True))
     assert sampled["state"].source is None
     switched = dict(zip(Handlers.RERAN, handlers.rerun(sampled["state"], "my-net", 0, 3, *VIEW), strict=True))
     assert switched["state"].exploration.model.name == "my-net" and "example" in switched["state"].note
+
+
+def test_a_late_click_cannot_undo_a_model_switch(handlers):
+    old = handlers.start("ddpm-faces", 250, 0, *VIEW)[0]
+    new = handlers.rerun(old, "vit-faces", 0, 0, *VIEW)[0]
+    late = handlers.clicked(_select(40, 300), old, *VIEW)  # started before the switch, finished after
+    assert all(isinstance(out, type(gr.skip())) for out in late)
+    assert handlers.clicked(_select(40, 300), new, *VIEW)[1].count("<figure") == len(new.exploration.layers)
+
+
+@pytest.mark.parametrize("replace", ["upload", "example", "sample"])
+def test_every_run_retires_the_session_it_replaces(handlers, replace, tmp_path):
+    old = handlers.start("sagan-faces", 0, 0, *VIEW)[0]
+    if replace == "upload":
+        face = tmp_path / "face.png"
+        default_image()[0].save(face)
+        handlers.uploaded(old, str(face), "sagan-faces", 0, 0, *VIEW)
+    elif replace == "example":
+        handlers.picked(gr.SelectData(None, {"index": 1, "value": None}), old, "sagan-faces", 0, 0, *VIEW)
+    else:
+        handlers.generated(old, "sagan-faces", 0, 1, *VIEW)
+    assert old.tickets.retired
+
+
+def test_a_result_overtaken_by_a_later_event_of_the_session_is_dropped(handlers, monkeypatch):
+    import spatial_attn.app as app
+
+    session = handlers.start("vit-faces", 0, 0, *VIEW)[0]
+    draw = app.draw
+
+    def slow_draw(s, view):  # a later click of the same session starts while this one draws
+        s.tickets.take()
+        return draw(s, view)
+
+    monkeypatch.setattr(app, "draw", slow_draw)
+    overtaken = handlers.redraw(session, *VIEW)
+    assert all(isinstance(out, type(gr.skip())) for out in overtaken)
+    monkeypatch.setattr(app, "draw", draw)
+    assert handlers.redraw(session, *VIEW)[1].count("<figure") == len(session.exploration.layers)
+
+
+# Each bad /attend parameter, as a script would send it, and the words its message must contain.
+BAD_ATTEND = [
+    ({"timestep": None}, "timestep is required"),
+    ({"timestep": -0.5}, "timestep must be a whole number from 0 to 999, got -0.5"),
+    ({"timestep": 1000}, "timestep must be from 0 to 999"),
+    ({"timestep": float("inf")}, "timestep must be a finite number"),
+    ({"timestep": float("nan")}, "timestep must be a finite number"),
+    ({"timestep": 10**400}, "timestep must be a number"),
+    ({"seed": 2**64}, "seed must be from 0 to 4294967295"),
+    ({"seed": "abc"}, "seed must be a number, got 'abc'"),
+    ({"x": None}, "x is required"),
+    ({"x": 1e400}, "x must be a finite number"),
+    ({"x": 32}, "x must be from 0 to"),
+    ({"y": -1}, "y must be from 0 to"),
+    ({"head": "head 99"}, "head 99: the layers of ddpm-faces have at most"),
+    ({"head": "first"}, "head must be 'mean', 'max' or 'head k'"),
+    ({"model": "gpt-5"}, "model must be one of"),
+    ({"model": None}, "model must be one of"),
+    ({"prompt": None}, "prompt must be text"),
+]
+
+
+@pytest.mark.parametrize(("bad", "message"), BAD_ATTEND, ids=[m for _, m in BAD_ATTEND])
+def test_bad_attend_parameters_get_messages_a_person_can_read(handlers, bad, message):
+    args = {"path": None, "name": "ddpm-faces", "t": 250, "x": 16, "y": 16, "head": "mean", "s": 0}
+    names = {"timestep": "t", "seed": "s", "model": "name"}
+    args.update({names.get(k, k): v for k, v in bad.items()})
+    with pytest.raises(gr.Error) as error:
+        handlers.attend(**args)
+    assert message in str(error.value.message)
+
+
+def test_bad_attend_parameters_over_http(app_url):
+    """The same table through gradio_client at its defaults: what a script really meets."""
+    from gradio_client import Client
+
+    client = Client(app_url, verbose=False)
+    order = ["image", "model", "timestep", "x", "y", "head", "seed", "prompt"]
+    for bad, message in BAD_ATTEND:
+        if any(isinstance(v, float) and not np.isfinite(v) for v in bad.values()) or 10**400 in bad.values():
+            continue  # not JSON: the client cannot send these (in-process test above covers them)
+        args = dict(zip(order, [None, "ddpm-faces", 250, 16, 16, "mean", 0, ""], strict=True)) | bad
+        with pytest.raises(Exception, match=re.escape(message)):
+            client.predict(*args.values(), api_name="/attend")
+    # after all of that, the app still answers
+    _, rows = client.predict(None, "ddpm-faces", 250, 16, 16, "mean", 0, api_name="/attend")
+    assert len(rows["layers"]) == 7
+
+
+def test_attend_answers_a_repeated_image_from_its_cache_and_writes_no_files(handlers, monkeypatch):
+    import spatial_attn.app as app
+
+    runs = []
+    real_run = app.run
+    monkeypatch.setattr(app, "run", lambda *a, **k: runs.append(a) or real_run(*a, **k))
+    args = {"path": None, "name": "vit-faces", "t": 0, "head": "mean", "s": 0}
+    panels, first = handlers.attend(x=3, y=4, **args)
+    _, again = handlers.attend(x=20, y=9, **args)
+    assert len(runs) == 1 and panels == []  # one forward for two calls; no images unless asked
+    assert first["layers"][0]["cell"] != again["layers"][0]["cell"]
+    handlers.attend(x=20, y=9, **(args | {"s": 1}))  # another seed: another capture
+    assert len(runs) == 2
