@@ -40,3 +40,49 @@ def test_http_api_example_runs(app_url):
     printed = _run(code.replace('"http://127.0.0.1:7860/"', repr(app_url)))
     layers = [line for line in printed.splitlines() if not line.startswith("Loaded as API")]
     assert len(layers) == 7 and layers[0].startswith("down_blocks.1.attentions.0 [16, 16] [6, 10] 106 ")
+
+
+def test_launch_example_runs_and_serves_the_model(monkeypatch):
+    """The ``sa.launch(...)`` snippet as written, served for real (on a free port, not blocking) and
+    clicked through ``/attend``."""
+    import socket
+
+    from gradio_client import Client
+
+    import spatial_attn.app as app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    served = []
+    real_launch = app.launch
+
+    def launch(model, **kwargs):
+        served.append(real_launch(model, port=port, prevent_thread_lock=True, quiet=True, **kwargs))
+
+    monkeypatch.setattr(app, "launch", launch)
+    _run(_example("### From Python"))
+    try:
+        _, rows = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            None, "my-net", 0, 20, 9, "mean", 0, api_name="/attend"
+        )
+    finally:
+        served[0].close()
+    assert [(layer["name"], layer["query_grid"]) for layer in rows["layers"]] == [("attn", [8, 8])]
+
+
+def test_own_model_commands_that_need_only_the_checkout_open():
+    """The "Your own model" table's commands whose model is in the checkout open as the CLI opens them."""
+    import sys
+
+    from spatial_attn.cli import open_models
+
+    text = README.read_text()
+    table = text[text.index("\n## Your own model\n") : text.index("\n### From Python\n")]
+    specs = re.findall(r"python app\.py --model (\S+)`", table)
+    local = [s for s in specs if Path(s).exists() or s.startswith("tiny_models:")]
+    assert local == ["checkpoints/ddpm-faces", "checkpoints/ddpm-faces/unet", "tiny_models:make_net"]
+    sys.path.insert(0, str(README.parent / "tests"))  # the command's PYTHONPATH=tests
+    models = open_models([[spec, None] for spec in local])
+    # a folder named like a bundled model keeps its path; a pipeline's part says whose it is
+    assert [m.name for m in models] == ["checkpoints/ddpm-faces", "ddpm-faces/unet", "tiny_models:make_net"]

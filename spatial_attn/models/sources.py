@@ -50,7 +50,9 @@ def open_model(spec: str, weights: str | Path | None = None, *, allow_download: 
     if path.exists():
         if weights is not None:
             raise ValueError(f"--weights goes with timm: and factory models; the folder {spec} holds its own")
-        return open_folder(path, path.resolve().name)
+        folder = path.resolve()
+        component = folder.name in ("unet", "transformer")  # a pipeline's part: say whose
+        return open_folder(path, f"{folder.parent.name}/{folder.name}" if component else folder.name)
     if _FACTORY.fullmatch(spec):
         return _factory(spec, weights)
     if _HUB_ID.fullmatch(spec):
