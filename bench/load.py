@@ -1,0 +1,257 @@
+"""Load on loopback: many users at once, as they really arrive (issue 12). Prints a table.
+
+    python bench/load.py                          # 20 /attend clients x 50 calls, 10 clicking sessions
+    python bench/load.py --clients 4 --calls 10 --sessions 3 --clicks 5   # a quick look
+
+The app runs in its own process (``python app.py``), with its own Gradio temp folder, so its memory
+(RSS from /proc) and its disk use are its own. Measured:
+
+1. ``/attend`` through gradio_client at its defaults: N clients (threads, each its own Client) x M
+   calls over a few images and points. Every answer's rows are compared with a single-client run
+   of the same (image, point), which also warms the server up; errors, mismatches, p50/p95 per
+   call, server RSS after warm-up and at the end (drift), and the temp folder's size.
+2. A repeated image: one client asking about the same image at new points (the capture is cached).
+3. Clicks in Chromium: K pages (K sessions) clicking the image at once, click -> the server's panels
+   painted (tests/browser.py's wait), against one session alone. Chromium shares the 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from bench_capture import print_table  # noqa: E402
+
+CHANGED = (
+    "([sel, prev]) => { const e = document.querySelector(sel); return e && e.dataset.payload !== prev; }"
+)
+POINTS = [(3, 5), (9, 20), (16, 16), (24, 11), (28, 27)]  # (x, y) in the 32 x 32 example faces
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=20, help="/attend clients at once (default 20)")
+    parser.add_argument("--calls", type=int, default=50, help="/attend calls per client (default 50)")
+    parser.add_argument("--sessions", type=int, default=10, help="browser sessions clicking (default 10)")
+    parser.add_argument("--clicks", type=int, default=20, help="clicks per session (default 20)")
+    args = parser.parse_args()
+    with Server() as server:
+        rows = bench_attend(server, args.clients, args.calls)
+        rows += bench_repeated(server)
+        rows += bench_clicks(server.url, args.sessions, args.clicks)
+    print_table(rows)
+
+
+class Server:
+    """``python app.py`` on a free loopback port, with a temp folder of its own; stopped on exit."""
+
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.temp = tempfile.TemporaryDirectory(prefix="sa-load-")
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> Server:
+        env = os.environ | {"GRADIO_TEMP_DIR": self.temp.name}
+        command = [sys.executable, str(ROOT / "app.py"), "--port", str(self.port)]
+        self.process = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(self.url, timeout=2)
+                return self
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("the app did not start within 3 minutes")
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(30)
+        left = self.disk()
+        self.temp.cleanup()
+        print(f"temp folder after shutdown: {left / 2**20:.2f} MB")
+
+    def rss(self) -> float:
+        """The server's resident memory, MB."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) / 1024
+
+    def disk(self) -> int:
+        """Bytes in the server's Gradio temp folder."""
+        return sum(p.stat().st_size for p in Path(self.temp.name).rglob("*") if p.is_file())
+
+
+def _images() -> list[Path]:
+    return sorted((ROOT / "assets" / "faces").glob("*.png"))[:6]
+
+
+def bench_attend(server: Server, clients: int, calls: int) -> list[tuple[str, str, str, str]]:
+    from gradio_client import Client, handle_file
+
+    images = _images()
+    reference: dict[tuple[int, int, int], list] = {}
+    single = Client(server.url, verbose=False)
+    for i, image in enumerate(images):
+        for x, y in POINTS:
+            _, rows = single.predict(
+                handle_file(str(image)), "ddpm-faces", 250, x, y, "mean", 0, api_name="/attend"
+            )
+            reference[i, x, y] = [layer["values"] for layer in rows["layers"]]
+    rss_warm = server.rss()
+    times: list[float] = []
+    errors: list[str] = []
+    mismatches = 0
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        nonlocal mismatches
+        me = Client(server.url, verbose=False)
+        for k in range(calls):
+            i = (c + k) % len(images)
+            x, y = POINTS[(c * 7 + k) % len(POINTS)]
+            start = time.perf_counter()
+            try:
+                _, rows = me.predict(
+                    handle_file(str(images[i])), "ddpm-faces", 250, x, y, "mean", 0, api_name="/attend"
+                )
+            except Exception as error:  # counted and shown, never hidden
+                with lock:
+                    errors.append(repr(error)[:200])
+                continue
+            elapsed = time.perf_counter() - start
+            same = all(
+                np.allclose(got["values"], want, atol=1e-6)
+                for got, want in zip(rows["layers"], reference[i, x, y], strict=True)
+            )
+            with lock:
+                times.append(elapsed)
+                mismatches += not same
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    rss_end = server.rss()
+    total = clients * calls
+    for error in sorted(set(errors))[:5]:
+        print("error:", error)
+    return [
+        (f"/attend: {clients} clients x {calls} calls", f"{total / wall:.1f} calls/s", f"{wall:.0f} s", ""),
+        ("  errors / mismatched rows", f"{len(errors)} / {mismatches}", f"of {total}", "goal 0 / 0"),
+        ("  per call p50 / p95", _ms(times, 50) + " / " + _ms(times, 95), "gradio_client defaults", ""),
+        (
+            "  server RSS after warm-up -> end",
+            f"{rss_warm:.0f} -> {rss_end:.0f} MB",
+            f"drift {100 * (rss_end - rss_warm) / rss_warm:+.1f}%",
+            "goal < 10%",
+        ),
+        (
+            "  Gradio temp folder",
+            f"{server.disk() / 2**20:.2f} MB",
+            "uploads only: /attend writes no images",
+            "",
+        ),
+    ]
+
+
+def bench_repeated(server: Server, calls: int = 30) -> list[tuple[str, str, str, str]]:
+    from gradio_client import Client, handle_file
+
+    client = Client(server.url, verbose=False)
+    image = handle_file(str(_images()[0]))
+    client.predict(image, "vit-faces", 0, 1, 1, "mean", 0, api_name="/attend")  # captured once
+    times = []
+    for k in range(calls):
+        x, y = POINTS[k % len(POINTS)]
+        start = time.perf_counter()
+        client.predict(image, "vit-faces", 0, x, y, "mean", 0, api_name="/attend")
+        times.append(time.perf_counter() - start)
+    return [
+        ("/attend, a repeated image, one client", _ms(times, 50), f"p95 {_ms(times, 95)}", "goal <= 150 ms")
+    ]
+
+
+def bench_clicks(url: str, sessions: int, clicks: int) -> list[tuple[str, str, str, str]]:
+    from browser import CHROMIUM_ARGS, find_chromium
+
+    chromium = find_chromium()
+    if chromium is None:
+        return [("clicks in Chromium", "skipped", "Debian's chromium is not installed", "")]
+    alone = asyncio.run(_click_sessions(url, chromium, CHROMIUM_ARGS, 1, clicks))
+    crowd = asyncio.run(_click_sessions(url, chromium, CHROMIUM_ARGS, sessions, clicks))
+    return [
+        ("click -> panels from the server, 1 session", _ms(alone, 50), f"p95 {_ms(alone, 95)}", ""),
+        (
+            f"click -> panels from the server, {sessions} sessions at once",
+            _ms(crowd, 50),
+            f"p95 {_ms(crowd, 95)}",
+            "goal p50 <= 100 ms",
+        ),
+    ]
+
+
+async def _click_sessions(
+    url: str, chromium: str, flags: list[str], sessions: int, clicks: int
+) -> list[float]:
+    from playwright.async_api import async_playwright
+
+    panels = "#heatmaps .sa-panels"
+    times: list[float] = []
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium, headless=True, args=flags)
+        pages = [await browser.new_page(viewport={"width": 1280, "height": 800}) for _ in range(sessions)]
+        for page in pages:
+            await page.goto(url)
+            await page.wait_for_selector(f"{panels} figure", timeout=120_000)
+
+        async def session(page, s: int) -> None:
+            box = await page.locator("#input-image img").bounding_box()
+            for i in range(clicks + 1):
+                fx, fy = 0.1 + 0.8 * ((i * 7 + s) % 11) / 10, 0.1 + 0.8 * ((i * 3 + s) % 7) / 6
+                before = await page.eval_on_selector(panels, "e => e.dataset.payload")
+                start = time.perf_counter()
+                await page.locator("#input-image img").click(
+                    position={"x": box["width"] * fx, "y": box["height"] * fy}
+                )
+                await page.wait_for_function(CHANGED, arg=[panels, before], timeout=60_000)
+                if i:  # the first click of each session warms it up
+                    times.append(time.perf_counter() - start)
+
+        await asyncio.gather(*(session(page, s) for s, page in enumerate(pages)))
+        await browser.close()
+    return times
+
+
+def _ms(times: list[float], q: int) -> str:
+    if not times:
+        return "-"
+    return (
+        f"{np.percentile(times, q) * 1e3:.0f} ms" if q != 50 else f"{statistics.median(times) * 1e3:.0f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()
