@@ -493,7 +493,7 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
             api_outputs = [gr.Gallery(format="png", label="heatmaps"), gr.JSON(label="rows")]
             api_only = gr.Button()  # never shown nor clicked: gr.on(None) would also run on page load
         api_only.click(on.attend, api_inputs, api_outputs, api_name="attend", **RUN_EVENTS)
-        prompt_view.wire(state, head, cmap, on, run, run_inputs, reran, guarded)
+        prompt_view.wire(state, image, head, cmap, on, run, run_inputs, reran, guarded)
     return demo
 
 

@@ -39,6 +39,7 @@ class PromptView:
     def wire(
         self,
         state: gr.State,
+        image: gr.Image,
         head: gr.Dropdown,
         cmap: gr.Dropdown,
         on: Any,
@@ -48,18 +49,23 @@ class PromptView:
         guard: Callable[[Callable[..., tuple]], Callable[..., tuple]],
     ) -> None:
         """Enter in the box re-runs the model on the new prompt (``run`` and ``on._after_run``: the
-        app's); every change of the session redraws the bars and the token maps."""
+        app's); every new session redraws the bars and the token maps, every click the bars."""
 
         def prompted(session: Any, prompt: str, name: str, t: float, s: float, *view: Any) -> tuple:
             if session is None:
                 raise ValueError("the image is still loading; press Enter again in a moment")
+            from ..app import checked_run
+
+            name, t, s = checked_run(on.library, name, t, s)
             fresh = run(on.library, name, t, s, session.source, session.note, prompt)
-            return on._after_run(replace(fresh, point=session.point), *view)
+            return on._after_run(replace(fresh, point=session.point), *view, previous=session)
 
         shown = [self.group, self.prompt, self.bars, self.token, self.maps]
         self.prompt.submit(guard(prompted), [state, self.prompt, *run_inputs], reran, api_name=False)
         quiet = {"api_name": False, "show_progress": "hidden"}
         state.change(guard(refresh), [state, self.token, head, cmap], shown, **quiet)
+        # a click changes the session in place (no state.change): the bars follow the click itself
+        image.select(guard(clicked), [state, head], [self.bars], **quiet)
         for control in (self.token, head, cmap):
             control.change(guard(draw_maps), [state, self.token, head, cmap], [self.maps], **quiet)
 
@@ -79,6 +85,18 @@ def refresh(session: Any, token: str | None, head: str, cmap: str) -> tuple:
         gr.Radio(choices=labels, value=chosen),
         draw_maps(session, chosen, head, cmap),
     )
+
+
+def clicked(evt: gr.SelectData, session: Any, head: str) -> str:
+    """The bars for a click on the image (the same mapping as the app's own click handler)."""
+    from ..app import DISPLAY
+
+    ex = session.exploration if session is not None else None
+    if ex is None or not ex.prepared.tokens:
+        return gr.skip()
+    x, y = evt.index
+    point = cell_at((y, x), (DISPLAY, DISPLAY), ex.image_hw)
+    return bars_html(ex, point, PromptTokens.of(ex.prepared.tokens), head)
 
 
 def bars_html(ex: Any, point: tuple[int, int], prompt: PromptTokens, head: str) -> str:
