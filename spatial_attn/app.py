@@ -110,9 +110,12 @@ def run(
     if prompt is not None and bundled.takes_prompt:
         bundled = bundled.with_prompt(prompt)  # a copy holding this user's prompt, same modules
     t = int(timestep) if bundled.num_timesteps else None
-    if source is not None:
+    if source is not None and max(source.size) > bundled.max_source:
+        # bounds the session (the model sees its own size anyway); said, so that the model's own
+        # note ("resized 256x256 -> 32x32") does not name a size the user never made
         source = source.copy()
-        source.thumbnail((bundled.max_source,) * 2)  # bounds the session; the model sees its own size
+        source.thumbnail((bundled.max_source,) * 2)
+        note = " · ".join(filter(None, [note, f"kept at {source.width}×{source.height} for this session"]))
     exploration = Exploration(bundled, source, timestep=t, seed=int(seed))
     return Session(exploration, source, note, point=exploration.first_point())
 

@@ -256,3 +256,13 @@ def test_attend_answers_a_repeated_image_from_its_cache_and_writes_no_files(hand
     assert first["layers"][0]["cell"] != again["layers"][0]["cell"]
     handlers.attend(x=20, y=9, **(args | {"s": 1}))  # another seed: another capture
     assert len(runs) == 2
+
+
+def test_an_upload_larger_than_the_session_keeps_says_the_size_it_was_kept_at(handlers, tmp_path):
+    big = tmp_path / "big.png"
+    default_image()[0].resize((600, 600)).save(big)
+    out = dict(
+        zip(Handlers.RERAN, handlers.uploaded(None, str(big), "ddpm-faces", 250, 0, *VIEW), strict=True)
+    )
+    kept = handlers.library["ddpm-faces"].max_source
+    assert "600×600" in out["note"] and f"kept at {kept}×{kept} for this session" in out["note"]
