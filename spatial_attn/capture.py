@@ -219,7 +219,7 @@ class Capture:
                 queries = keys = window.local_layout()
             else:
                 queries, keys = self._layouts(base, extracted)
-            if extracted.require_grid and queries.grid is None and keys.grid is None:
+            if extracted.require_grid and queries.grid is None:
                 return
             name = self._unique(base)
             scores = (
@@ -259,7 +259,7 @@ class Capture:
         )
         if ex.query_grid is not None and override is None:
             queries = grid_layout(ex.query_grid, n, "grid from the layer's feature map")
-        elif n == 1 < m and ex.keys != "text":  # class attention, a pooling probe
+        elif n == 1 < m:  # class attention, a pooling probe
             queries = single_query_layout(m)
         else:
             queries = infer(n)
@@ -279,9 +279,8 @@ class Capture:
     def _window(self, ex: Extracted) -> WindowLayout | None:
         """The window partition of the innermost running block that made this call's sequences."""
         shape = ex.probs.shape if ex.probs is not None else (*ex.q.shape[:3], ex.k.shape[2])
-        batch = self._input[0] if self._input else None
         for frame in reversed(self._frames):
-            window = read_window(frame.module, *frame.inputs, batch, frame.name) if batch else None
+            window = read_window(frame.module, *frame.inputs, frame.name)
             if window is not None and window.fits(shape):
                 return window
         return None

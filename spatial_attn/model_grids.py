@@ -49,15 +49,13 @@ def _patch_pair(patch: object) -> Grid | None:
     pair = (patch, patch) if isinstance(patch, int) else patch
     if not isinstance(pair, tuple | list) or len(pair) != 2:
         return None
-    if all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in pair):
+    if all(isinstance(p, int) and p > 0 for p in pair):
         return int(pair[0]), int(pair[1])
     return None
 
 
 def _conv_out(conv: nn.Conv2d, size: Grid) -> Grid:
-    """``Conv2d``'s output size (its documented formula; ``padding="same"`` keeps the size)."""
-    if conv.padding == "same":
-        return size
+    """``Conv2d``'s output size, by its documented formula (a strided one cannot pad ``"same"``)."""
     padding = (0, 0) if conv.padding == "valid" else conv.padding
     return tuple(  # type: ignore[return-value]
         (n + 2 * p - d * (k - 1) - 1) // s + 1

@@ -96,7 +96,8 @@ class WindowLayout:
         return where
 
     def fits(self, shape: tuple[int, int, int, int]) -> bool:
-        """Whether an attention call of ``(B', h', N, N')`` tokens is this block's windows."""
+        """Whether an attention call of ``(B', h', N, N')`` tokens is this block's windows (a block
+        may also run attention that is not windowed, or a window size that was not the one used)."""
         b, h, n, m = shape
         return n == m == self.area and (b * h) % (self.batch * self.windows) == 0
 
@@ -163,8 +164,6 @@ class WindowedScores:
 
     def column(self, batch: int, key: int) -> np.ndarray:
         """What every absolute query gives to absolute key ``key``: ``(h, N)``, zero outside its window."""
-        if key >= self.shape[2]:
-            raise ValueError("the padding key is many tokens, one per window; it has no single column")
         entry, slot, cells = self._window(batch, key)
         window_column = self.inner.column(entry, slot)  # (h, wh*ww): the window's queries
         out = np.zeros((window_column.shape[0], self.shape[2]), dtype=window_column.dtype)
@@ -196,20 +195,20 @@ def _per_window(scores: Scores, entries: int) -> Scores:
     return QKScores(q, k, mask, scores.causal)
 
 
-def read_window(module: nn.Module, args: tuple, kwargs: dict, batch: int, name: str) -> WindowLayout | None:
+def read_window(module: nn.Module, args: tuple, kwargs: dict, name: str) -> WindowLayout | None:
     """How ``module``, a running block, partitions its input into windows; None if it does not.
 
     Read when the attention call inside the block is recorded, so a size the block set in its own
     forward (transformers' Swin shrinks its window to a small map) is the one it used. Blocks are
-    recognised by what they hold: a ``window_size``; a ``shift_size`` (Swin) or none (ViTDet, SAM:
-    ``window_size = 0`` is a global block, one window of the whole map). Their input is a
-    ``(B, H, W, C)`` map (timm, SAM, ViTDet) or ``(B, H*W, C)`` tokens with the grid passed as
-    ``input_dimensions`` (transformers' Swin) or kept as ``input_resolution`` (older timm).
+    recognised by what they hold: a ``window_size``, and a ``shift_size`` (Swin) or none (ViTDet,
+    SAM). Their input is a ``(B, H, W, C)`` map (timm, SAM, ViTDet) or ``(B, H*W, C)`` tokens with
+    the grid passed as ``input_dimensions`` (transformers' Swin) or kept as ``input_resolution``
+    (older timm).
     """
     attrs = vars(module)  # the block's own attributes (getattr would also ask a diffusers config)
     size = attrs.get("window_size")
     x = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("hidden_states")
-    if size is None or not isinstance(x, torch.Tensor) or x.shape[0] != batch:
+    if size is None or not isinstance(x, torch.Tensor):
         return None
     if x.ndim == 4:
         grid = (int(x.shape[1]), int(x.shape[2]))
@@ -219,16 +218,12 @@ def read_window(module: nn.Module, args: tuple, kwargs: dict, batch: int, name: 
         if dims is None:
             return None
         grid = (int(dims[0]), int(dims[1]))
-        if grid[0] * grid[1] != x.shape[1]:
-            return None
     else:
         return None
-    window = _pair(size)
-    if window[0] <= 0:  # a global block among windowed ones (ViTDet, SAM)
-        window = grid
+    window = _pair(size)  # 0 in a global block (ViTDet, SAM): no call fits, read as any attention
     shift = _pair(attrs.get("shift_size", 0))
     pad_first = hasattr(module, "maybe_pad")  # transformers' Swin pads, then shifts
-    return WindowLayout(grid, window, batch, shift, pad_first, f"`{name}`")
+    return WindowLayout(grid, window, int(x.shape[0]), shift, pad_first, f"`{name}`")
 
 
 def _pair(value: object) -> Grid:

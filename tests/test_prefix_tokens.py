@@ -15,6 +15,7 @@ from torch import nn
 
 import spatial_attn as sa
 from spatial_attn.explore import LayerClick
+from spatial_attn.model_grids import stated_grids
 
 
 class FusedAttention(nn.Module):
@@ -212,3 +213,19 @@ def test_transformers_vision_models(
         assert layer.queries.start == prefix and not layer.queries.ambiguous
         assert_rows_match(layer, probs, q_offset=prefix, k_offset=prefix)
         assert layer.verification.ok is True
+
+
+def test_what_a_module_states_and_what_it_does_not() -> None:
+    """Statements are read from every module on entry; none may raise inside the user's forward."""
+    image = torch.zeros(1, 3, 24, 32)
+    valid = nn.Conv2d(3, 8, kernel_size=3, stride=2, padding="valid")
+    assert [s.grid for s in stated_grids("c", valid, (image,), {})] == [(11, 15)]
+    assert stated_grids("c", nn.Conv2d(3, 8, 3, padding=1), (image,), {}) == []  # stride 1: no patches
+    for patch in (0, (4, 4, 4), "4", None):
+        odd = nn.Identity()
+        odd.patch_size = patch
+        assert stated_grids("m", odd, (image,), {}) == [], patch
+    ids = torch.zeros(2, 6, 3)
+    ids[..., 1], ids[..., 2] = torch.arange(6) // 3, torch.arange(6) % 3
+    (said,) = stated_grids("flux", nn.Identity(), (), {"img_ids": ids})  # (B, L, 3): older diffusers
+    assert said.grid == (2, 3) and said.special == "text"

@@ -200,3 +200,26 @@ def test_levit_subsampling_attention_keys_on_the_finer_grid(batch: int) -> None:
             for h in range(2):
                 expected = probs[b, h, i].reshape(7, 7).numpy()
                 np.testing.assert_allclose(layer.row(i // 4, i % 4, head=h, batch=b), expected, atol=1e-5)
+
+
+def test_fewer_keys_than_queries_stay_text_even_when_they_would_fit_a_grid() -> None:
+    """Cross-attention from a 6x6 map to 16 text tokens: 16 = 4x4 on a square image, yet only keys
+    that outnumber the queries are looked for on a grid of their own."""
+    torch.manual_seed(0)
+
+    class CrossAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch_embed = nn.Conv2d(3, 8, kernel_size=4, stride=4)
+            self.text = nn.Parameter(torch.randn(1, 1, 16, 8))
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            x = self.patch_embed(image).flatten(2).transpose(1, 2)[:, None]  # (B, 1, 36, 8)
+            text = self.text.expand(x.shape[0], -1, -1, -1)
+            return F.scaled_dot_product_attention(x, text, text)
+
+    model = CrossAttention().eval()
+    with torch.no_grad(), sa.capture(model) as cap:
+        model(torch.randn(1, 3, 24, 24))
+    (layer,) = cap.layers
+    assert layer.query_grid == (6, 6) and layer.key_grid is None

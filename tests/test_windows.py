@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import reference_probs
 from torch import nn
 
 import spatial_attn as sa
@@ -217,23 +218,26 @@ def test_timm_swin_shifted_padded_windows(batch: int, fused: bool) -> None:
 
 
 class SamAttention(nn.Module):
-    """timm's ``vision_transformer_sam.Attention``: ``(B*heads, N, d)`` into SDPA or a softmax."""
+    """timm's ``vision_transformer_sam.Attention``: ``(B*heads, N, d)`` into SDPA or a softmax, with
+    an additive ``(B*heads, N, N)`` bias (here a free parameter; SAM's decomposed relative positions)."""
 
-    def __init__(self, dim: int, heads: int, fused: bool) -> None:
+    def __init__(self, dim: int, heads: int, tokens: int, fused: bool) -> None:
         super().__init__()
         self.num_heads, self.scale, self.fused_attn = heads, (dim // heads) ** -0.5, fused
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.rel_bias = nn.Parameter(torch.randn(heads, tokens, tokens))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
         n = h * w
         qkv = self.qkv(x.reshape(b, n, -1)).view(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.reshape(3, b * self.num_heads, n, -1).unbind(0)
+        bias = self.rel_bias.repeat(b, 1, 1)  # (B*heads, N, N)
         if self.fused_attn:
-            x = F.scaled_dot_product_attention(q, k, v)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:
-            x = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+            x = ((q * self.scale) @ k.transpose(-2, -1) + bias).softmax(dim=-1) @ v
         x = x.view(b, self.num_heads, n, -1).transpose(1, 2).reshape(b, n, -1)
         return self.proj(x).view(b, h, w, -1)
 
@@ -251,11 +255,11 @@ def sam_window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tu
 class SamBlock(nn.Module):
     """``window_size > 0``: windowed (padded); ``0``: global attention over the whole map."""
 
-    def __init__(self, dim: int, heads: int, window_size: int, fused: bool) -> None:
+    def __init__(self, dim: int, heads: int, window_size: int, fused: bool, tokens: int = 42) -> None:
         super().__init__()
         self.window_size = window_size
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = SamAttention(dim, heads, fused)
+        self.attn = SamAttention(dim, heads, window_size**2 or tokens, fused)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
@@ -331,8 +335,8 @@ def test_transformers_swin_every_stage(batch: int) -> None:
     from transformers.models.swin.modeling_swin import window_partition
 
     torch.manual_seed(2)
-    config = transformers.SwinConfig(
-        image_size=36, patch_size=2, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4
+    config = transformers.SwinConfig(  # built for 32 px: each layer's input_resolution is stale at 36
+        image_size=32, patch_size=2, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4
     )
     config._attn_implementation = "eager"
     model = transformers.SwinModel(config).eval()
@@ -376,3 +380,27 @@ def test_click_in_the_app_lands_on_the_absolute_token() -> None:
     outside[4:8, 0:4] = 0  # the window of cell (6, 1)
     assert float(row[4:8, 0:4].sum()) == pytest.approx(1.0, abs=1e-6)
     assert float(outside.sum()) == 0.0
+
+
+class GlobalInsideWindowedBlock(SamBlock):
+    """A block that holds a ``window_size`` but also attends over the whole map: that call is no
+    window, and keeps the grid the patch embedding stated."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        tokens = x.reshape(b, 1, h * w, c)  # one head over every token
+        return x + F.scaled_dot_product_attention(tokens, tokens, tokens).reshape(b, h, w, c)
+
+
+def test_attention_in_a_windowed_block_that_is_not_windowed() -> None:
+    torch.manual_seed(4)
+    model = SamEncoder(fused=True)
+    model.blocks = nn.Sequential(GlobalInsideWindowedBlock(16, 2, 4, fused=True))
+    image = torch.randn(2, 3, 24, 28)
+    with torch.no_grad(), sa.capture(model.eval()) as cap:
+        model(image)
+    (layer,) = cap.layers
+    assert layer.query_grid == (6, 7) and "patch_embed" in layer.queries.note
+    tokens = model.patch_embed(image).permute(0, 2, 3, 1).reshape(2, 1, 42, 16)
+    expected = reference_probs(tokens, tokens, 16**-0.5)
+    np.testing.assert_allclose(layer.row(2, 3, batch=1), expected[1, 0, 2 * 7 + 3].reshape(6, 7), atol=1e-5)
