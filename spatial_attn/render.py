@@ -166,7 +166,8 @@ def panel(
 def draw_cell(image: Image.Image, cell: tuple[int, int], grid: Grid) -> None:
     """Outline ``cell`` of ``grid`` on ``image``: black then white, visible on any colour."""
     top, left, bottom, right = cell_box(cell, grid, (image.height, image.width))
-    box = [round(left), round(top), round(right) - 1, round(bottom) - 1]
+    x0, y0 = round(left), round(top)
+    box = [x0, y0, max(x0, round(right) - 1), max(y0, round(bottom) - 1)]  # >= 1 px: a 512 px input
     draw = ImageDraw.Draw(image)
     draw.rectangle(box, outline=(0, 0, 0), width=3)
     draw.rectangle(box, outline=(255, 255, 255), width=1)

@@ -415,3 +415,13 @@ def test_prompt_view_bars_and_token_maps_equal_the_cross_attention(folders):
     # a model without a prompt hides the view
     plain = run(library, "vit-faces", 0, 0, source, "")
     assert view.refresh(plain, "red", "mean", "viridis")[0].visible is False
+
+
+def test_a_pixel_of_an_input_larger_than_the_display_is_still_outlined():
+    from spatial_attn import render
+    from spatial_attn.app import DISPLAY
+
+    shown = Image.new("RGB", (DISPLAY, DISPLAY))
+    for pixel in ((0, 0), (511, 511), (200, 301)):  # a 512 px input: a pixel is 0.75 display px
+        render.draw_cell(shown, pixel, (512, 512))
+    assert np.asarray(shown).any()
