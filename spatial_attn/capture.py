@@ -225,7 +225,7 @@ class Capture:
             scores = (
                 StoredProbs(extracted.probs)
                 if extracted.probs is not None
-                else QKScores(extracted.q, extracted.k, extracted.mask, extracted.causal)
+                else QKScores(extracted.q, extracted.k, extracted.mask, extracted.causal, extracted.scale)
             )
             layer = AttentionLayer(name, family, scores, queries, keys)
             layer.verification = (
@@ -238,12 +238,7 @@ class Capture:
             self.problems.append(message)
             warnings.warn(message, stacklevel=2)
             return
-        if layer.verification.ok is False:
-            warnings.warn(
-                f"{name}: captured attention does not reproduce the output ({layer.verification.detail})",
-                stacklevel=2,
-            )
-        self.layers.append(layer)
+        self.layers.append(layer)  # verified when first asked: AttentionLayer.verification warns
 
     def _layouts(self, name: str, ex: Extracted) -> tuple[TokenLayout, TokenLayout]:
         shape = ex.probs.shape if ex.probs is not None else (*ex.q.shape[:3], ex.k.shape[2])

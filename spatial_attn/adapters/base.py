@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ..layer import AttentionLayer, Verification, compare, sample_queries
+from ..layer import AttentionLayer, Check, Verification, compare, sample_queries
 
 Where = Literal["in", "out"]
 
@@ -25,7 +25,7 @@ Where = Literal["in", "out"]
 class Extracted:
     """What an adapter read from one attention call.
 
-    ``q`` is ``(B, h, N, d)`` with the softmax scale already multiplied in; ``k`` is
+    ``q`` is ``(B, h, N, d)``, with the softmax scale multiplied in or given as ``scale``; ``k`` is
     ``(B, h, N', d)``. ``keys`` says what the key tokens are: the query tokens themselves
     (``"self"``), those tokens pooled (``"pooled"``), tokens with no place in the image
     (``"text"``), or unknown (``"auto"``: decided from the counts). ``key_prefix``/``key_suffix``
@@ -45,8 +45,9 @@ class Extracted:
     key_suffix: tuple[str, ...] = ()
     query_prefix: tuple[str, ...] = ()
     query_suffix: tuple[str, ...] = ()
-    verify: Callable[[AttentionLayer], Verification] | None = None
+    verify: Callable[[AttentionLayer], Check] | None = None  # a Check may defer its arithmetic
     probs: torch.Tensor | None = None  # (B, h, N, N') only where q and k could not be recovered
+    scale: float = 1.0  # multiplies q k^T where it is not already folded into q (folded lazily)
     name_suffix: str = ""  # appended to the module name (an encoder layer names its ``self_attn``)
     require_grid: bool = False  # drop the call if its queries match no spatial grid (not attention)
 
@@ -160,7 +161,7 @@ def check_output(
     what: str,
     project: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     among: torch.Tensor | None = None,
-) -> Callable[[AttentionLayer], Verification]:
+) -> Callable[[AttentionLayer], Check]:
     """A recipe that checks the captured probabilities against what the model produced.
 
     For a sample of query tokens ``idx``, ``P[idx] @ values`` (``(B, h, s, dv)``) is mapped by
@@ -168,12 +169,25 @@ def check_output(
     queries, and the two are compared. Comparing where the model's numbers live (after its output
     projection or residual) keeps the tolerance meaningful. Only a few rows are computed. ``among``
     restricts the sample to the query tokens whose output the model exposes (default: all).
+
+    The model's output rows are copied during the forward; the arithmetic waits until the layer's
+    verification is first read (:attr:`AttentionLayer.verification`), so a capture costs the forward
+    almost nothing. ``values`` is held until then, and a model that writes into it in place in the
+    meantime leaves the layer unverified rather than wrongly checked.
     """
 
-    def verify(layer: AttentionLayer) -> Verification:
+    def verify(layer: AttentionLayer) -> Callable[[], Verification]:
         idx = sample_queries(layer.queries.count) if among is None else among[sample_queries(len(among))]
-        got = layer.sampled_output(values, idx)
-        return compare(observed(idx), project(got, idx) if project else got, what)
+        expected = observed(idx)  # (B, h | 1, s, ...): indexing copies the rows now
+        version = None if values.is_inference() else values._version
+
+        def later() -> Verification:
+            if version is not None and values._version != version:
+                return Verification(None, None, f"{what}: the model overwrote the values after the call")
+            got = layer.sampled_output(values, idx)
+            return compare(expected, project(got, idx) if project else got, what)
+
+        return later
 
     return verify
 

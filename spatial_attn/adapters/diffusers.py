@@ -89,10 +89,11 @@ class DiffusersAdapter(ModuleAdapter):
             )
         scale = attn.scale if type(attn.processor).__name__ in _SCALED_BY_ATTN else head_dim**-0.5
         if cross and "text_q" in call.taps:
-            return _joint(call, q.float() * scale, k, v, scale)
+            return _joint(call, q, k, v, scale)
         return Extracted(
-            q=q.float() * scale,
+            q=q,
             k=k,
+            scale=scale,
             mask=mask,
             query_grid=tuple(hidden.shape[-2:]) if hidden.ndim == 4 else None,
             keys="text" if cross else "self",
@@ -111,7 +112,7 @@ def _heads(t: torch.Tensor, heads: int, processor: object) -> torch.Tensor:
 def _joint(call: Call, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Extracted:
     """One softmax over image and text tokens: both halves concatenated in the processor's order.
 
-    ``q`` (scaled), ``k`` and ``v`` are the image's ``(B, h, Ni, d)``; the text's come from the taps.
+    ``q``, ``k`` and ``v`` are the image's ``(B, h, Ni, d)``; the text's come from the taps.
     """
     heads, hidden = call.module.heads, call.arg("hidden_states", 0)
     processor = call.module.processor
@@ -135,8 +136,9 @@ def _joint(call: Call, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
         full[:, :, image_at] = attended
         attended = full
     return Extracted(
-        q=joined(q, tq.float() * scale),
+        q=joined(q, tq),
         k=joined(k, tk),
+        scale=scale,
         query_grid=tuple(hidden.shape[-2:]) if hidden.ndim == 4 else None,
         keys="self",
         query_prefix=labels if text_first else (),

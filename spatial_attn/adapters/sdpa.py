@@ -42,8 +42,9 @@ class SdpaAdapter(FunctionAdapter):
         else:
             verify = check_output(v, per_head(to_heads(keep(out), batch)), "attention output")
         return Extracted(
-            q=q.float() * scale,
+            q=q,
             k=k,
+            scale=scale,
             mask=None if mask is None else _mask_heads(keep(mask), batch),
             causal=bool(a["is_causal"]),
             keys="auto",

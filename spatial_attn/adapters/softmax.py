@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ..layer import AttentionLayer, StoredProbs, Verification, compare, sample_queries
+from ..layer import AttentionLayer, Check, StoredProbs, Verification, compare, sample_queries
 from .base import Extracted, FunctionAdapter, keep, to_heads
 
 _SOFTMAX = frozenset({torch.softmax, F.softmax, torch.Tensor.softmax, torch.special.softmax})
@@ -179,10 +179,10 @@ class _Pending:
         self.probs = probs  # (B, h, N, N'), on the CPU
         self.layer: AttentionLayer | None = None
 
-    def watch(self, verify: Callable[[AttentionLayer], Verification]) -> Callable:
+    def watch(self, verify: Callable[[AttentionLayer], Check]) -> Callable[[AttentionLayer], Check]:
         """The layer's verification recipe, also remembering the layer it verifies."""
 
-        def remember(layer: AttentionLayer) -> Verification:
+        def remember(layer: AttentionLayer) -> Check:
             self.layer = layer
             return verify(layer)
 
@@ -205,13 +205,19 @@ class _Pending:
         )
 
 
-def _against(probs: torch.Tensor) -> Callable[[AttentionLayer], Verification]:
-    """Compare recomputed rows with a sample of the rows the model's softmax produced."""
+def _against(probs: torch.Tensor) -> Callable[[AttentionLayer], Callable[[], Verification]]:
+    """Compare recomputed rows with a sample of the rows the model's softmax produced: the sample is
+    copied now (the full matrix is not kept), the rows recomputed when the layer is first checked."""
 
-    def verify(layer: AttentionLayer) -> Verification:
+    def verify(layer: AttentionLayer) -> Callable[[], Verification]:
         idx = sample_queries(probs.shape[2])
-        got = torch.stack([layer.scores.probs(b, idx) for b in range(probs.shape[0])])
-        return compare(probs[:, :, idx], got, "softmax rows")
+        expected = probs[:, :, idx]  # (B, h, s, N'): indexing copies
+
+        def later() -> Verification:
+            got = torch.stack([layer.scores.probs(b, idx) for b in range(expected.shape[0])])
+            return compare(expected, got, "softmax rows")
+
+        return later
 
     return verify
 
