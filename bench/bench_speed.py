@@ -15,7 +15,6 @@ Plain and captured forwards alternate, so drifting machine load hits both alike.
 
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import spatial_attn as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_capture import median_time, print_table, sd_layer
+from bench_capture import median_time, overhead, print_table, sd_layer
 
 
 class Attention(nn.Module):
@@ -76,25 +75,6 @@ class ViT(nn.Module):
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, 784, C)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         return self.norm(self.blocks(x))
-
-
-def overhead(model: nn.Module, x: torch.Tensor, repeat: int) -> tuple[float, float, sa.Capture]:
-    """Median plain and captured forward times (interleaved), and one capture to click on."""
-
-    def plain() -> None:
-        with torch.no_grad():
-            model(x)
-
-    def captured() -> sa.Capture:
-        with torch.no_grad(), sa.capture(model) as cap:
-            model(x)
-        return cap
-
-    t_plain, t_cap = [], []
-    for _ in range(repeat):
-        t_plain.append(median_time(plain, 1))
-        t_cap.append(median_time(captured, 1))
-    return statistics.median(t_plain), statistics.median(t_cap), captured()
 
 
 def click_time(cap: sa.Capture, repeat: int = 200) -> float:
