@@ -30,6 +30,10 @@ Head = int | str | None
 _BLOCK_BYTES = 16 * 2**20
 
 
+class StaleCapture(RuntimeError):
+    """The model wrote into tensors a layer still needed after its attention call."""
+
+
 @dataclass(frozen=True)
 class Verification:
     """Whether the layer's probabilities reproduce what the model did with them.
@@ -107,7 +111,7 @@ class QKScores:
             return
         q, k = self._sources
         if self._versions is not None and (q._version, k._version) != self._versions:
-            raise RuntimeError(
+            raise StaleCapture(
                 "the model wrote into the captured queries or keys in place after its attention call; "
                 "their rows can no longer be computed"
             )
@@ -318,8 +322,11 @@ class AttentionLayer:
         mistake it for the model's attention; a failure warns then.
         """
         if callable(self._verification):
-            with torch._C.DisableTorchFunction():
-                self._verification = self._verification()
+            try:
+                with torch._C.DisableTorchFunction():
+                    self._verification = self._verification()
+            except StaleCapture as stale:
+                self._verification = Verification(None, None, str(stale))
             if self._verification.ok is False:
                 warnings.warn(
                     f"{self.name}: captured attention does not reproduce the output "
