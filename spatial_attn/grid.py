@@ -224,6 +224,15 @@ def single_query_layout(keys: int) -> TokenLayout:
     return TokenLayout(1, (1, 1), note=f"one query (not a pixel) over {keys} keys: every click shows its row")
 
 
+def as_grid(value: object) -> Grid | None:
+    """An int or a pair of ints as ``(H, W)``, as modules keep their sizes (``window_size``,
+    ``patch_size``); None for anything else (a tensor passed where a size may be)."""
+    pair = (value, value) if isinstance(value, int) else value
+    if isinstance(pair, tuple | list) and len(pair) == 2 and all(isinstance(v, int) for v in pair):
+        return int(pair[0]), int(pair[1])
+    return None
+
+
 def pooled_grid(query_grid: Grid, count: int) -> Grid | None:
     """The key grid when keys are the query grid pooled by an integer factor (BigGAN-style)."""
     h, w = query_grid

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .grid import Grid, StatedGrid
+from .grid import Grid, StatedGrid, as_grid
 
 #: Forward arguments that carry the ids of packed image tokens: ``(L, 3)`` rows of
 #: ``(frame, row, column)`` (diffusers' Flux; ``(B, L, 3)`` in its older releases).
@@ -37,20 +37,10 @@ def _patch_grid(name: str, module: nn.Module, args: tuple, kwargs: dict) -> Stat
     if isinstance(module, nn.Conv2d) and max(module.stride) > 1:
         grid = _conv_out(module, (hi, wi))
         return StatedGrid(grid, f"the output of `{name}` (a stride-{_text(module.stride)} convolution)")
-    patch = _patch_pair(vars(module).get("patch_size"))  # not getattr: diffusers warns on config keys
-    if patch is not None:
+    patch = as_grid(vars(module).get("patch_size"))  # not getattr: diffusers warns on config keys
+    if patch is not None and min(patch) > 0:
         grid = (hi // patch[0], wi // patch[1])
         return StatedGrid(grid, f"`{name}`: a {hi}x{wi} input in {_text(patch)} patches")
-    return None
-
-
-def _patch_pair(patch: object) -> Grid | None:
-    """A ``patch_size`` attribute (an int or a pair of positive ints) as a pair; else None."""
-    pair = (patch, patch) if isinstance(patch, int) else patch
-    if not isinstance(pair, tuple | list) or len(pair) != 2:
-        return None
-    if all(isinstance(p, int) and p > 0 for p in pair):
-        return int(pair[0]), int(pair[1])
     return None
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .grid import Grid, TokenLayout, grid_layout
+from .grid import Grid, TokenLayout, as_grid, grid_layout
 from .layer import AttentionLayer, QKScores, Scores, StoredProbs
 
 #: The name of the extra key token that collects the mass on padding (ViTDet, SAM, and Swin when
@@ -206,28 +206,16 @@ def read_window(module: nn.Module, args: tuple, kwargs: dict, name: str) -> Wind
     (older timm).
     """
     attrs = vars(module)  # the block's own attributes (getattr would also ask a diffusers config)
-    size = attrs.get("window_size")
+    window, shift = as_grid(attrs.get("window_size")), as_grid(attrs.get("shift_size", 0))
     x = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("hidden_states")
-    if size is None or not isinstance(x, torch.Tensor):
-        return None
+    if window is None or shift is None or not isinstance(x, torch.Tensor):
+        return None  # window 0 (a global block in ViTDet, SAM) fits no call: read as any attention
     if x.ndim == 4:
         grid = (int(x.shape[1]), int(x.shape[2]))
-    elif x.ndim == 3:
-        dims = args[1] if len(args) > 1 else kwargs.get("input_dimensions")
-        dims = dims if dims is not None else attrs.get("input_resolution")
-        if dims is None:
-            return None
-        grid = (int(dims[0]), int(dims[1]))
     else:
-        return None
-    window = _pair(size)  # 0 in a global block (ViTDet, SAM): no call fits, read as any attention
-    shift = _pair(attrs.get("shift_size", 0))
+        grid = as_grid(args[1] if len(args) > 1 else kwargs.get("input_dimensions"))
+        grid = grid or as_grid(attrs.get("input_resolution"))
+        if grid is None:
+            return None
     pad_first = hasattr(module, "maybe_pad")  # transformers' Swin pads, then shifts
     return WindowLayout(grid, window, int(x.shape[0]), shift, pad_first, f"`{name}`")
-
-
-def _pair(value: object) -> Grid:
-    """An int or a pair (tuple, list, 0-d tensor) as a pair of ints."""
-    if isinstance(value, tuple | list):
-        return int(value[0]), int(value[1])
-    return int(value), int(value)  # type: ignore[call-overload]

@@ -9,6 +9,8 @@ token sits in each window slot, and the per-window probabilities recorded at the
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -330,25 +332,30 @@ def test_vitdet_sam_padded_windows_and_global_block(batch: int, fused: bool) -> 
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_transformers_swin_every_stage(batch: int) -> None:
+@pytest.mark.parametrize("version", ["swin", "swinv2"])
+def test_transformers_swin_every_stage(batch: int, version: str) -> None:
     transformers = pytest.importorskip("transformers")
-    from transformers.models.swin.modeling_swin import window_partition
+    config_class, model_class = {
+        "swin": (transformers.SwinConfig, transformers.SwinModel),
+        "swinv2": (transformers.Swinv2Config, transformers.Swinv2Model),  # eager only, cosine scores
+    }[version]
+    partition_windows = importlib.import_module(model_class.__module__).window_partition
 
     torch.manual_seed(2)
-    config = transformers.SwinConfig(  # built for 32 px: each layer's input_resolution is stale at 36
+    config = config_class(  # built for 32 px: each layer's input_resolution is stale at 36
         image_size=32, patch_size=2, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4
     )
     config._attn_implementation = "eager"
-    model = transformers.SwinModel(config).eval()
+    model = model_class(config).eval()
     image = torch.randn(batch, 3, 36, 36)  # stage 1: 18 x 18 (padded to 20), stage 2: 9 x 9 (to 12)
     layers = [blk for stage in model.encoder.layers for blk in stage.blocks]
-    eager: list[torch.Tensor] = []  # each SwinAttention returns (output, weights) when eager
+    eager: list[torch.Tensor] = []  # each attention returns (output, weights) when eager
     hooks = [b.attention.register_forward_hook(lambda _m, _a, out: eager.append(out[1])) for b in layers]
     with torch.no_grad():
-        model(image)
+        model(image, output_attentions=True)
         for hook in hooks:
             hook.remove()
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = "sdpa" if version == "swin" else "eager"
         with sa.capture(model) as cap:
             model(image)
     assert len(cap.layers) == len(layers) == len(eager) == 4
@@ -356,14 +363,14 @@ def test_transformers_swin_every_stage(batch: int) -> None:
         grid = (18, 18) if layer.name.startswith("encoder.layers.0") else (9, 9)
 
         def partition(ids: torch.Tensor, block=block, grid=grid) -> torch.Tensor:
-            padded, _ = block.maybe_pad(ids, *grid)
-            windows = window_partition(block.cyclic_shift(padded), block.window_size)
+            padded, _ = block.maybe_pad(ids, *grid)  # the block's own padding, then its shift
+            shifted = torch.roll(padded, shifts=(-block.shift_size, -block.shift_size), dims=(1, 2))
+            windows = partition_windows(shifted, block.window_size)
             return windows.reshape(windows.shape[0], -1, 1)
 
-        check_layer(
-            layer, dense_reference(p, slots_of(partition, grid), batch, grid[0] * grid[1]), grid, True
-        )
-    assert "shifted by 2x2" in cap.layers["encoder.layers.0.blocks.1.attention"].queries.note
+        dense = dense_reference(p, slots_of(partition, grid), batch, grid[0] * grid[1])
+        check_layer(layer, dense, grid, True)
+    assert "shifted by 2x2" in cap.layers[1].queries.note
 
 
 def test_click_in_the_app_lands_on_the_absolute_token() -> None:
@@ -404,3 +411,21 @@ def test_attention_in_a_windowed_block_that_is_not_windowed() -> None:
     tokens = model.patch_embed(image).permute(0, 2, 3, 1).reshape(2, 1, 42, 16)
     expected = reference_probs(tokens, tokens, 16**-0.5)
     np.testing.assert_allclose(layer.row(2, 3, batch=1), expected[1, 0, 2 * 7 + 3].reshape(6, 7), atol=1e-5)
+
+
+def test_a_block_whose_sizes_are_not_plain_ints_is_not_read_as_windows() -> None:
+    """Sizes held as tensors (transformers' Swin under tracing) or a mask where a size may be passed
+    (SwinV2's attention module) say nothing the map can trust."""
+    from spatial_attn.windows import read_window
+
+    tokens = torch.zeros(2, 64, 8)
+    block = nn.Identity()
+    block.window_size, block.shift_size, block.input_resolution = 4, 2, (8, 8)
+    assert read_window(block, (tokens, (8, 8)), {}, "b").grid == (8, 8)
+    for attribute, value in [("window_size", torch.tensor(4)), ("shift_size", torch.tensor(2))]:
+        odd = nn.Identity()
+        odd.__dict__.update(vars(block))
+        setattr(odd, attribute, value)
+        assert read_window(odd, (tokens, (8, 8)), {}, "b") is None, attribute
+    del block.input_resolution
+    assert read_window(block, (tokens, torch.zeros(4, 16, 16)), {}, "b") is None
