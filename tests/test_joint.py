@@ -152,11 +152,13 @@ def test_auraflow_joint_attention_puts_text_first(batch):
     _assert_joint_rows(joint, probs, n_text=8 + 3, text_first=True)
 
 
+@pytest.mark.parametrize("grid", [None, (4, 3)], ids=["from-ids", "given"])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_flux_double_and_single_blocks_keep_text_tokens_in_the_softmax(batch, monkeypatch):
+def test_flux_double_and_single_blocks_keep_text_tokens_in_the_softmax(batch, grid, monkeypatch):
     """Flux concatenates text before image tokens (double blocks inside the attention, single blocks
     before it) and applies rotary embeddings, so the reference is read from the arguments of the
-    model's own SDPA calls, taken by the test's own wrapper."""
+    model's own SDPA calls, taken by the test's own wrapper. The grid comes from ``img_ids`` or from
+    ``grid=``; the text tokens are named from the ids when the grid came from them."""
     model = diffusers.FluxTransformer2DModel(
         patch_size=1,
         in_channels=8,
@@ -179,7 +181,7 @@ def test_flux_double_and_single_blocks_keep_text_tokens_in_the_softmax(batch, mo
         return sdpa(query, key, *args, **kwargs)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
-    with torch.no_grad(), sa.capture(model, grid=(h, w)) as cap:
+    with torch.no_grad(), sa.capture(model, grid=grid) as cap:
         model(
             hidden_states=torch.randn(batch, h * w, 8),
             encoder_hidden_states=torch.randn(batch, n_text, 16),
@@ -193,6 +195,8 @@ def test_flux_double_and_single_blocks_keep_text_tokens_in_the_softmax(batch, mo
     for layer, (q, k) in zip(cap.layers, calls, strict=True):
         assert layer.verified is True, layer.verification
         assert layer.query_grid == layer.key_grid == (h, w) and layer.keys.start == n_text
+        if grid is None:
+            assert layer.queries.labels == layer.keys.labels == tuple(f"text {j}" for j in range(n_text))
         probs = reference_probs(q, k, q.shape[-1] ** -0.5)  # (B, h, Nt + Ni, Nt + Ni), text first
         image_first = torch.cat([probs[:, :, n_text:], probs[:, :, :n_text]], dim=2)
         image_first = torch.cat([image_first[..., n_text:], image_first[..., :n_text]], dim=3)
