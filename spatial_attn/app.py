@@ -29,6 +29,7 @@ from .images import MAX_UPLOAD_MB, ImageError, load_image
 from .resources import locate, searched
 from .serving import RUN_EVENTS, RUNS, Explorations, Tickets
 from .views import panels
+from .views.mechanics import MechanicsView
 
 ASSETS = locate("assets")  # the checkout's, an installed wheel's, or $SPATIAL_ATTN_ASSETS
 DISPLAY = 384  # the clickable image, px: a 32x32 input at 12x, crisp
@@ -450,14 +451,18 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                             label="example faces (valid, then broken)",
                             columns=5,
                             allow_preview=False,
-                            height="auto",
+                            height=190,
+                            object_fit="contain",
                             elem_id="examples",
                         )
             with gr.Column(scale=3):
-                with gr.Tabs(elem_id="views"), gr.Tab("panels", id="panels"):
-                    heatmaps = panels.component()
-                    head, mode, cmap, scale, upsampling, opacity, layout, over = panels.controls()
-                    explanation = gr.Markdown(elem_id="explanation")
+                with gr.Tabs(elem_id="views"):
+                    with gr.Tab("panels", id="panels"):
+                        heatmaps = panels.component()
+                        head, mode, cmap, scale, upsampling, opacity, layout, over = panels.controls()
+                        explanation = gr.Markdown(elem_id="explanation")
+                    with gr.Tab("how a row is made", id="mechanics"):
+                        mechanics_view = MechanicsView()
                 prompt_view = PromptView()  # text-conditioned models only
 
         view_inputs = [head, mode, cmap, scale, upsampling, opacity, layout, over]
@@ -496,6 +501,7 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
             api_outputs = [gr.Gallery(format="png", label="heatmaps"), gr.JSON(label="rows")]
             api_only = gr.Button()  # never shown nor clicked: gr.on(None) would also run on page load
         api_only.click(on.attend, api_inputs, api_outputs, api_name="attend", **RUN_EVENTS)
+        mechanics_view.wire(state, heatmaps)
         prompt_view.wire(state, image, head, cmap, on, run, run_inputs, reran, guarded)
     return demo
 

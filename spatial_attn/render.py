@@ -179,6 +179,18 @@ def strip(values: np.ndarray, *, scale: ColourScale, cmap: str, cell: int = 12) 
     return Image.fromarray(row).resize((values.size * cell, 2 * cell), Image.Resampling.NEAREST)
 
 
+def stacked(images: list[Image.Image], gap: int = 6) -> Image.Image:
+    """Images one above the other (a vector over the matrix it multiplies), left-aligned on white."""
+    width = max(im.width for im in images)
+    height = sum(im.height for im in images) + gap * (len(images) - 1)
+    out = Image.new("RGB", (width, height), (255, 255, 255))
+    y = 0
+    for im in images:
+        out.paste(im, (0, y))
+        y += im.height + gap
+    return out
+
+
 def side_by_side(images: list[Image.Image], gap: int = 4) -> Image.Image:
     """Images in one row (a layer's heads), separated by a thin white gap."""
     height = max(im.height for im in images)
@@ -194,3 +206,28 @@ def side_by_side(images: list[Image.Image], gap: int = 4) -> Image.Image:
 def _ratio_text(r: float) -> str:
     """2 -> "2×", 0.25 -> "1/4×"."""
     return f"{r:g}×" if r >= 1 else f"1/{1 / r:g}×"
+
+
+def matrix_image(
+    values: np.ndarray,
+    size: tuple[int, int],
+    *,
+    cmap: str = "viridis",
+    low: float | None = None,
+    high: float | None = None,
+    row: int | None = None,
+) -> Image.Image:
+    """A matrix as an image of ``size = (height, width)`` px, blocks of its entries (no smoothing),
+    colours from ``low`` to ``high`` (default: its range); ``row`` is outlined (the clicked token)."""
+    low = float(values.min()) if low is None else low
+    high = float(values.max()) if high is None else high
+    unit = np.clip((values - low) / (high - low if high > low else 1.0), 0.0, 1.0)
+    picture = Image.fromarray(lut(cmap)[(unit * 255).astype(np.uint8)])
+    picture = picture.resize((size[1], size[0]), Image.Resampling.NEAREST)
+    if row is not None:
+        n = values.shape[0]
+        top, bottom = row * size[0] / n, (row + 1) * size[0] / n
+        draw = ImageDraw.Draw(picture)
+        draw.rectangle([0, round(top) - 2, size[1] - 1, round(bottom) + 1], outline=(255, 255, 255), width=2)
+        draw.rectangle([0, round(top) - 1, size[1] - 1, round(bottom)], outline=(220, 30, 30), width=1)
+    return picture

@@ -192,3 +192,19 @@ def test_a_timestep_typed_into_the_box_reruns_the_model(app_url, chromium):
         page.wait_for_function("() => document.querySelector('#input-note').innerText.includes('t=900')")
         box.press("ArrowUp")  # the arrow keys step the value, and re-run too
         page.wait_for_function("() => document.querySelector('#input-note').innerText.includes('t=901')")
+
+
+def test_mechanics_tab_follows_the_click_and_the_temperature(app_url, chromium, shots):
+    with open_app(app_url, chromium) as page:
+        page.get_by_role("tab", name="how a row is made").click()
+        page.wait_for_function("() => document.querySelector('#mechanics').innerHTML.includes('<b>100</b>')")
+        box = page.locator("#input-image img").bounding_box()
+        click_and_wait(page, box["width"] * 0.68, box["height"] * 0.62)  # pixel (19, 21): cell (9, 10)
+        page.wait_for_function("() => document.querySelector('#mechanics').innerHTML.includes('<b>154</b>')")
+        temperature = page.locator("#mech-temperature input[type=number]")
+        temperature.fill("0.5")
+        temperature.press("Enter")
+        page.wait_for_function(
+            "() => document.querySelector('#mechanics').innerHTML.includes('softmax(logits / 0.5)')"
+        )
+        page.screenshot(path=str(shots / "screenshot-mechanics.png"), full_page=True)

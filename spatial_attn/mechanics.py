@@ -1,0 +1,205 @@
+"""How one attention row is made, step by step, for the pixel a user clicked (the seed question).
+
+A feature map ``C x H x W`` is flattened to ``N = H*W`` tokens (token ``i = y*W + x``), each token
+projected to a query and a key of ``d`` numbers; the row of token ``i`` is
+``softmax(q_i . k_j)`` over the keys ``j`` (the layer's scale is folded into ``q``), and reshaped
+to the key grid it is the heatmap. :func:`row_steps` returns every intermediate of that recipe for
+one layer, head and cell, with a temperature ``T`` dividing the logits so a learner can watch the
+softmax sharpen (``T < 1``) or flatten (``T > 1``); ``T = 1`` is exactly what the model computed.
+
+:func:`matrix_thumbnail` shows the whole ``N x N'`` matrix, which is never held: it is computed
+in blocks of query rows, each reduced to block means before the next. :func:`residual_share` says
+how much a SAGAN attention branch (``gamma * o + x``) adds to its input; :func:`unet_levels` says
+where a DDPM attention layer sits in its UNet.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .grid import Grid, TokenLayout
+from .layer import _BLOCK_BYTES, AttentionLayer, QKScores
+
+
+@dataclass(frozen=True)
+class RowSteps:
+    """Every step from the flattened map to the heatmap, for one query cell and head."""
+
+    layer: str
+    head: int
+    cell: tuple[int, int]  # (y, x) on the query grid
+    token: int  # i = start + y*W + x
+    query_grid: Grid
+    keys: TokenLayout
+    queries: np.ndarray  # (N, d): every token's query (scale folded in); row ``token`` is q_i
+    key_vectors: np.ndarray  # (N', d)
+    logits: np.ndarray  # (N',): q_i . k_j, what the model computed
+    temperature: float
+    probs: np.ndarray  # (N',): softmax(logits / temperature)
+
+    @property
+    def query(self) -> np.ndarray:
+        """q_i, ``(d,)``."""
+        return self.queries[self.token]
+
+    @property
+    def row_map(self) -> np.ndarray | None:
+        """The probabilities on the key grid: the heatmap (None if the keys are not spatial)."""
+        if self.keys.grid is None:
+            return None
+        return self.probs[self.keys.grid_slice].reshape(self.keys.grid)
+
+    @property
+    def logit_map(self) -> np.ndarray | None:
+        """The logits on the key grid (None if the keys are not spatial)."""
+        if self.keys.grid is None:
+            return None
+        return self.logits[self.keys.grid_slice].reshape(self.keys.grid)
+
+
+def row_steps(
+    layer: AttentionLayer, cell: tuple[int, int], head: int, temperature: float = 1.0, batch: int = 0
+) -> RowSteps:
+    """The recipe of row ``cell`` of ``layer``'s head ``head``, softmax taken at ``temperature``."""
+    if not isinstance(layer.scores, QKScores):
+        raise ValueError(f"{layer.name} kept only the probabilities: its queries and keys are unknown")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0 <= head < layer.heads:
+        raise ValueError(f"{layer.name} has heads 0..{layer.heads - 1}; got {head}")
+    token = layer.queries.token(*cell)
+    logits = layer.logits(*cell, head=head, batch=batch).astype(np.float64)  # (N',)
+    scaled = logits / temperature
+    probs = np.exp(scaled - scaled.max())
+    return RowSteps(
+        layer=layer.name,
+        head=head,
+        cell=cell,
+        token=token,
+        query_grid=layer.query_grid,
+        keys=layer.keys,
+        queries=layer.scores.q[batch, head].numpy(),  # (N, d)
+        key_vectors=layer.scores.k[batch, head].numpy(),  # (N', d)
+        logits=logits,
+        temperature=float(temperature),
+        probs=probs / probs.sum(),
+    )
+
+
+def matrix_thumbnail(layer: AttentionLayer, head: int, size: int = 64, batch: int = 0) -> np.ndarray:
+    """The ``N x N'`` attention matrix of one head as block means, at most ``size x size``.
+
+    Rows are made a block of queries at a time (:data:`~spatial_attn.layer._BLOCK_BYTES` of
+    probabilities at most) and each block is reduced before the next, so memory stays bounded for
+    any ``N`` (a 128 x 128 map's full matrix would be 1 GiB per head). Thumbnail row ``r`` averages
+    query tokens ``[r * gr, (r + 1) * gr)`` with ``gr = ceil(N / rows)``; columns likewise.
+    """
+    _, _, n, m = layer.scores.shape
+    group_rows, group_cols = math.ceil(n / min(size, n)), math.ceil(m / min(size, m))
+    rows, cols = math.ceil(n / group_rows), math.ceil(m / group_cols)
+    per_block = max(1, _BLOCK_BYTES // (4 * m * group_rows)) * group_rows  # query rows per block
+    out = np.zeros((rows, cols))
+    for start in range(0, n, per_block):
+        queries = torch.arange(start, min(n, start + per_block))
+        block = layer.scores.probs(batch, queries)[head].double().numpy()  # (s, N')
+        padded = np.zeros((math.ceil(len(queries) / group_rows) * group_rows, cols * group_cols))
+        padded[: len(queries), :m] = block
+        sums = padded.reshape(-1, group_rows, cols, group_cols).sum((1, 3))
+        counts = _counts(start, len(queries), n, group_rows)[:, None] * _counts(0, m, m, group_cols)[None]
+        out[start // group_rows : start // group_rows + len(sums)] = sums / counts
+    return out
+
+
+def thumbnail_row(token: int, n: int, size: int = 64) -> int:
+    """Which row of :func:`matrix_thumbnail` holds query ``token``."""
+    return token // math.ceil(n / min(size, n))
+
+
+def _counts(start: int, length: int, total: int, group: int) -> np.ndarray:
+    """How many real entries each group of ``group`` indices starting at ``start`` holds."""
+    firsts = np.arange(start, start + length, group)
+    return np.minimum(firsts + group, total) - firsts
+
+
+@dataclass(frozen=True)
+class ResidualShare:
+    """SAGAN's ``out = gamma * o + x``: the learned gate and how much the branch moves its input."""
+
+    gamma: float
+    overall: float  # ||out - x|| / ||x|| over the whole map
+    at_cell: float  # the same at the clicked cell (all channels)
+
+
+def residual_share(model: Any, prepared: Any, layer_name: str, cell: tuple[int, int]) -> ResidualShare:
+    """Re-run ``model`` on ``prepared`` once, reading the input and output of the SAGAN attention
+    module ``layer_name``: ``gamma`` and ``||gamma * o|| / ||x||`` (the branch's share)."""
+    module = model.module.get_submodule(layer_name)
+    if not hasattr(module, "gamma"):
+        raise ValueError(f"{layer_name} has no gamma: it is not a SAGAN attention block")
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(_module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        seen["x"], seen["out"] = args[0].detach(), output.detach()
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            model.run(prepared)
+    finally:
+        handle.remove()
+    x, branch = seen["x"][0], (seen["out"] - seen["x"])[0]  # (C, H, W)
+    y, xx = cell
+    return ResidualShare(
+        gamma=float(module.gamma.detach().reshape(-1)[0]),
+        overall=float(branch.norm() / x.norm().clamp_min(1e-12)),
+        at_cell=float(branch[:, y, xx].norm() / x[:, y, xx].norm().clamp_min(1e-12)),
+    )
+
+
+@dataclass(frozen=True)
+class UNetLevel:
+    """One stage of a diffusers UNet: its modules' name prefix, resolution, channels, attention."""
+
+    name: str  # "down_blocks.1", "mid_block", "up_blocks.0"
+    resolution: int
+    channels: int
+    attention: bool
+
+
+def unet_levels(config: dict) -> list[UNetLevel]:
+    """The stages of a ``UNet2DModel`` from its config, in the order data flows: down, mid, up.
+
+    Down block ``i`` works at ``sample_size / 2**i`` (each but the last halves it on the way out);
+    the mid block at the smallest size; up block ``j`` mirrors down block ``n - 1 - j``.
+    """
+    size, channels = config["sample_size"], list(config["block_out_channels"])
+    size = size[0] if isinstance(size, list | tuple) else size
+    n = len(channels)
+    levels = [
+        UNetLevel(f"down_blocks.{i}", size // 2**i, channels[i], "Attn" in kind)
+        for i, kind in enumerate(config["down_block_types"])
+    ]
+    mid = config.get("mid_block_type") or "UNetMidBlock2D"
+    levels.append(
+        UNetLevel(
+            "mid_block",
+            size // 2 ** (n - 1),
+            channels[-1],
+            config.get("add_attention", True) and "Mid" in mid,
+        )
+    )
+    levels += [
+        UNetLevel(f"up_blocks.{j}", size // 2 ** (n - 1 - j), channels[n - 1 - j], "Attn" in kind)
+        for j, kind in enumerate(config["up_block_types"])
+    ]
+    return levels
+
+
+def level_of(levels: list[UNetLevel], layer_name: str) -> UNetLevel | None:
+    """The stage a layer belongs to, by its name prefix."""
+    return next((lv for lv in levels if layer_name.startswith(lv.name + ".")), None)

@@ -1,0 +1,135 @@
+"""How a row is made, checked against the definition written out here: logits q_i . k_j, softmax at
+a temperature, the whole matrix's block means, SAGAN's residual branch and the UNet's stages."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from spatial_attn import mechanics
+from spatial_attn.explore import Exploration
+from spatial_attn.models import load_model
+
+
+@pytest.fixture(scope="module")
+def ddpm() -> Exploration:
+    from spatial_attn.app import default_image
+
+    return Exploration(load_model("ddpm-faces"), default_image()[0], timestep=250, seed=0)
+
+
+def _reference(layer, head: int) -> torch.Tensor:
+    """softmax(q k^T) of one head from the stored q and k, in float64: (N, N')."""
+    q, k = layer.q[0, head].double(), layer.k[0, head].double()
+    return torch.softmax(q @ k.T, -1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.25, 4.0])
+def test_row_steps_are_the_softmax_of_q_dot_k_at_a_temperature(ddpm, temperature):
+    layer = ddpm.layers[1]  # 8 x 8, two heads
+    steps = mechanics.row_steps(layer, (3, 2), head=1, temperature=temperature)
+    assert steps.token == 3 * 8 + 2
+    q, k = layer.q[0, 1].double(), layer.k[0, 1].double()
+    logits = (q[steps.token] @ k.T).numpy()
+    np.testing.assert_allclose(steps.logits, logits, atol=1e-5)
+    np.testing.assert_allclose(
+        steps.probs, torch.softmax(torch.from_numpy(logits) / temperature, 0), atol=1e-6
+    )
+    np.testing.assert_allclose(steps.row_map, steps.probs.reshape(8, 8))
+    np.testing.assert_array_equal(steps.query, layer.q[0, 1, steps.token].numpy())
+    if temperature == 1.0:  # what the model computed
+        np.testing.assert_allclose(steps.row_map, layer.row(3, 2, head=1), atol=1e-6)
+
+
+def test_row_steps_refuse_what_they_cannot_show(ddpm):
+    layer = ddpm.layers[1]
+    with pytest.raises(ValueError, match="temperature"):
+        mechanics.row_steps(layer, (0, 0), head=0, temperature=0)
+    with pytest.raises(ValueError, match=r"heads 0\.\.1"):
+        mechanics.row_steps(layer, (0, 0), head=2)
+
+
+@pytest.mark.parametrize(
+    ("size", "block_bytes"), [(64, 16 * 2**20), (100, 16 * 2**20), (64, 4096), (7, 3000)]
+)
+def test_matrix_thumbnail_is_the_block_means_of_the_full_matrix(ddpm, monkeypatch, size, block_bytes):
+    monkeypatch.setattr(mechanics, "_BLOCK_BYTES", block_bytes)  # small: many blocks of query rows
+    layer = ddpm.layers[0]  # 16 x 16: N = N' = 256
+    full = _reference(layer, 0).numpy()
+    group = -(-256 // size)
+    expected = np.array(
+        [
+            [full[r : r + group, c : c + group].mean() for c in range(0, 256, group)]
+            for r in range(0, 256, group)
+        ]
+    )
+    got = mechanics.matrix_thumbnail(layer, head=0, size=size)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-7)
+    assert mechanics.thumbnail_row(100, 256, size) == 100 // group
+
+
+def test_residual_share_of_a_sagan_is_gamma_times_the_branch_over_the_input():
+    sagan = load_model("sagan-faces")
+    prepared = sagan.prepare(seed=3)  # the generator
+    share = mechanics.residual_share(sagan, prepared, "generator.attn", (5, 6))
+    attn = sagan.module.generator.attn
+    assert share.gamma == pytest.approx(float(attn.gamma.detach()))
+    seen = {}
+    handle = attn.register_forward_hook(lambda m, a, out: seen.update(x=a[0], out=out))
+    with torch.no_grad():
+        sagan.run(prepared)
+    handle.remove()
+    branch, x = (seen["out"] - seen["x"])[0].double(), seen["x"][0].double()
+    assert share.overall == pytest.approx(float(branch.norm() / x.norm()), rel=1e-5)
+    assert share.at_cell == pytest.approx(float(branch[:, 5, 6].norm() / x[:, 5, 6].norm()), rel=1e-5)
+    with pytest.raises(ValueError, match="gamma"):
+        mechanics.residual_share(sagan, prepared, "generator.block3", (0, 0))
+
+
+def test_unet_levels_place_each_attention_layer(ddpm):
+    levels = mechanics.unet_levels(ddpm.model.config)
+    assert [(lv.name, lv.resolution, lv.attention) for lv in levels] == [
+        ("down_blocks.0", 32, False),
+        ("down_blocks.1", 16, True),
+        ("down_blocks.2", 8, True),
+        ("mid_block", 8, True),
+        ("up_blocks.0", 8, True),
+        ("up_blocks.1", 16, True),
+        ("up_blocks.2", 32, False),
+    ]
+    for layer in ddpm.layers:  # every captured layer sits in a stage with attention, at its grid
+        level = mechanics.level_of(levels, layer.name)
+        assert level.attention and (level.resolution,) * 2 == layer.query_grid
+
+
+def _session(ex: Exploration, point: tuple[int, int]) -> SimpleNamespace:
+    return SimpleNamespace(exploration=ex, point=point)
+
+
+def test_the_tab_shows_every_step_for_the_pinned_pixel_and_follows_the_temperature(ddpm):
+    from spatial_attn.views.mechanics import MechanicsView
+
+    layer_choice, head_choice, body = MechanicsView.show(_session(ddpm, (13, 9)), None, None, 1.0)
+    assert layer_choice.value == ddpm.layers[0].name and head_choice.choices == [("0", "0")]
+    assert body.count('class="sa-step"') == 5 and "token i = 6·16 + 4 = <b>100</b>" in body
+    assert 'class="sa-here">down_blocks.1' in body  # the UNet stage holding the layer
+    _, head_choice, cooler = MechanicsView.show(_session(ddpm, (13, 9)), ddpm.layers[1].name, "1", 0.5)
+    assert head_choice.value == "1" and "softmax(logits / 0.5)" in cooler and "token i = 3·8 + 2" in cooler
+
+
+def test_the_tab_gives_a_sagan_its_gate_and_a_vit_its_cls_key():
+    from spatial_attn.views.mechanics import MechanicsView
+
+    sagan = Exploration(load_model("sagan-faces"), None, seed=3)
+    _, _, body = MechanicsView.show(_session(sagan, (10, 10)), None, None, 1.0)
+    gamma = float(sagan.model.module.generator.attn.gamma.detach())
+    assert f"γ = {gamma:.3f}" in body and "at your cell" in body
+    from spatial_attn.app import default_image
+
+    vit = Exploration(load_model("vit-faces"), default_image()[0])
+    _, _, body = MechanicsView.show(_session(vit, (13, 9)), None, None, 1.0)
+    assert "the 65 keys" in body and "UNet" not in body
