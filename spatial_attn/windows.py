@@ -121,7 +121,7 @@ class WindowLayout:
         queries = grid_layout(self.grid, n, self.describe())
         keys = TokenLayout(n + 1, self.grid, 0, (PADDING,), queries.note) if self.has_padding else queries
         placed = AttentionLayer(layer.name, layer.family, WindowedScores(layer.scores, self), queries, keys)
-        placed.verification = layer.verification  # checked per window, where the model's output is
+        placed.verification = lambda: layer.verification  # per window, where the model's output is; lazily
         return placed
 
 
