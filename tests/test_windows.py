@@ -178,6 +178,22 @@ def slots_of(partition, grid: tuple[int, int]) -> torch.Tensor:
     return windows.reshape(windows.shape[0], -1).round().long() - 1
 
 
+def softmax_then_capture(
+    model: nn.Module, image: torch.Tensor, fused: bool, record
+) -> tuple[list[torch.Tensor], sa.Capture]:
+    """The probabilities the model's own softmax returns (every block unfused, recorded by
+    ``record(model, run)``), then a capture of the same forward with the blocks ``fused`` or not."""
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.fused_attn = False
+        probs = record(model, lambda: model(image))
+        for block in model.blocks:
+            block.attn.fused_attn = fused
+        with sa.capture(model) as cap:
+            model(image)
+    return probs, cap
+
+
 def recorded_softmax(model: nn.Module, run) -> list[torch.Tensor]:
     """The probabilities every ``nn.Softmax`` of ``model`` returned during ``run()``."""
     seen: list[torch.Tensor] = []
@@ -200,14 +216,7 @@ def test_timm_swin_shifted_padded_windows(batch: int, fused: bool) -> None:
     torch.manual_seed(0)
     model = TimmSwinStage(fused).eval()
     image = torch.randn(batch, 3, 20, 20)  # a 10 x 10 grid in 4 x 4 windows: padded to 12 x 12
-    with torch.no_grad():
-        for block in model.blocks:
-            block.attn.fused_attn = False
-        probs = recorded_softmax(model, lambda: model(image))  # the model's own softmax, per block
-        for block in model.blocks:
-            block.attn.fused_attn = fused
-        with sa.capture(model) as cap:
-            model(image)
+    probs, cap = softmax_then_capture(model, image, fused, recorded_softmax)  # per block
     assert cap.layers.names() == ["blocks.0.attn", "blocks.1.attn"]
     for layer, block, p in zip(cap.layers, model.blocks, probs, strict=True):
         slots = slots_of(block.partition, (10, 10))
@@ -286,7 +295,7 @@ class SamEncoder(nn.Module):
         return self.blocks(self.patch_embed(image).permute(0, 2, 3, 1))
 
 
-def _softmax_outputs(run) -> list[torch.Tensor]:
+def softmax_outputs(_model: nn.Module, run) -> list[torch.Tensor]:
     """Every ``Tensor.softmax`` result of ``run()``, recorded by a patch that the test undoes."""
     seen: list[torch.Tensor] = []
     original = torch.Tensor.softmax
@@ -310,14 +319,9 @@ def test_vitdet_sam_padded_windows_and_global_block(batch: int, fused: bool) -> 
     torch.manual_seed(1)
     model = SamEncoder(fused).eval()
     image = torch.randn(batch, 3, 24, 28)  # a 6 x 7 grid in 4 x 4 windows: padded to 8 x 8
-    with torch.no_grad():
-        for block in model.blocks:
-            block.attn.fused_attn = False
-        windowed, global_ = _softmax_outputs(lambda: model(image))  # (B*nW*h, a, a), (B*h, N, N)
-        for block in model.blocks:
-            block.attn.fused_attn = fused
-        with sa.capture(model) as cap:
-            model(image)
+    (windowed, global_), cap = softmax_then_capture(
+        model, image, fused, softmax_outputs
+    )  # (B*nW*h, a, a), (B*h, N, N)
     heads = 2
     slots = slots_of(lambda ids: sam_window_partition(ids, 4)[0].reshape(-1, 16, 1), (6, 7))
     window_probs = windowed.reshape(-1, heads, 16, 16)  # (B*nW, h, a, a): SAM folds heads last
