@@ -425,3 +425,31 @@ def test_a_pixel_of_an_input_larger_than_the_display_is_still_outlined():
     for pixel in ((0, 0), (511, 511), (200, 301)):  # a 512 px input: a pixel is 0.75 display px
         render.draw_cell(shown, pixel, (512, 512))
     assert np.asarray(shown).any()
+
+
+def test_the_loaders_and_the_text_reading_import_no_ui_and_no_model_library():
+    import subprocess
+
+    code = (
+        "import sys, spatial_attn.text, spatial_attn.models.sources, spatial_attn.models.preprocess; "
+        "print(sorted({'gradio', 'matplotlib', 'transformers', 'timm'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_transformers_backbone_opens_and_its_attention_is_captured(tmp_path):
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    from spatial_attn.explore import Exploration
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4
+    )
+    ViTModel(config).save_pretrained(tmp_path / "backbone")
+    ViTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp_path / "backbone")
+    model = open_model(str(tmp_path / "backbone"))
+    ex = Exploration(model, Image.new("RGB", (200, 300), "gray"))
+    assert [layer.query_grid for layer in ex.layers] == [(4, 4), (4, 4)] and ex.summary == {}
+    assert "stretched" in ex.prepared.note  # ViT's processor resizes to 64x64 whatever the aspect: said
