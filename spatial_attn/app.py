@@ -29,6 +29,7 @@ from .images import MAX_UPLOAD_MB, ImageError, load_image
 from .resources import locate, searched
 from .serving import RUN_EVENTS, RUNS, Explorations, Tickets
 from .views import panels
+from .views.download import DownloadView
 from .views.mechanics import MechanicsView
 
 ASSETS = locate("assets")  # the checkout's, an installed wheel's, or $SPATIAL_ATTN_ASSETS
@@ -128,7 +129,7 @@ def draw(session: Session, view: View) -> tuple[Image.Image, str, str]:
     shown = render.upscale(ex.image, (DISPLAY, DISPLAY))
     render.draw_cell(shown, session.point, ex.image_hw)
     heatmaps = panels.html_of(ex.browser_data(session.point, view), ex.hover)
-    return shown, heatmaps, explain(clicks, session.point, view.mode, view.head)
+    return shown, heatmaps, explain(clicks, session.point, view.mode)
 
 
 def input_note(session: Session) -> str:
@@ -460,6 +461,7 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                     with gr.Tab("panels", id="panels"):
                         heatmaps = panels.component()
                         head, mode, cmap, scale, upsampling, opacity, layout, over = panels.controls()
+                        download_view = DownloadView()
                         explanation = gr.Markdown(elem_id="explanation")
                     with gr.Tab("how a row is made", id="mechanics"):
                         mechanics_view = MechanicsView()
@@ -502,6 +504,7 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
             api_only = gr.Button()  # never shown nor clicked: gr.on(None) would also run on page load
         api_only.click(on.attend, api_inputs, api_outputs, api_name="attend", **RUN_EVENTS)
         mechanics_view.wire(state, heatmaps)
+        download_view.wire(state, view_inputs, view_of)
         prompt_view.wire(state, image, head, cmap, on, run, run_inputs, reran, guarded)
     return demo
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 MODELS = ("ddpm", "sagan", "vit")
 DEFAULT_MODEL = "ddpm-faces"
+DEFAULT_FACE = Path(__file__).resolve().parents[1] / "assets" / "faces" / "valid-0.png"  # the app's first
 
 
 class PlainHelp(argparse.HelpFormatter):
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval(sub)
     add_faces(sub)
     add_serve(sub)
+    add_export(sub)
     return parser
 
 
@@ -238,6 +240,72 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="let a Hub id missing from the local cache be downloaded (configs and safetensors only)",
     )
     parser.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    from .render import COLORMAPS, SCALES  # numpy and Pillow only: --help stays instant
+
+    p = sub.add_parser(
+        "export",
+        help="one click's panels as a figure (PNG, SVG) and its rows (.npy), in one zip",
+        formatter_class=PlainHelp,
+    )
+    p.add_argument("--model", default=DEFAULT_MODEL, help="a bundled model")
+    p.add_argument("--untrained", action="store_true", help="its untrained twin instead")
+    p.add_argument("--image", type=Path, default=DEFAULT_FACE, help="the image to run the model on")
+    p.add_argument("--generate", action="store_true", help="no image: the model generates one from --seed")
+    p.add_argument("--timestep", type=int, default=250, help="noise level t (DDPM)")
+    p.add_argument("--seed", type=int, default=0, help="noise (DDPM) or z (SAGAN generator)")
+    p.add_argument(
+        "--x", type=float, help="the clicked pixel's column in the image (default: the app's first click)"
+    )
+    p.add_argument(
+        "--y", type=float, help="the clicked pixel's row in the image (default: the app's first click)"
+    )
+    p.add_argument("--head", default="mean", help="mean, max or 'head k'")
+    p.add_argument(
+        "--mode", choices=("row", "column"), default="row", help="where it looks / who looks at it"
+    )
+    p.add_argument("--heads", action="store_true", help="every head and their mean (layers x heads)")
+    p.add_argument("--scale", choices=SCALES, default=SCALES[0], help="colour scale")
+    p.add_argument("--cmap", choices=COLORMAPS, default="viridis", help="colormap")
+    p.add_argument("--opacity", type=float, default=0.65, help="heatmap opacity")
+    p.add_argument("--smooth", action="store_true", help="bilinear upsampling instead of crisp blocks")
+    p.add_argument("--over", choices=("image", "input"), default="image", help="draw over the image or x_t")
+    p.add_argument("--formats", default="png,svg,npy", help="comma-separated: png, svg, npy")
+    p.add_argument("--out", type=Path, default=Path("attention.zip"), help="the zip to write")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Run the model once, click once, and write what the app's download button gives."""
+    from .explore import Exploration, View
+    from .export import export_zip
+    from .images import load_image
+    from .models import load_model
+
+    model = load_model(args.model, pretrained=not args.untrained)
+    source = None if args.generate else load_image(args.image)[0]
+    timestep = args.timestep if model.num_timesteps else None
+    exploration = Exploration(model, source, timestep=timestep, seed=args.seed)
+    if args.x is None or args.y is None:
+        point = exploration.first_point()
+    else:
+        size = (source.height, source.width) if source is not None else exploration.image_hw
+        point = model.input_pixel((args.y, args.x), size)
+    view = View(
+        head=args.head,
+        mode=args.mode,
+        cmap=args.cmap,
+        scale=args.scale,
+        smooth=args.smooth,
+        opacity=args.opacity,
+        heads_grid=args.heads,
+        over=args.over,
+    )
+    args.out.write_bytes(export_zip(exploration, point, view, tuple(args.formats.split(","))))
+    print(f"{args.out}: pixel (y, x) = {point} of {model.name}'s input, {len(exploration.layers)} layers")
+    return 0
 
 
 if __name__ == "__main__":

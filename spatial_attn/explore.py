@@ -220,7 +220,7 @@ class Exploration:
         return min(int(y), h - 1), min(int(x), w - 1)
 
 
-def explain(clicks: list[LayerClick], pixel: tuple[int, int], mode: str = "row", head: str = "mean") -> str:
+def explain(clicks: list[LayerClick], pixel: tuple[int, int], mode: str = "row") -> str:
     """The paragraph beside the panels: what a row is, for this very click, layer by layer."""
     y, x = pixel
     lines = [
@@ -249,34 +249,11 @@ def explain(clicks: list[LayerClick], pixel: tuple[int, int], mode: str = "row",
             f"{offset}{c.cell[0]}·{w} + {c.cell[1]} = **{c.token}** | "
             f"{layer.queries.count} × {layer.keys.count} |"
         )
-    if mode == "row" and clicks:
-        first = clicks[0]
-        chosen = head_index(head)
-        shown = chosen if isinstance(chosen, int) and chosen < first.layer.heads else 0  # mean/max: head 0
-        lines += ["", mechanics(first, shown)]
-    return "\n".join(lines)
-
-
-def mechanics(c: LayerClick, head: int = 0, top: int = 4) -> str:
-    """How one row is made, with this click's numbers: dot products, then softmax."""
-    layer = c.layer
-    if layer.q is None:
-        return ""
-    y, x = c.cell
-    scores = layer.logits(y, x, head)
-    probs = layer.token_probs(y, x, head)
-    d = layer.q.shape[-1]
-    lines = [
-        f"**How row {c.token} is made** (`{layer.name}`, head {head}): the query of token {c.token} is a "
-        f"vector q of {d} numbers. Its dot product with each of the {scores.size} keys, times the layer's "
-        "scale, gives one score per key; softmax turns the scores into the row, "
-        "p_j = exp(s_j) / Σ exp(s_j′). The keys it attends to most:",
+    lines += [
         "",
-        "| key | token j | score s_j = q·k_j | probability p_j |",
-        "|---|---|---|---|",
+        "Each step of a row, for any layer and head of this click (the queries, the logits, the softmax "
+        "and a temperature to play with, the whole matrix), is in the tab **how a row is made**.",
     ]
-    for j in np.argsort(-probs)[:top]:
-        lines.append(f"| {layer.keys.describe(int(j))} | {j} | {scores[j]:.2f} | {probs[j]:.3f} |")
     return "\n".join(lines)
 
 

@@ -208,3 +208,18 @@ def test_mechanics_tab_follows_the_click_and_the_temperature(app_url, chromium, 
             "() => document.querySelector('#mechanics').innerHTML.includes('softmax(logits / 0.5)')"
         )
         page.screenshot(path=str(shots / "screenshot-mechanics.png"), full_page=True)
+
+
+def test_export_button_downloads_the_zip(app_url, chromium, tmp_path):
+    import zipfile
+
+    with open_app(app_url, chromium) as page:
+        page.locator("#export").click()
+        link = page.locator("#export-file a").first
+        link.wait_for(timeout=60_000)
+        with page.expect_download() as download:
+            link.click()
+        path = tmp_path / "export.zip"
+        download.value.save_as(path)
+        names = zipfile.ZipFile(path).namelist()
+        assert {"figure.png", "figure.svg", "rows.json"} <= set(names) and len(names) == 3 + 7

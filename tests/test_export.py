@@ -1,0 +1,128 @@
+"""Exports of one click: the zip's arrays are the rows written out from q and k here, the figure is a
+real PNG and SVG naming every layer, and the command line gives the same as the app's button."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spatial_attn.cli import main
+from spatial_attn.explore import Exploration, View
+from spatial_attn.export import export_zip
+from spatial_attn.models import load_model
+
+
+@pytest.fixture(scope="module")
+def ddpm() -> Exploration:
+    from spatial_attn.app import default_image
+
+    return Exploration(load_model("ddpm-faces"), default_image()[0], timestep=250, seed=0)
+
+
+def _reference_row(layer, cell: tuple[int, int]) -> np.ndarray:
+    """Head mean of softmax(q_i k^T), from the stored q and k, on the key grid."""
+    qw = layer.query_grid[1]
+    q, k = layer.q[0].double(), layer.k[0].double()  # (h, N, d), (h, N', d)
+    i = cell[0] * qw + cell[1]
+    probs = torch.softmax(torch.einsum("hd,hnd->hn", q[:, i], k), -1).mean(0)
+    return probs.numpy().reshape(layer.key_grid)
+
+
+def _open(data: bytes) -> zipfile.ZipFile:
+    return zipfile.ZipFile(io.BytesIO(data))
+
+
+def test_the_zip_holds_the_figure_and_every_layers_row(ddpm):
+    archive = _open(export_zip(ddpm, (13, 9), View()))
+    names = archive.namelist()
+    assert names[:2] == ["figure.png", "figure.svg"] and names[-1] == "rows.json"
+    described = json.loads(archive.read("rows.json"))
+    assert described["pixel"] == [13, 9] and len(described["layers"]) == len(ddpm.layers)
+    for layer, entry in zip(ddpm.layers, described["layers"], strict=True):
+        cell = tuple(entry["cell"])
+        assert entry["name"] == layer.name and cell == (
+            13 * layer.query_grid[0] // 32,
+            9 * layer.query_grid[1] // 32,
+        )
+        row = np.load(io.BytesIO(archive.read(entry["file"])))
+        assert row.dtype == np.float32 and row.shape == layer.key_grid
+        np.testing.assert_allclose(row, _reference_row(layer, cell), atol=1e-6)
+    png = Image.open(io.BytesIO(archive.read("figure.png")))
+    assert png.format == "PNG" and png.width > 1000
+    svg = archive.read("figure.svg").decode()
+    assert svg.startswith("<?xml") and all(layer.name in svg for layer in ddpm.layers) and "uniform" in svg
+
+
+def test_only_the_formats_asked_for(ddpm):
+    assert _open(export_zip(ddpm, (0, 0), View(), ("npy",))).namelist()[-1] == "rows.json"
+    assert _open(export_zip(ddpm, (0, 0), View(heads_grid=True), ("png",))).namelist() == ["figure.png"]
+    with pytest.raises(ValueError, match="formats must be some of png, svg, npy"):
+        export_zip(ddpm, (0, 0), View(), ("pdf",))
+
+
+def test_exporting_loads_matplotlib_only_when_it_draws():
+    code = "import sys, spatial_attn.export, spatial_attn.cli; sys.exit('matplotlib' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_the_command_line_writes_the_same_rows_as_the_app(ddpm, tmp_path):
+    out = tmp_path / "click.zip"
+    assert main(["export", "--x", "9", "--y", "13", "--formats", "npy", "--out", str(out)]) == 0
+    from_cli = _open(out.read_bytes())
+    from_app = _open(export_zip(ddpm, (13, 9), View(), ("npy",)))
+    assert from_cli.namelist() == from_app.namelist()
+    for name in from_cli.namelist():
+        assert from_cli.read(name) == from_app.read(name)
+
+
+def test_the_command_line_reaches_the_sagan_generator(tmp_path):
+    out = tmp_path / "gen.zip"
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                "sagan-faces",
+                "--generate",
+                "--seed",
+                "3",
+                "--formats",
+                "npy",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    layers = json.loads(_open(out.read_bytes()).read("rows.json"))["layers"]
+    assert [layer["name"] for layer in layers] == ["generator.attn"]
+
+
+def test_the_download_button_writes_the_zip(ddpm):
+    from spatial_attn.app import view_of
+    from spatial_attn.views.download import DownloadView
+
+    controls = (
+        "head 1",
+        "row: where it looks",
+        "magma",
+        "per map",
+        "nearest",
+        0.5,
+        "layers × heads",
+        "image",
+    )
+    path = DownloadView.export(view_of, SimpleNamespace(exploration=ddpm, point=(13, 9)), *controls)
+    assert path.endswith("ddpm-faces-y13-x9.zip")
+    described = json.loads(_open(Path(path).read_bytes()).read("rows.json"))
+    assert described["head"] == "head 1" and described["pixel"] == [13, 9]
