@@ -132,6 +132,10 @@ class DiffusionModel(PreprocessedModel):
         kwargs, tokens = self._condition(xt, t, prompt)
         if tokens:
             note += f"; prompt {prompt if prompt is not None else self.default_prompt!r}"
+        elif self.call == "class":
+            note += "; class label 0"
+        elif self.call == "conditioned":
+            note += "; no text encoder in the folder: conditioned on one zero text token"
         return Prepared((xt,), kwargs, self._picture(xt), note, tokens)
 
     def run(self, prepared: Prepared) -> dict:
