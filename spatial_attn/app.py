@@ -31,6 +31,7 @@ from .serving import RUN_EVENTS, RUNS, Explorations, Tickets
 from .views import panels
 from .views.download import DownloadView
 from .views.mechanics import MechanicsView
+from .views.timesteps import TimestepsView
 
 ASSETS = locate("assets")  # the checkout's, an installed wheel's, or $SPATIAL_ATTN_ASSETS
 DISPLAY = 384  # the clickable image, px: a 32x32 input at 12x, crisp
@@ -465,6 +466,8 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                         explanation = gr.Markdown(elem_id="explanation")
                     with gr.Tab("how a row is made", id="mechanics"):
                         mechanics_view = MechanicsView()
+                    with gr.Tab("timesteps", id="timesteps"):
+                        timesteps_view = TimestepsView()
                 prompt_view = PromptView()  # text-conditioned models only
 
         view_inputs = [head, mode, cmap, scale, upsampling, opacity, layout, over]
@@ -505,6 +508,7 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
         api_only.click(on.attend, api_inputs, api_outputs, api_name="attend", **RUN_EVENTS)
         mechanics_view.wire(state, heatmaps)
         download_view.wire(state, view_inputs, view_of)
+        timesteps_view.wire(state, heatmaps)
         prompt_view.wire(state, image, head, cmap, on, run, run_inputs, reran, guarded)
     return demo
 

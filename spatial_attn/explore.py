@@ -112,6 +112,7 @@ class Exploration:
         self.image = model.to_input(image)[1] if image is not None else self.prepared.display
         self.input = self.prepared.display  # what the model saw (x_t for the DDPM)
         self.timestep = timestep
+        self.seed = seed  # of the noise (DDPM) or z (SAGAN generator)
 
     @property
     def image_hw(self) -> tuple[int, int]:

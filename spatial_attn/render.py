@@ -231,3 +231,25 @@ def matrix_image(
         draw.rectangle([0, round(top) - 2, size[1] - 1, round(bottom) + 1], outline=(255, 255, 255), width=2)
         draw.rectangle([0, round(top) - 1, size[1] - 1, round(bottom)], outline=(220, 30, 30), width=1)
     return picture
+
+
+def labelled(image: Image.Image, text: str, height: int = 18) -> Image.Image:
+    """``image`` with a line of text above it, on white (a frame's timestep, a model's name)."""
+    out = Image.new("RGB", (image.width, image.height + height), (255, 255, 255))
+    out.paste(image, (0, height))
+    ImageDraw.Draw(out).text((2, 3), text, fill=(20, 20, 20))
+    return out
+
+
+def tiled(images: list[Image.Image], columns: int, gap: int = 6) -> Image.Image:
+    """Images in rows of ``columns`` (a filmstrip that wraps), on white."""
+    rows = [side_by_side(images[i : i + columns], gap) for i in range(0, len(images), columns)]
+    return stacked(rows, gap)
+
+
+def gif_bytes(frames: list[Image.Image], milliseconds: int = 600) -> bytes:
+    """Frames as an animated GIF that loops (colours reduced to each frame's own palette)."""
+    buffer = io.BytesIO()
+    first, *rest = frames
+    first.save(buffer, format="GIF", save_all=True, append_images=rest, duration=milliseconds, loop=0)
+    return buffer.getvalue()

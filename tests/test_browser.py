@@ -223,3 +223,13 @@ def test_export_button_downloads_the_zip(app_url, chromium, tmp_path):
         download.value.save_as(path)
         names = zipfile.ZipFile(path).namelist()
         assert {"figure.png", "figure.svg", "rows.json"} <= set(names) and len(names) == 3 + 7
+
+
+def test_timesteps_tab_shows_a_filmstrip(app_url, chromium, shots):
+    with open_app(app_url, chromium) as page:
+        page.get_by_role("tab", name="timesteps").click()
+        page.locator("#film-run").click()
+        page.wait_for_selector("#filmstrip img", timeout=60_000)
+        page.wait_for_selector("#film-gif a", timeout=10_000)
+        assert "t = 0, 111, 222" in page.locator("#film-note").inner_text()
+        page.screenshot(path=str(shots / "screenshot-timesteps.png"), full_page=True)
