@@ -221,7 +221,7 @@ def test_what_a_module_states_and_what_it_does_not() -> None:
     valid = nn.Conv2d(3, 8, kernel_size=3, stride=2, padding="valid")
     assert [s.grid for s in stated_grids("c", valid, (image,), {})] == [(11, 15)]
     assert stated_grids("c", nn.Conv2d(3, 8, 3, padding=1), (image,), {}) == []  # stride 1: no patches
-    for patch in (0, (4, 4, 4), "4", None):
+    for patch in (0, (4, 4, 4), (4.5, 4.5), "4", None):
         odd = nn.Identity()
         odd.patch_size = patch
         assert stated_grids("m", odd, (image,), {}) == [], patch
