@@ -106,10 +106,12 @@ class QKScores:
 
     def _materialise(self) -> None:
         """The float32, contiguous, scaled copies of q and k (head splits arrive as transposed views;
-        a row read from a view took a strided path ~100x slower)."""
-        if self._sources is None:
+        a row read from a view took a strided path ~100x slower). Threads that race here both make
+        the same copies; ``_sources`` is cleared last, so whoever sees it cleared finds them set."""
+        sources = self._sources
+        if sources is None:
             return
-        q, k = self._sources
+        q, k = sources
         if self._versions is not None and (q._version, k._version) != self._versions:
             raise StaleCapture(
                 "the model wrote into the captured queries or keys in place after its attention call; "
