@@ -2,9 +2,11 @@
 
 In a cross-attention layer the queries are the image's cells and the keys are the prompt's tokens,
 so a clicked pixel's row is a distribution over tokens (a bar chart), and a token's column, one
-value per query cell, is a map of where that word lands in the image. Both come from the captured
-queries and keys like any row; here they are named by token and the prompt's padding is folded into
-one entry, so the chart shows the prompt that was typed. No UI code: the prompt view draws these.
+value per query cell, is a map of where that word lands in the image. Joint attention (SD3) keeps
+the text among its keys as special tokens ``text i``: the same reading applies to that part of the
+row. Both come from the captured queries and keys like any row; here they are named by token and the
+prompt's padding is folded into one entry, so the chart shows the prompt that was typed. No UI code:
+the prompt view draws these.
 """
 
 from __future__ import annotations
@@ -19,62 +21,80 @@ from .layer import AttentionLayer, Head, _reduce_heads, _spatial
 
 @dataclass(frozen=True)
 class PromptTokens:
-    """The prompt's tokens as the model's keys: ``shown`` of them by name, the rest padding."""
+    """The prompt's tokens as the model's keys, one bar per run of equal neighbours: CLIP pads with
+    its end token (and SD3 appends a T5 half, all zeros without T5), so padding is one bar."""
 
-    names: tuple[str, ...]  # every key token, in order
-    shown: int  # tokens 0 .. shown-1 are the prompt (start, words, end); the rest is padding
+    names: tuple[str, ...]  # every text token, in key order
+    runs: tuple[tuple[int, int], ...]  # (start, stop) of each bar's tokens
 
     @classmethod
     def of(cls, names: Sequence[str]) -> PromptTokens:
-        """Padding is the run of tokens repeating the last one (CLIP pads with its end token)."""
         names = tuple(names)
-        shown = len(names)
-        while shown > 1 and names[shown - 1] == names[shown - 2]:
-            shown -= 1
-        return cls(names, shown)
+        starts = [i for i in range(len(names)) if i == 0 or names[i] != names[i - 1]]
+        return cls(names, tuple(zip(starts, [*starts[1:], len(names)], strict=True)))
 
     def labels(self) -> list[str]:
-        """One label per bar: the shown tokens (made readable), then the padding if any."""
-        words = [
-            n.replace("</w>", "").replace("Ġ", "").replace("▁", "") or n for n in self.names[: self.shown]
-        ]
-        padding = len(self.names) - self.shown
-        return words + ([f"padding ×{padding}"] if padding else [])
+        """One label per bar: the token made readable, ``×n`` for a run, unique (a repeated word gets
+        its position)."""
+        labels: list[str] = []
+        for a, b in self.runs:
+            label = _readable(self.names[a]) + (f" ×{b - a}" if b - a > 1 else "")
+            labels.append(label if label not in labels else f"{label} @{a}")
+        return labels
 
     def fold(self, row: np.ndarray) -> np.ndarray:
-        """A row over every key token -> one value per label (the padding's mass summed)."""
-        return np.append(row[: self.shown], row[self.shown :].sum()) if self.shown < len(row) else row
+        """A row over the text tokens -> one value per bar (a run's mass summed)."""
+        return np.array([row[a:b].sum() for a, b in self.runs])
 
     def keys(self, label_index: int) -> slice:
-        """The key tokens behind bar ``label_index`` (the padding bar: all of them)."""
-        return slice(label_index, label_index + 1) if label_index < self.shown else slice(self.shown, None)
+        """The text tokens behind bar ``label_index``."""
+        return slice(*self.runs[label_index])
+
+
+def text_keys(layer: AttentionLayer, count: int) -> np.ndarray | None:
+    """Where a prompt of ``count`` tokens sits among ``layer``'s keys, or None if it is not there.
+
+    Cross-attention: the keys are the text, in order. Joint attention (SD3, MMDiT): image keys on the
+    grid and the text as special keys labelled ``text 0``, ``text 1``, ...
+    """
+    if layer.query_grid is None:
+        return None
+    if layer.key_grid is None:
+        return np.arange(count) if layer.keys.count == count else None
+    where = {label: i for label, i in zip(layer.keys.labels, layer.keys.special_indices(), strict=True)}
+    wanted = [f"text {i}" for i in range(count)]
+    if len([label for label in where if label.startswith("text ")]) != count or not all(
+        w in where for w in wanted
+    ):
+        return None
+    return np.array([where[w] for w in wanted])
 
 
 def text_layers(layers: Sequence[AttentionLayer], tokens: int) -> list[AttentionLayer]:
-    """The cross-attention layers whose keys are the ``tokens`` prompt tokens and queries a grid."""
-    return [
-        layer
-        for layer in layers
-        if layer.query_grid is not None and layer.key_grid is None and layer.keys.count == tokens
-    ]
+    """The layers whose queries are a grid and whose keys include the ``tokens`` prompt tokens."""
+    return [layer for layer in layers if text_keys(layer, tokens) is not None]
 
 
 def token_bars(
     layer: AttentionLayer, cell: tuple[int, int], prompt: PromptTokens, head: Head = None
 ) -> np.ndarray:
-    """How query cell ``(y, x)`` spreads its attention over the prompt: one value per label, sum 1."""
-    return prompt.fold(layer.token_probs(*cell, head=head))
+    """How much of query cell ``(y, x)``'s attention goes to each bar's tokens (all of it in
+    cross-attention; in joint attention the rest goes to the image)."""
+    keys = text_keys(layer, len(prompt.names))
+    return prompt.fold(layer.token_probs(*cell, head=head)[keys])
 
 
-def token_map(layer: AttentionLayer, keys: slice, head: Head = None, batch: int = 0) -> np.ndarray:
-    """Where key tokens ``keys`` are looked at: their columns summed, on the query grid.
+def token_map(
+    layer: AttentionLayer, prompt: PromptTokens, label_index: int, head: Head = None, batch: int = 0
+) -> np.ndarray:
+    """Where bar ``label_index``'s tokens are looked at: their columns summed, on the query grid.
 
     The column of one key is ``P[:, key]`` for every query; the per-query normalisers come from the
-    captured scores, so the ``N x N'`` matrix is never built (O(N N') for text's few keys).
+    captured scores, so the ``N x N'`` matrix is never built.
     """
+    keys = text_keys(layer, len(prompt.names))[prompt.keys(label_index)]
     b = layer._batch(batch)
-    indices = range(layer.keys.count)[keys]
-    cols = sum(layer.scores.column(b, j) for j in indices)  # (heads, N)
+    cols = sum(layer.scores.column(b, int(j)) for j in keys)  # (heads, N)
     return _spatial(_reduce_heads(cols, layer._head(head)), layer.queries)
 
 

@@ -67,9 +67,11 @@ def test_prompt_click_and_token_in_the_browser(sd_url):
         assert len(charts) == len(cross) == 4
         for layer, chart in zip(cross, charts, strict=True):
             assert f'data-layer="{layer["name"]}"' in chart
-            row = np.array(layer["values"])  # over the 12 tokens: start, a, red, cat, end, 7 x padding
+            row = np.array(
+                layer["values"]
+            )  # start, a, red, cat, end x 8
             drawn = [float(v) for v in re.findall(r'data-value="([0-9.]+)"', chart)]
-            np.testing.assert_allclose(drawn, [*row[:5], row[5:].sum()], atol=1e-5)
+            np.testing.assert_allclose(drawn, [*row[:4], row[4:].sum()], atol=1e-5)
         page.locator("#token label", has_text="red").click()
         page.wait_for_function(
             "() => { const caps = [...document.querySelectorAll('#token-maps figcaption')];"

@@ -62,6 +62,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
         "ddpm": tiny_models.ddpm_pipeline(root / "ddpm"),
         "sd": tiny_models.sd_pipeline(root / "sd"),
         "dit": tiny_models.dit(root / "dit"),
+        "sd3": tiny_models.sd3_pipeline(root / "sd3"),
         "photo": _photo(root / "photo.png"),
         "weights": root / "net.safetensors",
     }
@@ -91,7 +92,7 @@ def served(folders):
         started["demo"] = real_launch(models, prevent_thread_lock=True, quiet=True, **kwargs)
 
     args = ["serve", "--port", str(port)]
-    for spec in (folders["vit"], folders["ddpm"], folders["sd"], folders["dit"]):
+    for spec in (folders["vit"], folders["ddpm"], folders["sd"], folders["dit"], folders["sd3"]):
         args += ["--model", str(spec)]
     args += ["--model", "timm:tiny_patch_attn", "--weights", str(folders["weights"])]
     args += ["--model", "tiny_models:make_net", "--weights", str(folders["weights"])]
@@ -129,6 +130,7 @@ def test_served_models_are_listed_first_in_the_order_given(served):
         "ddpm",
         "sd",
         "dit",
+        "sd3",
         "timm:tiny_patch_attn",
         "tiny_models:make_net",
         "someone/tiny-vit",
@@ -401,9 +403,9 @@ def test_prompt_view_bars_and_token_maps_equal_the_cross_attention(folders):
         cell = (int((DIFFUSION_PIXEL[0] + 0.5) * h // 32), int((DIFFUSION_PIXEL[1] + 0.5) * w // 32))
         row = probs[:, cell[0] * w + cell[1]].mean(0).numpy()
         drawn = [float(v) for v in re.findall(r'data-value="([0-9.]+)"', chunk)]
-        np.testing.assert_allclose(drawn, [*row[:5], row[5:].sum()], atol=2e-6)  # 5 shown, 7 padding
+        np.testing.assert_allclose(drawn, [*row[:4], row[4:].sum()], atol=2e-6)  # end + padding: one bar
         column = probs[:, :, 2].mean(0).reshape(h, w).numpy()  # where "red" lands
-        np.testing.assert_allclose(token_map(layer, prompt_tokens.keys(2)), column, atol=1e-6)
+        np.testing.assert_allclose(token_map(layer, prompt_tokens, 2), column, atol=1e-6)
     assert maps.count('class="sa-token-map"') == 4 and "where a lands" in maps  # the first word
     assert "where red lands" in view.draw_maps(session, "red", "mean", "viridis")
     with pytest.raises(ValueError, match="not in the prompt"):
@@ -453,3 +455,48 @@ def test_a_transformers_backbone_opens_and_its_attention_is_captured(tmp_path):
     ex = Exploration(model, Image.new("RGB", (200, 300), "gray"))
     assert [layer.query_grid for layer in ex.layers] == [(4, 4), (4, 4)] and ex.summary == {}
     assert "stretched" in ex.prepared.note  # ViT's processor resizes to 64x64 whatever the aspect: said
+
+
+def test_sd3_joint_rows_equal_softmax_over_image_and_text_and_the_bars_read_the_text_part(client, folders):
+    from diffusers.models.attention_processor import Attention
+
+    import spatial_attn as sa
+    from spatial_attn.text import PromptTokens, token_bars
+
+    rows = _attend(client, folders, "sd3", PROMPT)
+    model = open_model(str(folders["sd3"]))
+    prepared = model.prepare(Image.open(folders["photo"]), timestep=T, seed=SEED, prompt=PROMPT)
+    taps, hooks = {}, []
+    for name, attn in model.module.named_modules():
+        if isinstance(attn, Attention):
+            for part in ("to_q", "to_k", "add_q_proj", "add_k_proj"):
+                hooks.append(
+                    getattr(attn, part).register_forward_hook(
+                        lambda m, i, o, key=(name, part): taps.__setitem__(key, o.detach())
+                    )
+                )
+    with torch.no_grad(), sa.capture(model.module) as cap:
+        model.module(*prepared.args, **prepared.kwargs)
+    for h in hooks:
+        h.remove()
+    captured = {layer.name: layer for layer in cap.layers}
+    prompt = PromptTokens.of(rows["tokens"])
+    assert prompt.labels()[:5] == ["<|startoftext|>", "a", "red", "cat", "<|endoftext|> ×8"]
+    assert rows["model_pixel"] == list(DIFFUSION_PIXEL) and len(rows["layers"]) == 2
+    for layer in rows["layers"]:
+        heads = 2
+        q, k = (
+            torch.cat([taps[layer["name"], a], taps[layer["name"], b]], dim=1)
+            .unflatten(-1, (heads, -1))
+            .transpose(1, 2)
+            for a, b in (("to_q", "add_q_proj"), ("to_k", "add_k_proj"))
+        )  # (1, heads, 16 image + 268 text, 8): the processor puts the image first
+        probs = reference_probs(q, k, q.shape[-1] ** -0.5)[0].mean(0)  # (284, 284)
+        h, w = layer["query_grid"]
+        cell = (int((DIFFUSION_PIXEL[0] + 0.5) * h // 32), int((DIFFUSION_PIXEL[1] + 0.5) * w // 32))
+        row = probs[cell[0] * w + cell[1]].numpy()
+        np.testing.assert_allclose(layer["values"], row[:16].reshape(4, 4), atol=1e-6)
+        text = np.array([layer["special"][f"text {i}"] for i in range(268)])
+        np.testing.assert_allclose(text, row[16:], atol=1e-6)
+        bars = token_bars(captured[layer["name"]], tuple(cell), prompt)
+        np.testing.assert_allclose(bars, [row[16 + a : 16 + b].sum() for a, b in prompt.runs], atol=1e-6)

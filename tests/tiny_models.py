@@ -198,3 +198,68 @@ class FakeTimm:
         }
         net.num_classes = 2
         return net
+
+
+def sd3_pipeline(folder: Path) -> Path:
+    """An SD3-shaped pipeline: two CLIP encoders with projections (no T5: the pipeline pads with
+    zeros), a VAE with 4 latent channels, a joint-attention transformer, flow matching."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    tok = tokenizer(folder.parent / f"{folder.name}-tokenizer-src")
+    torch.manual_seed(0)
+    encoders = [
+        CLIPTextModelWithProjection(
+            CLIPTextConfig(
+                vocab_size=len(tok),
+                hidden_size=8,
+                intermediate_size=16,
+                projection_dim=4,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                max_position_embeddings=tok.model_max_length,
+                bos_token_id=0,
+                eos_token_id=1,
+                pad_token_id=1,
+            )
+        )
+        for _ in range(2)
+    ]
+    transformer = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        caption_projection_dim=16,
+        pooled_projection_dim=8,
+        out_channels=4,
+        pos_embed_max_size=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+    StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=encoders[0],
+        tokenizer=tok,
+        text_encoder_2=encoders[1],
+        tokenizer_2=tok,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    ).save_pretrained(folder)
+    return folder

@@ -76,7 +76,8 @@ class TextEncoder:
     encoder: nn.Module
 
     @torch.no_grad()
-    def __call__(self, prompt: str) -> tuple[torch.Tensor, tuple[str, ...]]:
+    def __call__(self, prompt: str) -> tuple[torch.Tensor, tuple[str, ...], dict]:
+        """``(encoder_hidden_states (1, L, D), the L tokens' names, other inputs of the denoiser)``."""
         ids = self.tokenizer(
             prompt,
             padding="max_length",
@@ -85,7 +86,39 @@ class TextEncoder:
             return_tensors="pt",
         ).input_ids  # (1, L)
         hidden = self.encoder(ids)[0]  # (1, L, D)
-        return hidden, tuple(self.tokenizer.convert_ids_to_tokens(ids[0].tolist()))
+        return hidden, tuple(self.tokenizer.convert_ids_to_tokens(ids[0].tolist())), {}
+
+
+@dataclass
+class SD3Text:
+    """SD3's encoders through its pipeline's own ``encode_prompt``: CLIP-L and CLIP-G side by side on
+    the CLIP tokens, then T5's tokens after them (zeros when the folder has no T5), so the text is
+    exactly what the pipeline feeds its transformer; the pooled CLIP vectors go in too."""
+
+    pipeline: Any
+    max_length: int = 256  # T5 tokens, the pipeline's default
+
+    @torch.no_grad()
+    def __call__(self, prompt: str) -> tuple[torch.Tensor, tuple[str, ...], dict]:
+        pipe = self.pipeline
+        hidden, _, pooled, _ = pipe.encode_prompt(
+            prompt,
+            prompt,
+            prompt,
+            device="cpu",
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.max_length,
+        )  # (1, 77 + max_length, D), (1, P)
+        clip = pipe.tokenizer(
+            prompt, padding="max_length", max_length=pipe.tokenizer_max_length, truncation=True
+        )
+        names = pipe.tokenizer.convert_ids_to_tokens(clip.input_ids)
+        if pipe.tokenizer_3 is None:
+            names += ["(no T5)"] * self.max_length
+        else:
+            t5 = pipe.tokenizer_3(prompt, padding="max_length", max_length=self.max_length, truncation=True)
+            names += pipe.tokenizer_3.convert_ids_to_tokens(t5.input_ids)
+        return hidden, tuple(names), {"pooled_projections": pooled}
 
 
 @dataclass
@@ -93,14 +126,16 @@ class DiffusionModel(PreprocessedModel):
     """The denoiser's one forward on the image (or its latents) noised to ``t``.
 
     ``call`` says how the denoiser takes its inputs: ``"unet"`` (``UNet2DModel``), ``"conditioned"``
-    (``UNet2DConditionModel``, PixArt: ``encoder_hidden_states``), ``"class"`` (DiT: a class label).
+    (``UNet2DConditionModel``, PixArt: ``encoder_hidden_states``), ``"class"`` (DiT: a class label),
+    ``"joint"`` (SD3: text states and a pooled text vector, one softmax over image and text).
     """
 
     scheduler: Any = None
     vae: nn.Module | None = None
-    text: TextEncoder | None = None
+    text: TextEncoder | SD3Text | None = None
     call: str = "unet"
     text_dim: int | None = None  # width of the text encoder's states (PixArt: its caption channels)
+    pooled_dim: int | None = None  # SD3: width of the pooled text vector
     default_prompt: str = "a photo"
 
     @property
@@ -134,7 +169,7 @@ class DiffusionModel(PreprocessedModel):
             note += f"; prompt {prompt if prompt is not None else self.default_prompt!r}"
         elif self.call == "class":
             note += "; class label 0"
-        elif self.call == "conditioned":
+        elif self.call in ("conditioned", "joint"):
             note += "; no text encoder in the folder: conditioned on one zero text token"
         return Prepared((xt,), kwargs, self._picture(xt), note, tokens)
 
@@ -163,12 +198,15 @@ class DiffusionModel(PreprocessedModel):
         tokens: tuple[str, ...] = ()
         if self.call == "class":
             kwargs["class_labels"] = torch.tensor([0])
-        elif self.call == "conditioned":
+        elif self.call in ("conditioned", "joint"):
             if self.text is not None:
-                hidden, tokens = self.text(self.default_prompt if prompt is None else prompt)
-            else:  # a bare conditioned UNet: a single null text token
+                hidden, tokens, extra = self.text(self.default_prompt if prompt is None else prompt)
+            else:  # a bare conditioned model: a single null text token (and a null pooled vector)
                 hidden = torch.zeros(1, 1, self.text_dim)
-            kwargs["encoder_hidden_states"] = hidden
+                extra = (
+                    {"pooled_projections": torch.zeros(1, self.pooled_dim)} if self.call == "joint" else {}
+                )
+            kwargs |= {"encoder_hidden_states": hidden, **extra}
             if self.kind.startswith("PixArt"):
                 kwargs["added_cond_kwargs"] = {"resolution": None, "aspect_ratio": None}
         return kwargs, tokens

@@ -25,7 +25,7 @@ from torch import nn
 
 from . import preprocess
 from .bundle import TWIN_SEED, BundledModel
-from .own import DiffusionModel, ImageModel, TextEncoder
+from .own import DiffusionModel, ImageModel, SD3Text, TextEncoder
 
 #: Weight formats that are Python pickles: loading one can run arbitrary code, so none is ever read.
 PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -35,7 +35,10 @@ DENOISERS = {
     "UNet2DConditionModel": "conditioned",
     "DiTTransformer2DModel": "class",
     "PixArtTransformer2DModel": "conditioned",
+    "SD3Transformer2DModel": "joint",
 }
+#: Config keys that give the width of a denoiser's text states (PixArt, UNets, SD3).
+TEXT_WIDTHS = ("caption_channels", "cross_attention_dim", "joint_attention_dim")
 #: What a Hub download may fetch: configs, tokenizer files and safetensors; never a pickle.
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model"]
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
@@ -109,10 +112,26 @@ def _pipeline(path: Path, name: str) -> DiffusionModel:
     if denoiser is None:
         raise ValueError(f"{path}/model_index.json names no unet or transformer")
     vae = _component(path, index, "vae")
+    if index.get("text_encoder_2"):  # SD3: three encoders, read through the pipeline's encode_prompt
+        model = _diffusion(name, path / denoiser, path / "scheduler", vae, None)
+        model.text = _sd3_text(path, index, model)
+        return model
     encoder = _component(path, index, "text_encoder")
     tokenizer = _component(path, index, "tokenizer")
     text = TextEncoder(tokenizer, encoder) if encoder is not None and tokenizer is not None else None
     return _diffusion(name, path / denoiser, path / "scheduler", vae, text)
+
+
+def _sd3_text(path: Path, index: dict, model: DiffusionModel) -> SD3Text | None:
+    """The pipeline ``model_index.json`` names, built from its parts, for its ``encode_prompt``."""
+    import diffusers
+
+    keys = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
+    parts = {key: _component(path, index, key) for key in keys}
+    if any(parts[key] is None for key in keys[:2] + keys[3:5]):
+        return None  # no CLIP encoders: the transformer gets a null text token
+    pipeline_cls = getattr(diffusers, index["_class_name"])
+    return SD3Text(pipeline_cls(transformer=model.module, scheduler=model.scheduler, vae=model.vae, **parts))
 
 
 def _component(path: Path, index: dict, key: str) -> Any:
@@ -125,7 +144,7 @@ def _component(path: Path, index: dict, key: str) -> Any:
         raise ValueError(f"{path}: component {key} comes from {library!r}; only diffusers and transformers")
     cls = getattr(importlib.import_module(library), cls_name)
     folder = path / key
-    if key == "tokenizer":
+    if key.startswith("tokenizer"):  # tokenizer, tokenizer_2 ...: vocabularies, no weights
         return cls.from_pretrained(folder, local_files_only=True)
     check_weights(folder)
     quiet = {"low_cpu_mem_usage": False} if library == "diffusers" else {}  # see _diffusion
@@ -174,7 +193,8 @@ def _diffusion(
         vae=vae,
         text=text,
         call=DENOISERS[cls_name],
-        text_dim=module.config.get("caption_channels") or module.config.get("cross_attention_dim"),
+        text_dim=next(filter(None, (module.config.get(k) for k in TEXT_WIDTHS)), None),
+        pooled_dim=module.config.get("pooled_projection_dim"),
     )
 
 

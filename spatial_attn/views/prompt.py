@@ -118,7 +118,8 @@ def bars_html(ex: Any, point: tuple[int, int], prompt: PromptTokens, head: str) 
         figures.append(
             f'<figure class="sa-bars" data-layer="{name}" style="margin:0">'
             f'<div style="display:flex;align-items:flex-end;gap:2px;height:{BAR_HEIGHT + 40}px">{bars}</div>'
-            f'<figcaption style="font-size:12px">{name} · cell {cell} · t = {ex.timestep}</figcaption>'
+            f'<figcaption style="font-size:12px">{name} · cell {cell} · t = {ex.timestep}'
+            f" · {values.sum():.0%} on the prompt</figcaption>"
             "</figure>"
         )
     y, x = point
@@ -134,11 +135,11 @@ def draw_maps(session: Any, token: str | None, head: str, cmap: str) -> str:
     labels = prompt.labels()
     if token not in labels:
         raise ValueError(f"token {token!r} is not in the prompt; choose one of {labels}")
-    keys = prompt.keys(labels.index(token))
+    chosen = labels.index(token)
     base = render.upscale(ex.image, (MAP_SIDE, MAP_SIDE))
     figures = []
     for layer in text_layers(ex.layers, len(prompt.names)):
-        values = token_map(layer, keys, _head(head, layer.heads))
+        values = token_map(layer, prompt, chosen, _head(head, layer.heads))
         scale = render.colour_scale(values, "per map", layer.keys.count)
         picture = render.panel(base, values, scale=scale, cmap=cmap)
         name = html.escape(layer.name)
