@@ -107,10 +107,18 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         formatter_class=PlainHelp,
     )
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="the models' folder")
-    p.add_argument("--samples", type=int, default=256, help="generated samples judged per model")
-    p.add_argument("--faces", type=int, default=200, help="real faces for the eye-to-eye lift")
+    p.add_argument(
+        "--split",
+        choices=("heldout", "dev"),
+        default="heldout",
+        help="seeds to measure on: the held-out ones the tables report, or the ones used while developing",
+    )
+    p.add_argument("--samples", type=int, default=128, help="generated samples judged per model and seed")
+    p.add_argument("--faces", type=int, default=64, help="real faces per seed for the attention figures")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--write-cards", action="store_true", help="put the table into each model card")
+    p.add_argument(
+        "--write-cards", action="store_true", help="put the tables into each model card and README.md"
+    )
     p.add_argument(
         "--grids", type=Path, help="also save DDPM / SAGAN sample grids here, e.g. assets (default: none)"
     )
@@ -120,11 +128,13 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_all, format_table, write_cards, write_grids
 
-    results = evaluate_all(args.checkpoints, samples=args.samples, faces=args.faces, threads=args.threads)
+    results = evaluate_all(
+        args.checkpoints, split=args.split, samples=args.samples, faces=args.faces, threads=args.threads
+    )
     table = format_table(results)
     print(table)
     if args.write_cards:
-        write_cards(args.checkpoints, table, results)
+        write_cards(args.checkpoints, table, results, readme=Path("README.md"))
     if args.grids:
         for path in write_grids(args.grids, results):
             print(path)

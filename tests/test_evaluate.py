@@ -1,50 +1,186 @@
-"""The evaluation's own pieces: targets read right, eye cells and located eyes where the faces put them."""
+"""The evaluation's own pieces: its controls tell a layer that looks for the other eye from one that
+looks at a fixed place, targets are read right, and the eye readers find what the faces drew."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-from spatial_attn.data import make_faces
-from spatial_attn.evaluate import Result, eye_cells, format_table, locate_eyes
+from spatial_attn.data import EYE_COLORS, SHAPES, make_faces
+from spatial_attn.evaluate import (
+    NONE,
+    README_BEGIN,
+    README_END,
+    Estimate,
+    Report,
+    Row,
+    bootstrap,
+    format_table,
+    headline_rule,
+    layer_rows,
+    ratio,
+    write_cards,
+)
+from spatial_attn.eye_attention import collapsed, eye_cells, measure, variants
+from spatial_attn.models import BundledModel, Prepared
+from spatial_attn.sample_eval import coverage, eye_traits, locate_eyes
+
+
+class ColourMatch(nn.Module):
+    """Attention by colour alone: each 2 x 2 cell attends to cells of its own colour (exp(-20 d^2)).
+
+    It has no idea where anything is, so from one eye it finds the other wherever it is drawn.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = F.avg_pool2d(x, 2).flatten(2).transpose(1, 2)  # (B, 256, 3)
+        s = 20.0 * 2  # SDPA divides the logits by sqrt(4)
+        q = torch.cat([2 * s * c, -s * torch.ones_like(c[..., :1])], -1)[:, None]  # (B, 1, 256, 4)
+        k = torch.cat([c, (c**2).sum(-1, keepdim=True)], -1)[:, None]  # (B, 1, 256, 4)
+        return F.scaled_dot_product_attention(q, k, k)
+
+
+class Mirror(nn.Module):
+    """Attention by position alone: each cell looks around its mirror image about the middle
+    column (a Gaussian of 1.5 cells), whatever the image holds."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, s = 16, 3**0.5 / (2 * 1.5**2)  # SDPA divides the logits by sqrt(3)
+        yx = torch.stack(torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij"), -1).flatten(0, 1)
+        mirror = yx * torch.tensor([1, -1]) + torch.tensor([0, n - 1])  # (256, 2) cell units
+        q = torch.cat([2 * s * mirror, -s * torch.ones(n * n, 1)], -1).float()  # (256, 3)
+        k = torch.cat([yx, (yx**2).sum(-1, keepdim=True)], -1).float()  # (256, 3)
+        return F.scaled_dot_product_attention(q.expand(len(x), 1, -1, -1), k.expand(len(x), 1, -1, -1), k)
+
+
+class Wrapped(BundledModel):
+    def run(self, prepared: Prepared) -> dict:
+        self.module(*prepared.args)
+        return {}
+
+
+def _figures(module: nn.Module, n: int = 6) -> dict[str, float]:
+    """Mean figures over the faces whose eyes are not rings (a ring's centre pixel is skin, so a
+    colour matcher queried there looks for skin)."""
+    bm = Wrapped("toy", "toy", True, module)
+    v = variants(n, 3)
+    (figs,) = measure(bm, v).values()
+    solid = v.valid.eye_shape[:, 0] != SHAPES.index("ring")
+    assert solid.sum() >= n // 2
+    return {k: float(v[solid].mean()) for k, v in figs.items()}
+
+
+def test_a_layer_that_looks_for_the_colour_follows_the_eye():
+    f = _figures(ColourMatch())
+    assert f["valid"] > 5 and f["valid"] / f["erased"] > 3  # the eye's cells, not the place
+    assert f["follows"] == 1 and f["stays"] == 0  # peak moves with the eye; never there by position
+    assert 0 < f["chance"] < 0.1 and f["collapsed"] == 0
+
+
+def test_a_layer_that_looks_at_a_place_has_content_lift_one_and_never_follows():
+    f = _figures(Mirror())
+    assert f["valid"] > 3  # a high lift: the eyes are mirror images, so position alone gets it
+    assert f["valid"] / f["erased"] == pytest.approx(1) and f["blank"] == pytest.approx(f["valid"])
+    assert f["follows"] == 0
+
+
+def test_controls_differ_from_the_face_only_where_they_should():
+    v = variants(16, 3)
+    eye0 = np.zeros((16, 32, 32), dtype=bool)
+    yy, xx = np.mgrid[0:32, 0:32] + 0.5
+    for i in range(16):
+        eye0[i] = np.hypot(yy - v.valid.eyes[i, 0, 0], xx - v.valid.eyes[i, 0, 1]) < 4.5
+    changed = (v.erased[0].images != v.valid.images).any(-1)
+    assert changed.any() and not changed[~eye0].any()  # erasing eye 0 touches eye 0 only
+    assert v.erased[0].eye_missing[:, 0].all() and not v.erased[0].eye_missing[:, 1].any()
+    moved = v.moved[1].eyes - v.valid.eyes
+    assert (np.abs(moved[:, 1, 0]) == 5).all() and not moved[:, 0].any() and not moved[:, 1, 1].any()
+    assert (v.blank.images != v.valid.images).any(-1).mean() > 0.3 and v.blank.eye_missing.all()
+
+
+def test_collapse_is_a_row_that_misses_the_other_eye():
+    eye = np.zeros((8, 8), dtype=bool)
+    eye[3, 5] = True
+    top = np.full((8, 8), 0.001)
+    top[0] = 1.0
+    along = np.full((8, 8), 0.001)
+    along[3] = 1.0
+    assert collapsed(top, eye) == 1 and collapsed(along, eye) == 0
+    assert collapsed(np.ones((8, 8)), eye) == 0
+
+
+def test_bootstrap_interval_holds_the_figure_and_pairs_faces():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(1, 3, 200)
+    est = ratio(2 * a, a)  # resampled face by face, the ratio is exactly 2 every time
+    assert est.value == est.low == est.high == pytest.approx(2)
+    spread = bootstrap(lambda x: x.mean(-1), a)
+    assert spread.low < spread.value < spread.high and spread.high - spread.low < 0.3
+    assert np.isnan(bootstrap(lambda x: x.mean(-1), np.array([])).value)
 
 
 def test_targets_are_read_and_shown():
-    hit = Result("m", "accuracy", ">= 98%", 0.987, 0.2, percent=True)
-    miss = Result("m", "lift", ">= 3", 1.93, 1.02)
-    none = Result("m", "generator lift", "-", 0.74, 1.0)
-    assert (hit.met, miss.met, none.met) == (True, False, None)
-    table = format_table([hit, miss, none]).splitlines()
-    assert table[0] == "| model | metric | target | trained | met | random twin |"
-    assert table[2:] == [
-        "| m | accuracy | >= 98% | 98.7% | yes | 20.0% |",
-        "| m | lift | >= 3 | 1.93 | **no** | 1.02 |",
-        "| m | generator lift | - | 0.74 | - | 1.00 |",
-    ]
+    hit = Row("m", "valid", ">= 98%", Estimate(0.987, 0.98, 0.99), "twin 2.0%")
+    probe = Row("m", "probe", "<= 10%", Estimate(0.12, 0.1, 0.14), "twin 0.0%")
+    none = Row("m", "blurred", "-", Estimate(0.5, 0.4, 0.6), "")
+    lift = Row("m", "coverage", ">= 50%", Estimate(0.5, 0.5, 0.5), "", percent=True)
+    assert (hit.met, probe.met, none.met, lift.met) == (True, False, None, True)
+    assert hit.cells() == ["m", "valid", ">= 98%", "98.7% [98.0%, 99.0%]", "yes", "twin 2.0%"]
+    assert probe.cells()[4] == "**no**" and NONE.show() == "n/a"
+
+
+def _figs(content: float, follows: float) -> dict[str, dict[str, np.ndarray]]:
+    one = np.ones(4)
+    keys = {"valid": content * one, "erased": one, "blank": one, "follows": follows * one}
+    return {**keys, "stays": 0 * one, "chance": 0.05 * one, "collapsed": 0 * one}
+
+
+def test_headline_is_the_layer_nearest_both_targets_and_the_table_says_what_is_met():
+    dev = [{"a": _figs(6.0, 0.2), "b": _figs(2.2, 0.7), "c": _figs(1.0, 1.0)}]
+    assert headline_rule(dev) == "b"  # min(3, 0.25)=0.25, min(1.1, 0.875)=0.875, min(0.5, 1.25)=0.5
+    rows = layer_rows(
+        "m", [{"a": _figs(2.5, 0.9), "b": _figs(2.5, 0.5)}], [{"a": _figs(1, 0), "b": _figs(1, 0)}], "b"
+    )
+    assert [r.met for r in rows] == [True, False] and [r.headline for r in rows] == [False, True]
+    table = format_table(Report("dev", [], rows))
+    assert "| m | `a` | 2.50 [2.50, 2.50] | 1.00 [1.00, 1.00] |" in table
+    assert "**`b`** (headline)" in table and "- vit-faces: **no layer meets**" in table
+
+
+def test_the_readme_block_is_replaced_and_nothing_else(tmp_path, monkeypatch):
+    monkeypatch.setattr("spatial_attn.evaluate.NAMES", ())
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nold table\n{README_END}\noutro\n")
+    write_cards(tmp_path, "| new |", Report("heldout", [], []), readme=readme)
+    assert readme.read_text() == f"intro\n{README_BEGIN}\n\n| new |\n\n{README_END}\noutro\n"
 
 
 def test_eye_cells_are_the_cells_the_disc_touches():
     cells = eye_cells(np.array([10.0, 10.0]), 3.0, (8, 8))  # 4 px cells; the disc spans 7..13 px
-    assert cells.shape == (8, 8)
-    assert sorted(zip(*np.nonzero(cells), strict=True)) == [
-        (1, 1),
-        (1, 2),
-        (1, 3),
-        (2, 1),
-        (2, 2),
-        (2, 3),
-        (3, 1),
-        (3, 2),
-        (3, 3),
-    ]
+    assert sorted(zip(*np.nonzero(cells), strict=True)) == [(y, x) for y in (1, 2, 3) for x in (1, 2, 3)]
     one = eye_cells(np.array([10.0, 10.0]), 1.0, (8, 8))  # inside cell (2, 2), 2 px from every edge
     assert one.sum() == 1 and one[2, 2]
 
 
-def test_located_eyes_are_where_the_faces_drew_them():
+def test_located_eyes_and_their_traits_are_what_the_faces_drew():
     faces = make_faces(100, 5)
-    found = [(i, locate_eyes(img)) for i, img in enumerate(faces.images)]
-    found = [(i, f) for i, f in found if f is not None]
+    found = [(i, f) for i, img in enumerate(faces.images) if (f := locate_eyes(img)) is not None]
     assert len(found) >= 50  # 56 of these 100: a background near an eye colour makes it give up
     error = np.array([np.abs(eyes - faces.eyes[i]).max() for i, (eyes, _) in found])  # pixels
     assert (error < 1.5).mean() >= 0.97  # a background blob can pull one eye off, rarely (1 in ~400)
-    assert all(2.0 <= radius <= 4.0 for _, (_, radius) in found)
+    palette = np.abs(faces.eye_color[:, 0, None].astype(int) - EYE_COLORS.astype(int)).max(-1).argmin(-1)
+    traits = np.array([eye_traits(faces.images[i], eyes[0]) for i, (eyes, _) in found])
+    truth = np.array([(palette[i], faces.eye_shape[i, 0]) for i, _ in found])
+    assert (traits[:, 0] == truth[:, 0]).all() and (traits[:, 1] == truth[:, 1]).mean() >= 0.9
+
+
+def test_coverage_is_one_for_the_data_and_zero_for_a_missing_colour():
+    same = coverage(make_faces(300, 6).images, make_faces(300, 7).images)
+    assert set(same.shapes) == set(SHAPES) and same.worst[1] > 0.5
+    faces = make_faces(600, 8)
+    purple = np.abs(faces.eye_color[:, 0].astype(int) - EYE_COLORS[4].astype(int)).max(-1) < 20
+    name, share = coverage(faces.images[~purple], make_faces(300, 7).images).worst
+    assert name == "purple" and share < 0.1  # a purple-ish background blob, now and then

@@ -1,5 +1,15 @@
 """Training data made on the fly: procedural faces whose eyes must match."""
 
-from .faces import EYE_COLORS, KINDS, SHAPES, FaceBatch, make_faces
+from .faces import EYE_COLORS, KINDS, LATE_KINDS, SHAPES, Edit, FaceBatch, blur, make_faces, shape_masks
 
-__all__ = ["EYE_COLORS", "KINDS", "SHAPES", "FaceBatch", "make_faces"]
+__all__ = [
+    "EYE_COLORS",
+    "KINDS",
+    "LATE_KINDS",
+    "SHAPES",
+    "Edit",
+    "FaceBatch",
+    "blur",
+    "make_faces",
+    "shape_masks",
+]

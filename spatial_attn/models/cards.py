@@ -54,8 +54,10 @@ LOADING = {
 
 DATA = {
     "vit-faces": (
-        "all five kinds (valid, eye_color, eye_shape, missing_eye, no_face) in equal measure; "
-        "half of each batch with Gaussian pixel noise up to 24/255"
+        "the kinds its `labels` list: valid faces 3 times as often as each broken kind (eye_color, "
+        "eye_shape, missing_eye, no_face, and the generators' mistakes eye_size, eye_offset, "
+        "extra_eye, eye_tint; a 5-label judge saw the first five in equal measure); half of each "
+        "batch with Gaussian pixel noise up to 24/255, a quarter blurred (sigma up to 1.4 px)"
     ),
     "ddpm-faces": "valid faces only",
     "sagan-faces": (
@@ -117,6 +119,19 @@ def _arch_fields(name: str, config: dict) -> dict:
     return {**config, "block_out_channels": " / ".join(map(str, config.get("block_out_channels", ())))}
 
 
+DETAILS = {
+    "per_kind": "Accuracy per kind",
+    "calls": "How vit-faces called the samples",
+    "colours": "Eye colours: share in samples / share in drawn faces (located eyes)",
+    "shapes": "Eye shapes: share in samples / share in drawn faces (located eyes)",
+}
+
+
+def _shares(value: float | list[float]) -> str:
+    """``12.5%``, or ``12.5% / 16.7%`` for a (samples, data) pair."""
+    return " / ".join(f"{100 * v:.1f}%" for v in (value if isinstance(value, list | tuple) else [value]))
+
+
 def _details(results: list[dict]) -> list[str]:
     """Per-layer lifts and other breakdowns of this model's results."""
     lines: list[str] = []
@@ -128,9 +143,8 @@ def _details(results: list[dict]) -> list[str]:
             twin = detail["twin"]
             lines += [f"| `{k}` | {v:.2f} | {twin[k]:.2f} |" for k, v in detail["trained"].items()]
             lines.append("")
-        for key in ("per_kind", "calls"):
+        for key, title in DETAILS.items():
             if key in detail:
-                title = "Accuracy per kind" if key == "per_kind" else "How vit-faces called the samples"
-                shares = " | ".join(f"{k} {100 * v:.1f}%" for k, v in detail[key].items())
+                shares = " | ".join(f"{k} {_shares(v)}" for k, v in detail[key].items())
                 lines += [f"### {title}", "", shares, ""]
     return lines
