@@ -148,8 +148,9 @@ class SoftmaxAdapter(FunctionAdapter):
             )
         q, k, scale = origin
         return Extracted(
-            q=to_heads(keep(q), batch).float() * scale,
+            q=to_heads(keep(q), batch),
             k=to_heads(keep(k), batch),
+            scale=scale,
             keys="auto",
             require_grid=True,
             verify=pending.watch(_against(probs)),
