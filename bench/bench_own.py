@@ -66,34 +66,15 @@ def vit_b16() -> ImageModel:
 
 
 def sd15_unet() -> DiffusionModel:
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from tiny_models import tokenizer
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from tiny_models import clip_config, small_vae, tokenizer
+    from transformers import CLIPTextModel
 
     tok = tokenizer(Path("/tmp/spatial-attn-bench-tokenizer"), max_length=77)
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768).eval()  # SD 1.5's shape
-    vae = AutoencoderKL(
-        block_out_channels=(32, 32, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=512,
-    ).eval()
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tok),
-            hidden_size=768,
-            intermediate_size=1024,
-            num_hidden_layers=1,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    ).eval()
+    vae = small_vae((32, 32, 32, 32), sample_size=512).eval()  # 512 px -> 64 x 64 x 4, as SD's
+    text = CLIPTextModel(clip_config(tok, 768, heads=12)).eval()
     return DiffusionModel(
         name="sd15-shaped",
         kind="UNet2DConditionModel",

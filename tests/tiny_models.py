@@ -80,27 +80,47 @@ def tokenizer(folder: Path, max_length: int = 12):
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
 
 
+def clip_config(tok, hidden: int, heads: int = 2, **extra):
+    """A one-layer CLIP text encoder's config over the hand-made tokenizer ``tok``."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=1,
+        num_attention_heads=heads,
+        max_position_embeddings=tok.model_max_length,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        **extra,
+    )
+
+
+def small_vae(widths: tuple[int, ...] = (8, 16, 16), sample_size: int = 32):
+    """An ``AutoencoderKL`` with 4 latent channels, downsampling by 2 ** (len(widths) - 1)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=widths,
+        down_block_types=("DownEncoderBlock2D",) * len(widths),
+        up_block_types=("UpDecoderBlock2D",) * len(widths),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=sample_size,
+    )
+
+
 def sd_pipeline(folder: Path) -> Path:
     """A Stable-Diffusion-shaped pipeline: VAE (32 px -> 8x8 latents), text encoder, tokenizer,
     a cross-attention UNet and a DDIM scheduler."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
     tok = tokenizer(folder.parent / f"{folder.name}-tokenizer-src")
     torch.manual_seed(0)
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tok),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=tok.model_max_length,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
+    text = CLIPTextModel(clip_config(tok, 16))
     unet = UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
@@ -113,14 +133,7 @@ def sd_pipeline(folder: Path) -> Path:
         attention_head_dim=8,
         norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=32,
-    )
+    vae = small_vae()
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text,
@@ -203,33 +216,12 @@ class FakeTimm:
 def sd3_pipeline(folder: Path) -> Path:
     """An SD3-shaped pipeline: two CLIP encoders with projections (no T5: the pipeline pads with
     zeros), a VAE with 4 latent channels, a joint-attention transformer, flow matching."""
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-        StableDiffusion3Pipeline,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
 
     tok = tokenizer(folder.parent / f"{folder.name}-tokenizer-src")
     torch.manual_seed(0)
-    encoders = [
-        CLIPTextModelWithProjection(
-            CLIPTextConfig(
-                vocab_size=len(tok),
-                hidden_size=8,
-                intermediate_size=16,
-                projection_dim=4,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                max_position_embeddings=tok.model_max_length,
-                bos_token_id=0,
-                eos_token_id=1,
-                pad_token_id=1,
-            )
-        )
-        for _ in range(2)
-    ]
+    encoders = [CLIPTextModelWithProjection(clip_config(tok, 8, projection_dim=4)) for _ in range(2)]
     transformer = SD3Transformer2DModel(
         sample_size=8,
         patch_size=2,
@@ -243,14 +235,7 @@ def sd3_pipeline(folder: Path) -> Path:
         out_channels=4,
         pos_embed_max_size=8,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=32,
-    )
+    vae = small_vae()
     StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(),
