@@ -314,7 +314,7 @@ class Handlers:
         name, t, s = checked_run(self.library, name, t, s)
         source, notes = load_image(path)
         size = self.library[name].image_size
-        text = f"upload {Path(path).name} ({source.width}×{source.height}, resized to {size}×{size})"
+        text = f"upload {Path(path).name} ({source.width}×{source.height}; model input {size}×{size})"
         fresh = run(self.library, name, t, s, source, " · ".join([text, *notes]))
         return self._after_run(fresh, *view, previous=session)
 
