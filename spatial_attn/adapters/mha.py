@@ -88,11 +88,11 @@ def _attention(
     wq, wk, _ = _weights(mha)
     bq, bk, _ = _biases(mha)
     heads = mha.num_heads
-    q = split_heads(F.linear(query, wq, bq), heads) * (mha.head_dim**-0.5)  # (B, h, L, hd)
+    q = split_heads(F.linear(query, wq, bq), heads)  # (B, h, L, hd)
     k = split_heads(F.linear(key, wk, bk), heads)  # (B, h, S, hd)
     k, suffix = _extra_keys(mha, k, mha.bias_k)
     bias = _mask(attn_mask, key_padding_mask, q.shape[0], heads, len(suffix))
-    return Extracted(q=q, k=k, mask=bias, key_suffix=suffix)
+    return Extracted(q=q, k=k, scale=mha.head_dim**-0.5, mask=bias, key_suffix=suffix)
 
 
 def _values(mha: nn.MultiheadAttention, value: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,8 @@ class QkvAdapter(ModuleAdapter):
             prefix = tuple(f"text {i}" for i in range(ek.shape[2]))
         attended = keep(call.first_output()).reshape(b, heads, c, t).transpose(-1, -2)  # (B, h, T, c)
         return Extracted(
-            q=q.float() * c**-0.5,
+            q=q,
+            scale=c**-0.5,
             k=k,
             key_prefix=prefix,
             verify=check_output(v, per_head(attended), "QKV attention output"),
