@@ -205,13 +205,19 @@ def _peak_on(
     unmoved eye covered (a peak on a cell both cover says nothing by itself). Chance is the share
     of candidate cells the eye at ``new`` covers.
     """
-    grid, dst = layer.key_grid, 1 - src
+    dst = 1 - src
     own, old = _cells(layer, faces, i, src), _cells(layer, faces, i, dst)
-    moved = eye_cells(new, faces.eye_radius[i, dst], grid) & ~own
-    row = np.where(own, 0.0, row_at(layer, b, faces.eyes[i, src]))
+    moved = eye_cells(new, faces.eye_radius[i, dst], layer.key_grid) & ~own
+    row = row_at(layer, b, faces.eyes[i, src])
+    return follows(row, own, old, moved), float(moved.sum() / (~own).sum())
+
+
+def follows(row: np.ndarray, own: np.ndarray, old: np.ndarray, moved: np.ndarray) -> float:
+    """1 if ``row``'s peak outside ``own`` is on ``moved`` and more of its mass is on the cells only
+    ``moved`` covers than on those only ``old`` covers, else 0 (all (h, w); see :func:`_peak_on`)."""
+    row = np.where(own, 0.0, row)
     peak = np.unravel_index(np.argmax(row), row.shape)
-    hit = moved[peak] and row[moved & ~old].sum() > row[old & ~moved & ~own].sum()
-    return float(hit), float(moved.sum() / (~own).sum())
+    return float(moved[peak] and row[moved & ~old].sum() > row[old & ~moved].sum())
 
 
 def row_at(layer: sa.AttentionLayer, b: int, point: np.ndarray) -> np.ndarray:

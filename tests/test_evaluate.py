@@ -24,7 +24,7 @@ from spatial_attn.evaluate import (
     ratio,
     write_cards,
 )
-from spatial_attn.eye_attention import collapsed, eye_cells, measure, variants
+from spatial_attn.eye_attention import collapsed, eye_cells, follows, measure, variants
 from spatial_attn.models import BundledModel, Prepared
 from spatial_attn.sample_eval import coverage, eye_traits, locate_eyes
 
@@ -99,6 +99,19 @@ def test_controls_differ_from_the_face_only_where_they_should():
     moved = v.moved[1].eyes - v.valid.eyes
     assert (np.abs(moved[:, 1, 0]) == 5).all() and not moved[:, 0].any() and not moved[:, 1, 1].any()
     assert (v.blank.images != v.valid.images).any(-1).mean() > 0.3 and v.blank.eye_missing.all()
+
+
+def test_following_needs_the_peak_on_the_moved_eye_and_the_mass_off_its_old_place():
+    own, old, moved = (np.zeros((8, 8), dtype=bool) for _ in range(3))
+    own[3, 1], old[3:5, 5], moved[4:6, 5] = True, True, True  # the eye moved down one cell
+    row = np.full((8, 8), 0.01)
+    row[3, 1] = 1.0  # its own cell: never the peak
+    row[5, 5] = 0.5
+    assert follows(row, own, old, moved) == 1
+    row[4, 5], row[3, 5] = 0.6, 0.55  # peak on a cell both cover, most mass where the eye was
+    assert follows(row, own, old, moved) == 0
+    row[3, 5] = 0.1
+    assert follows(row, own, old, moved) == 1
 
 
 def test_collapse_is_a_row_that_misses_the_other_eye():
