@@ -500,3 +500,46 @@ def test_sd3_joint_rows_equal_softmax_over_image_and_text_and_the_bars_read_the_
         np.testing.assert_allclose(text, row[16:], atol=1e-6)
         bars = token_bars(captured[layer["name"]], tuple(cell), prompt)
         np.testing.assert_allclose(bars, [row[16 + a : 16 + b].sum() for a, b in prompt.runs], atol=1e-6)
+
+
+def test_a_masked_text_encoder_hides_the_padding_from_the_encoder_and_the_cross_attention(tmp_path):
+    """PixArt's pipeline passes the prompt's mask to its T5 encoder and to the transformer's
+    cross-attention: the padding then gets no attention at all."""
+    from diffusers import DDPMScheduler, PixArtTransformer2DModel
+    from transformers import CLIPTextModel
+
+    from spatial_attn.explore import Exploration
+    from spatial_attn.models.own import DiffusionModel, TextEncoder
+
+    tok = tiny_models.tokenizer(tmp_path / "tok")
+    torch.manual_seed(0)
+    encoder = CLIPTextModel(tiny_models.clip_config(tok, 12)).eval()
+    transformer = PixArtTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=3,
+        out_channels=6,
+        num_layers=1,
+        sample_size=8,
+        patch_size=2,
+        cross_attention_dim=16,
+        caption_channels=12,
+        norm_num_groups=8,
+    ).eval()
+    model = DiffusionModel(
+        name="pixart",
+        kind="PixArtTransformer2DModel",
+        pretrained=False,
+        module=transformer,
+        image_size=8,
+        num_timesteps=1000,
+        preprocess=square(8),
+        scheduler=DDPMScheduler(),
+        text=TextEncoder(tok, encoder, masked=True),
+        call="conditioned",
+    )
+    ex = Exploration(model.with_prompt(PROMPT), Image.new("RGB", (8, 8), "white"), timestep=T)
+    cross = [layer for layer in ex.layers if layer.key_grid is None]
+    assert len(cross) == 1 and ex.prepared.kwargs["encoder_attention_mask"][0].tolist() == [1] * 5 + [0] * 7
+    row = cross[0].token_probs(1, 2)
+    assert row[5:].max() < 1e-6 and abs(row[:5].sum() - 1) < 1e-5

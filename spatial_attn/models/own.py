@@ -74,19 +74,26 @@ class TextEncoder:
 
     tokenizer: Any
     encoder: nn.Module
+    #: PixArt's pipeline masks the padding out of the encoder and of cross-attention; SD's does not
+    masked: bool = False
+    #: a tokenizer without a length of its own (T5's is "very large") pads to this many tokens
+    longest: int = 512
 
     @torch.no_grad()
     def __call__(self, prompt: str) -> tuple[torch.Tensor, tuple[str, ...], dict]:
         """``(encoder_hidden_states (1, L, D), the L tokens' names, other inputs of the denoiser)``."""
-        ids = self.tokenizer(
+        tokens = self.tokenizer(
             prompt,
             padding="max_length",
-            max_length=self.tokenizer.model_max_length,
+            max_length=min(self.tokenizer.model_max_length, self.longest),
             truncation=True,
             return_tensors="pt",
-        ).input_ids  # (1, L)
-        hidden = self.encoder(ids)[0]  # (1, L, D)
-        return hidden, tuple(self.tokenizer.convert_ids_to_tokens(ids[0].tolist())), {}
+        )
+        ids = tokens.input_ids  # (1, L)
+        mask = tokens.attention_mask if self.masked else None  # (1, L)
+        hidden = self.encoder(ids, attention_mask=mask)[0]  # (1, L, D)
+        extra = {"encoder_attention_mask": mask} if self.masked else {}
+        return hidden, tuple(self.tokenizer.convert_ids_to_tokens(ids[0].tolist())), extra
 
 
 @dataclass

@@ -118,7 +118,8 @@ def _pipeline(path: Path, name: str) -> DiffusionModel:
         return model
     encoder = _component(path, index, "text_encoder")
     tokenizer = _component(path, index, "tokenizer")
-    text = TextEncoder(tokenizer, encoder) if encoder is not None and tokenizer is not None else None
+    masked = "PixArt" in index.get("_class_name", "")  # its pipeline passes the prompt's mask
+    text = TextEncoder(tokenizer, encoder, masked) if encoder is not None and tokenizer is not None else None
     return _diffusion(name, path / denoiser, path / "scheduler", vae, text)
 
 
