@@ -52,19 +52,23 @@ def _auraflow() -> torch.nn.Module:
     ).eval()
 
 
-def _record_projections(model: torch.nn.Module) -> tuple[dict[str, dict[str, torch.Tensor]], list]:
-    """The test's own hooks: every joint Attention's image and text query/key projections."""
+def _record_projections(
+    model: torch.nn.Module, roles: tuple[str, ...] = ("to_q", "to_k", "add_q_proj", "add_k_proj")
+) -> tuple[dict[str, dict[str, torch.Tensor]], list]:
+    """The test's own hooks: the outputs of these projections of every Attention that has the last
+    of them (joint attention: image and text queries and keys; added keys: ``add_k_proj``)."""
     seen: dict[str, dict[str, torch.Tensor]] = {}
     handles = []
     for name, module in model.named_modules():
-        if isinstance(module, Attention) and module.add_q_proj is not None:
+        if isinstance(module, Attention) and getattr(module, roles[-1]) is not None:
             seen[name] = {}
-            for role in ("to_q", "to_k", "add_q_proj", "add_k_proj"):
+            for role in roles:
 
                 def hook(_m, _a, out, name=name, role=role):
                     seen[name][role] = out.detach()
 
-                handles.append(getattr(module, role).register_forward_hook(hook))
+                if getattr(module, role) is not None:  # only_cross_attention has no to_k
+                    handles.append(getattr(module, role).register_forward_hook(hook))
     return seen, handles
 
 
@@ -226,3 +230,60 @@ def test_row_of_token_names_the_missing_token():
     np.testing.assert_allclose(layer.row_of_token("text 1"), layer.row_of_token(layer.queries.count - 1))
     with pytest.raises(ValueError, match="no query token 'text 7'"):
         layer.row_of_token("text 7")
+
+
+@pytest.mark.parametrize("only_cross", [False, True], ids=["text-and-image-keys", "only-cross"])
+@pytest.mark.parametrize("processor", ["AttnAddedKVProcessor", "AttnAddedKVProcessor2_0"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_added_keys_and_values_share_the_softmax_with_the_image_keys(batch, processor, only_cross):
+    """UnCLIP / Kandinsky UNets (``SimpleCrossAttn`` blocks): the text's ``add_k_proj`` keys come
+    before the image's own keys in one softmax (or replace them with ``only_cross_attention``)."""
+    from diffusers.models import attention_processor
+
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("SimpleCrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "SimpleCrossAttnUpBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        only_cross_attention=only_cross,
+        cross_attention_dim=16,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    ).eval()
+    unet.set_attn_processor(getattr(attention_processor, processor)())
+    seen, handles = _record_projections(unet, ("to_q", "to_k", "add_k_proj"))
+    with torch.no_grad(), sa.capture(unet) as cap:
+        unet(torch.randn(batch, 4, 8, 8), 10, encoder_hidden_states=torch.randn(batch, 5, 16))
+    for h in handles:
+        h.remove()
+    assert not cap.problems and len(cap.layers) == 4
+    modules = dict(unet.named_modules())
+    for layer in cap.layers:
+        assert layer.verified is True, layer.verification
+        attn, proj = modules[layer.name], seen[layer.name]
+
+        def heads(t: torch.Tensor, attn: Attention = attn) -> torch.Tensor:
+            b, n, c = t.shape
+            return t.reshape(b, n, attn.heads, c // attn.heads).transpose(1, 2)  # (B, h, N, d)
+
+        q, text_k = heads(proj["to_q"]), heads(proj["add_k_proj"])
+        k = text_k if only_cross else torch.cat([text_k, heads(proj["to_k"])], dim=2)
+        probs = reference_probs(q, k, attn.scale)  # (B, h, N, 5 [+ N])
+        gh, gw = layer.query_grid
+        for b in range(batch):
+            for y, x in ((0, 0), (gh // 2, gw - 1), (gh - 1, 1)):
+                ref = probs[b, :, y * gw + x]  # (h, 5 [+ N])
+                for head in [*range(layer.heads), None]:
+                    expected = ref.mean(0) if head is None else ref[head]
+                    row = layer.attend(y, x, head=head, batch=b)
+                    if only_cross:  # the keys are the text alone, not on the grid
+                        assert layer.key_grid is None
+                        np.testing.assert_allclose(row.values, expected, atol=1e-5)
+                        continue
+                    assert layer.key_grid == (gh, gw)
+                    np.testing.assert_allclose(row.values, expected[5:].reshape(gh, gw), atol=1e-5)
+                    np.testing.assert_allclose(list(row.special.values()), expected[:5], atol=1e-5)

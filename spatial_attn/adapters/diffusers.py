@@ -15,7 +15,9 @@ and text tokens together: the text's queries, keys and values come from ``add_q_
 image's, text first for AuraFlow and after the image for SD3, exactly as the processor does. The layer
 keeps that whole sequence: image tokens on the grid, text tokens as special tokens ``text 0 ..`` on
 both axes, so a row's text mass is reported and text queries have rows too. The text half of the
-output (the input of ``to_add_out``) verifies the text rows.
+output (the input of ``to_add_out``) verifies the text rows. Modules with ``add_k_proj`` but no
+``add_q_proj`` (``AttnAddedKVProcessor``: UnCLIP, Kandinsky) add the text's keys before the image's
+own in one softmax: those are special key tokens, and the queries are the image's.
 
 diffusers is never imported here: a model built with it has imported it already.
 """
@@ -69,32 +71,33 @@ class DiffusersAdapter(ModuleAdapter):
             taps["text_v"] = (module.add_v_proj, "out")
             if getattr(module, "to_add_out", None) is not None:
                 taps["text_attended"] = (module.to_add_out, "in")
-        return taps
+        elif getattr(module, "add_k_proj", None) is not None:  # added keys and values, no text queries
+            taps["added_k"] = (module.add_k_proj, "out")
+            taps["added_v"] = (module.add_v_proj, "out")
+        return {role: tap for role, tap in taps.items() if tap[0] is not None}  # only_cross: no to_k
 
     def extract(self, call: Call) -> Extracted:
         attn, heads = call.module, call.module.heads
-        if "q" not in call.taps or "k" not in call.taps:
+        if "q" not in call.taps or ("k" not in call.taps and "added_k" not in call.taps):
             raise ValueError(
                 "its projections did not run one by one (fused to_qkv?): queries and keys are not "
                 "observable; call unfuse_qkv_projections() on the model before capturing"
             )
-        q, k, v = (_heads(call.taps[r], heads, attn.processor) for r in ("q", "k", "v"))  # (B, h, N | N', d)
+        q = _heads(call.taps["q"], heads, attn.processor)  # (B, h, N, d)
         batch, _, _, head_dim = q.shape
         hidden = call.arg("hidden_states", 0)
         cross = call.arg("encoder_hidden_states", 1) is not None
-        mask = call.arg("attention_mask", 2)
-        if mask is not None:  # the processors' own preparation: (B*h, 1 | N, N') additive
-            mask = keep(attn.prepare_attention_mask(mask, k.shape[2], batch)).reshape(
-                batch, heads, -1, k.shape[2]
-            )
-        scale = attn.scale if type(attn.processor).__name__ in _SCALED_BY_ATTN else head_dim**-0.5
+        if "added_k" in call.taps:
+            return _added_keys(call, q, head_dim)
+        k, v = (_heads(call.taps[r], heads, attn.processor) for r in ("k", "v"))  # (B, h, N', d)
+        scale = _scale(attn, head_dim)
         if cross and "text_q" in call.taps:
             return _joint(call, q, k, v, scale)
         return Extracted(
             q=q,
             k=k,
             scale=scale,
-            mask=mask,
+            mask=_mask(call, k.shape[2], batch),
             query_grid=tuple(hidden.shape[-2:]) if hidden.ndim == 4 else None,
             keys="text" if cross else "self",
             verify=check_output(v, per_head(split_heads(call.taps["attended"], heads)), "input of to_out"),
@@ -107,6 +110,47 @@ def _heads(t: torch.Tensor, heads: int, processor: object) -> torch.Tensor:
     if t.ndim == 3:
         return split_heads(t, heads)
     return t.transpose(1, 2) if type(processor).__name__ in _TEXT_FIRST else t
+
+
+def _scale(attn: nn.Module, head_dim: int) -> float:
+    """``attn.scale`` where the processor scores with ``get_attention_scores``; SDPA's default else."""
+    return attn.scale if type(attn.processor).__name__ in _SCALED_BY_ATTN else head_dim**-0.5
+
+
+def _mask(call: Call, keys: int, batch: int) -> torch.Tensor | None:
+    """The call's ``attention_mask`` as the processors prepare it: additive ``(B, h, 1 | N, N')``."""
+    mask = call.arg("attention_mask", 2)
+    if mask is None:
+        return None
+    heads = call.module.heads
+    return keep(call.module.prepare_attention_mask(mask, keys, batch)).reshape(batch, heads, -1, keys)
+
+
+def _added_keys(call: Call, q: torch.Tensor, head_dim: int) -> Extracted:
+    """``AttnAddedKVProcessor`` (UnCLIP, Kandinsky UNets): ``add_k_proj``/``add_v_proj`` of the text
+    (of the image itself when there is no text) placed before the module's own keys, one softmax
+    over both, or instead of them with ``only_cross_attention``. Queries are the image's only."""
+    attn, heads = call.module, call.module.heads
+    added_k, added_v = (split_heads(call.taps[r], heads) for r in ("added_k", "added_v"))  # (B, h, Nt, d)
+    cross = call.arg("encoder_hidden_states", 1) is not None
+    labels = tuple(f"{'text' if cross else 'added'} {i}" for i in range(added_k.shape[2]))
+    if "k" in call.taps:  # the image's own keys come after the added ones
+        own_k, own_v = (_heads(call.taps[r], heads, attn.processor) for r in ("k", "v"))
+        k, v = torch.cat([added_k, own_k], dim=2), torch.cat([added_v, own_v], dim=2)
+    else:  # only_cross_attention: the added keys alone
+        k, v, labels = added_k, added_v, ()
+    hidden = call.arg("hidden_states", 0)
+    attended = split_heads(call.taps["attended"], heads)  # (B, h, N, d)
+    return Extracted(
+        q=q,
+        k=k,
+        scale=_scale(attn, head_dim),
+        mask=_mask(call, k.shape[2], q.shape[0]),
+        query_grid=tuple(hidden.shape[-2:]) if hidden.ndim == 4 else None,
+        keys="self" if labels else "text",
+        key_prefix=labels,
+        verify=check_output(v, per_head(attended), "input of to_out"),
+    )
 
 
 def _joint(call: Call, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Extracted:
