@@ -233,3 +233,16 @@ def test_timesteps_tab_shows_a_filmstrip(app_url, chromium, shots):
         page.wait_for_selector("#film-gif a", timeout=10_000)
         assert "t = 0, 111, 222" in page.locator("#film-note").inner_text()
         page.screenshot(path=str(shots / "screenshot-timesteps.png"), full_page=True)
+
+
+def test_compare_tab_shows_the_twin_and_follows_clicks(app_url, chromium, shots):
+    with open_app(app_url, chromium) as page:
+        page.get_by_role("tab", name="compare").click()
+        page.locator("#compare-run").click()
+        page.wait_for_selector('#compare [data-model="ddpm-faces (untrained)"] img', timeout=60_000)
+        assert page.locator("#compare figure").count() == 2 * 7
+        before = page.eval_on_selector("#compare", "e => e.innerHTML")
+        box = page.locator("#input-image img").bounding_box()
+        click_and_wait(page, box["width"] * 0.68, box["height"] * 0.62)
+        page.wait_for_function("prev => document.querySelector('#compare').innerHTML !== prev", arg=before)
+        page.screenshot(path=str(shots / "screenshot-compare.png"), full_page=True)
