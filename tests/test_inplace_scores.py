@@ -8,6 +8,7 @@ by the module itself.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_rows_match
@@ -97,3 +98,48 @@ def test_queries_edited_after_the_product_are_not_trusted():
     with torch.no_grad(), sa.capture(module) as cap:
         module(torch.randn(1, 16, H, W))
     assert_rows_match(cap.layers[0], module.probs, cells=H * W)
+
+
+class CrossEdited(nn.Module):
+    """Cross-attention to 5 text tokens whose scores are edited out of place before the softmax:
+    not square, so only their descent from ``q @ k`` says they are attention scores."""
+
+    def __init__(self, edit: str) -> None:
+        super().__init__()
+        self.edit = edit
+        self.q, self.k = nn.Conv2d(16, HEADS * D, 1), nn.Linear(6, HEADS * D)
+        self.probs: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        q = self.q(x).reshape(b, HEADS, D, H * W).transpose(-1, -2)  # (B, h, N, d)
+        k = self.k(text).reshape(b, -1, HEADS, D).transpose(1, 2)  # (B, h, 5, d)
+        attn = q @ k.transpose(-1, -2)  # (B, h, N, 5)
+        padding = torch.zeros_like(attn, dtype=torch.bool)
+        padding[..., -2:] = True  # the last two text tokens are padding
+        if self.edit == "masked_fill":
+            attn = attn.masked_fill(padding, float("-inf"))
+        elif self.edit == "where":
+            attn = torch.where(padding, float("-inf"), attn)
+        elif self.edit == "sub":
+            attn = attn - padding.float() * 1e4
+        elif self.edit == "view":
+            attn = attn.reshape(b * HEADS, H * W, -1).view(b, HEADS, H * W, -1) * 2.0
+        attn = attn.softmax(dim=-1)
+        self.probs = attn.detach().clone()
+        return attn
+
+
+@pytest.mark.parametrize("edit", ["masked_fill", "where", "sub", "view"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_scores_edited_out_of_place_stay_a_layer_whatever_their_shape(edit, batch):
+    module = CrossEdited(edit).eval()
+    with torch.no_grad(), sa.capture(module) as cap:
+        module(torch.randn(batch, 16, H, W), torch.randn(batch, 5, 6))
+    (layer,) = cap.layers
+    assert layer.query_grid == (H, W) and layer.key_grid is None and layer.verified is True
+    for b in range(batch):
+        for y, x in ((0, 0), (3, 5), (H - 1, W - 1)):
+            for head in range(HEADS):
+                expected = module.probs[b, head, y * W + x].numpy()
+                np.testing.assert_allclose(layer.row(y, x, head=head, batch=b), expected, atol=1e-5)

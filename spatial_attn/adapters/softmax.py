@@ -53,7 +53,25 @@ _PRODUCTS = frozenset(
     }
 )
 _SCALINGS = frozenset({torch.mul, torch.Tensor.mul, torch.div, torch.Tensor.div})
-_SUMS = frozenset({torch.add, torch.Tensor.add})  # ``a + b`` reaches the mode as Tensor.add
+#: Out-of-place edits and reshapes of scores: their result is still scores (queries x keys), no longer
+#: ``q k^T`` (``a + b`` reaches the mode as ``Tensor.add``, ``a - b`` as ``Tensor.sub``).
+_EDITS = frozenset(
+    {
+        torch.add,
+        torch.Tensor.add,
+        torch.sub,
+        torch.Tensor.sub,
+        torch.masked_fill,
+        torch.Tensor.masked_fill,
+        torch.where,
+        torch.Tensor.float,
+        torch.Tensor.to,
+        torch.Tensor.type_as,
+        torch.reshape,
+        torch.Tensor.reshape,
+        torch.Tensor.view,
+    }
+)
 
 Origin = tuple[torch.Tensor, torch.Tensor, float]  # (queries (..., N, d), keys (..., N', d), scale)
 
@@ -65,7 +83,7 @@ class SoftmaxAdapter(FunctionAdapter):
     """Softmax over spatial scores, traced back to queries and keys where possible."""
 
     family = "softmax"
-    functions = _SOFTMAX | _PRODUCTS | _SCALINGS | _SUMS
+    functions = _SOFTMAX | _PRODUCTS | _SCALINGS | _EDITS
 
     def __init__(self) -> None:
         # scores tensor -> (origin, versions at the product); entries die with the scores, so nothing
@@ -84,13 +102,13 @@ class SoftmaxAdapter(FunctionAdapter):
             origin = _product(func, args, kwargs)
         elif func in _SCALINGS:
             origin = self._scaled(func, args, kwargs)
-        elif func in _SUMS:
+        elif func in _EDITS:
             origin = None
         else:
             return self._softmax(args, kwargs, out, batch)
         if origin is not None and isinstance(out, torch.Tensor):
             self._origins[out] = (origin, _versions(out, *origin[:2]))
-        elif isinstance(out, torch.Tensor) and any(self._from_product(a) for a in args[:2]):
+        elif isinstance(out, torch.Tensor) and any(self._from_product(a) for a in args[:3]):
             self._derived[out] = True
         return None
 
