@@ -143,6 +143,7 @@ def test_targets_are_read_and_shown():
     assert (hit.met, probe.met, none.met, lift.met) == (True, False, None, True)
     assert hit.cells() == ["m", "valid", ">= 98%", "98.7% [98.0%, 99.0%]", "yes", "twin 2.0%"]
     assert probe.cells()[4] == "**no**" and NONE.show() == "n/a"
+    assert Estimate(0.25, float("nan"), float("nan")).show(True) == "25.0%"
 
 
 def _figs(content: float, follows: float) -> dict[str, dict[str, np.ndarray]]:
