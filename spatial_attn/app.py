@@ -29,6 +29,7 @@ from .images import MAX_UPLOAD_MB, ImageError, load_image
 from .resources import locate, searched
 from .serving import RUN_EVENTS, RUNS, Explorations, Tickets
 from .views import panels
+from .views.ablation import AblationView
 from .views.compare import CompareView
 from .views.download import DownloadView
 from .views.mechanics import MechanicsView
@@ -471,6 +472,8 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                         timesteps_view = TimestepsView()
                     with gr.Tab("compare", id="compare"):
                         compare_view = CompareView(library, UNTRAINED)
+                    with gr.Tab("ablation", id="ablation"):
+                        ablation_view = AblationView(library)
                 prompt_view = PromptView()  # text-conditioned models only
 
         view_inputs = [head, mode, cmap, scale, upsampling, opacity, layout, over]
@@ -513,6 +516,7 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
         download_view.wire(state, view_inputs, view_of)
         timesteps_view.wire(state, heatmaps)
         compare_view.wire(state, heatmaps, view_inputs, view_of)
+        ablation_view.wire(state, heatmaps)
         prompt_view.wire(state, image, head, cmap, on, run, run_inputs, reran, guarded)
     return demo
 

@@ -246,3 +246,19 @@ def test_compare_tab_shows_the_twin_and_follows_clicks(app_url, chromium, shots)
         click_and_wait(page, box["width"] * 0.68, box["height"] * 0.62)
         page.wait_for_function("prev => document.querySelector('#compare').innerHTML !== prev", arg=before)
         page.screenshot(path=str(shots / "screenshot-compare.png"), full_page=True)
+
+
+def test_ablation_tab_shows_before_and_after(app_url, chromium, shots):
+    with open_app(app_url, chromium) as page:
+        picker = page.locator("#model input")
+        picker.click()
+        picker.fill("vit-faces")
+        page.get_by_role("option", name="vit-faces", exact=True).click()
+        page.wait_for_function("() => document.querySelector('#input-note').innerText.includes('classified')")
+        page.get_by_role("tab", name="ablation").click()
+        page.wait_for_function("() => document.querySelector('#ablate-layer input').value.includes('blocks')")
+        page.locator("#ablate-run").click()
+        page.wait_for_selector("#ablation table", timeout=60_000)
+        cells = page.eval_on_selector_all("#ablation td", "els => els.map(e => e.innerText)")
+        assert len(cells) == 2 and cells[0] != cells[1]  # the ViT's verdict changes without its layer
+        page.screenshot(path=str(shots / "screenshot-ablation.png"), full_page=True)
