@@ -107,3 +107,16 @@ def test_attention_that_cannot_be_read_is_reported():
         attn(torch.randn(1, 16, 32))
     assert cap.layers.names() == []
     assert len(cap.problems) == 1 and "unfuse_qkv_projections()" in cap.problems[0]
+
+
+def test_attention_rotated_inside_its_processor_is_reported_not_shown():
+    """HunyuanDiT's processor applies rotary embeddings after ``to_q``/``to_k``: the projections
+    the capture can see are not what was multiplied, so the layer must not be shown."""
+    attention = pytest.importorskip("diffusers.models.attention_processor")
+    embeddings = pytest.importorskip("diffusers.models.embeddings")
+    attn = attention.Attention(32, heads=2, dim_head=16, processor=attention.HunyuanAttnProcessor2_0())
+    rope = embeddings.get_2d_rotary_pos_embed(16, ((0, 0), (4, 4)), (4, 4))
+    with torch.no_grad(), sa.capture(attn.eval(), grid=(4, 4)) as cap, pytest.warns(UserWarning):
+        attn(torch.randn(2, 16, 32), image_rotary_emb=rope)
+    assert cap.layers.names() == []
+    assert len(cap.problems) == 1 and "image_rotary_emb" in cap.problems[0]

@@ -83,6 +83,11 @@ class DiffusersAdapter(ModuleAdapter):
                 "its projections did not run one by one (fused to_qkv?): queries and keys are not "
                 "observable; call unfuse_qkv_projections() on the model before capturing"
             )
+        if call.kwargs.get("image_rotary_emb") is not None:
+            raise ValueError(
+                "its processor rotates q and k (image_rotary_emb) after the projections that can be "
+                "observed, so their product is not the model's: not shown rather than shown wrong"
+            )
         q = _heads(call.taps["q"], heads, attn.processor)  # (B, h, N, d)
         batch, _, _, head_dim = q.shape
         hidden = call.arg("hidden_states", 0)
