@@ -101,6 +101,28 @@ def _model_pixel(fx: float, fy: float) -> str:
     return f"{y},{x}"
 
 
+def _direct_capture() -> list:
+    """The app's first run, made here: ddpm-faces on the default face at t = 250, noise seed 0."""
+    import torch
+
+    import spatial_attn as sa
+    from spatial_attn.models import load_model
+
+    model = load_model("ddpm-faces")
+    with torch.no_grad(), sa.capture(model.module) as cap:
+        model.run(model.prepare(Image.open(DEFAULT_FACE).convert("RGB"), timestep=250, seed=0))
+    return list(cap.layers)
+
+
+def _reference_column(layer, cell: tuple[int, int]) -> np.ndarray:
+    """Head mean of column j of softmax(q k^T), from the stored q and k: (N,)."""
+    import torch
+
+    q, k = layer.q[0].double(), layer.k[0].double()  # (h, N, d), (h, N', d)
+    j = cell[0] * layer.key_grid[1] + cell[1]
+    return torch.softmax(q @ k.transpose(-1, -2), -1)[:, :, j].mean(0).numpy()
+
+
 def test_clicks_pin_and_what_is_drawn_is_the_rows_attend_returns(app_url, chromium, shots):
     from gradio_client import Client
 
@@ -155,6 +177,15 @@ def test_hover_repaints_every_panel_and_its_rows_are_the_servers(app_url, chromi
                 assert mine["name"] == server["name"] and mine["cell"] == server["cell"]
                 expected = np.asarray(server["values"]).ravel()
                 np.testing.assert_allclose(mine["values"], expected, atol=1e-3, err_msg=mine["name"])
+        # columns (who looks at a pixel), from the queries and the per-query normalisers sent
+        layers = {layer.name: layer for layer in _direct_capture()}
+        for y, x in ((5, 20), (31, 0)):
+            for mine in page.evaluate("([y, x]) => window.saRows(y, x, 'column')", [y, x]):
+                layer = layers[mine["name"]]
+                cell = cell_at((y, x), (32, 32), layer.key_grid)
+                assert mine["cell"] == list(cell)
+                expected = _reference_column(layer, cell)
+                np.testing.assert_allclose(mine["values"], expected.ravel(), atol=1e-3, err_msg=mine["name"])
         # the value under the cursor on a map
         canvas = page.locator(f"{PANELS} figure canvas.sa-map").first
         canvas.hover(position={"x": 100, "y": 100})

@@ -125,3 +125,26 @@ def test_max_caption_says_its_entropy_is_the_means_and_one_head_layers_are_not_d
     assert "(of the head mean)" in two_heads.caption() and "of 6.00 bits" in two_heads.caption()
     assert one_head.panel.width == 192  # one map, not the head and an identical "mean"
     assert two_heads.panel.width == 3 * 192 + 2 * 4  # head 0, head 1, their mean
+
+
+def test_masked_causal_and_probability_only_layers_are_drawn_for_clicks_only():
+    from spatial_attn.grid import TokenLayout
+    from spatial_attn.layer import AttentionLayer, QKScores, StoredProbs
+
+    grid = TokenLayout(16, (4, 4))
+    q, k = torch.randn(1, 2, 16, 8), torch.randn(1, 2, 16, 8)
+    plain = AttentionLayer("plain", "sdpa", QKScores(q, k), grid, grid)
+    masked = AttentionLayer(
+        "masked", "sdpa", QKScores(q, k, mask=torch.ones(16, 16, dtype=torch.bool)), grid, grid
+    )
+    causal = AttentionLayer("causal", "sdpa", QKScores(q, k, causal=True), grid, grid)
+    stored = AttentionLayer(
+        "stored", "softmax", StoredProbs(torch.softmax(q @ k.transpose(-1, -2), -1)), grid, grid
+    )
+    text = AttentionLayer("text", "sdpa", QKScores(q, k), grid, TokenLayout(16, None))
+    hover = payload.hover_json([plain, masked, causal, stored, text])
+    assert hover[0] is not None and hover[1:] == [None, None, None, None]
+    pinned = payload.pinned_json(stored, (5, 5), (8, 8), "row")  # still shown for a click
+    np.testing.assert_allclose(
+        _decode(pinned["values"], "<f4", (2, 16)), stored.scores.p[0, :, 2 * 4 + 2].numpy(), atol=1e-7
+    )

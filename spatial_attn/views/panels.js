@@ -222,7 +222,7 @@
       ctx.strokeStyle = "#fff";
       ctx.strokeRect(Math.round(x * cw) + 1.5, Math.round(y * ch) + 1.5, Math.round(cw) - 3, Math.round(ch) - 3);
     }
-    canvas.saMap = { values: map.values, grid: [gh, gw], scale };
+    canvas.saMap = { values: map.values, grid: [gh, gw], scale, spatial: Boolean(layout.grid) };
   }
   function colorbar(figure, scale) {
     const bar = figure.querySelector(".sa-bar");
@@ -307,25 +307,28 @@
     if (canvas && canvas.saMap && element.contains(canvas)) readout(event, canvas);
   });
   function readout(event, canvas) {
-    const { values, grid, scale } = canvas.saMap;
+    const { values, grid, scale, spatial } = canvas.saMap;
     const r = canvas.getBoundingClientRect();
     const y = Math.min(grid[0] - 1, Math.floor(((event.clientY - r.top) * grid[0]) / r.height));
     const x = Math.min(grid[1] - 1, Math.floor(((event.clientX - r.left) * grid[1]) / r.width));
     const v = values[y * grid[1] + x];
-    const where = grid[0] === 1 && !canvas.dataset.grid ? `token ${x}` : `cell (${y}, ${x})`;
+    const where = spatial ? `cell (${y}, ${x})` : `token ${x}`;
     canvas.closest("figure").querySelector(".sa-value").textContent =
       `${where}: p = ${v.toPrecision(3)} = ${(v * scale.tokens).toPrecision(3)}× uniform`;
   }
 
-  // for tests and scripts: every hoverable layer's head-mean row (as a grid) for model pixel (y, x)
-  window.saRows = (y, x) =>
+  // for tests and scripts: every hoverable layer's head-mean row (where model pixel (y, x) looks,
+  // on the key grid) or column (who looks at it, on the query grid), as the hover computes it
+  window.saRows = (y, x, mode = "row") =>
     data.layers.map((layer, i) => {
       const qk = hover.layers[i];
       if (!qk) return null;
-      const cell = cellAt(y, x, data.image_hw, layer.queries.grid);
-      const v = reduce(rowFromQK(layer, qk, tokenOf(layer.queries, cell)), layer.heads, "mean");
-      const g = layer.keys.grid;
-      return { name: layer.name, cell, values: Array.from(v.subarray(layer.keys.start, layer.keys.start + g[0] * g[1])) };
+      const [from, to] = mode === "row" ? [layer.queries, layer.keys] : [layer.keys, layer.queries];
+      const cell = cellAt(y, x, data.image_hw, from.grid);
+      const token = tokenOf(from, cell);
+      const vector = mode === "row" ? rowFromQK(layer, qk, token) : columnFromQK(layer, qk, token);
+      const v = reduce(vector, layer.heads, "mean");
+      return { name: layer.name, cell, values: Array.from(v.subarray(to.start, to.start + to.grid[0] * to.grid[1])) };
     });
 
   const render = () => {
