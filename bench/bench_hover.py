@@ -16,7 +16,6 @@ Goal (issue 11): median <= 33 ms and 95th percentile <= 50 ms on ddpm-faces (7 l
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from bench_capture import print_table  # noqa: E402
-from browser import WAIT_PIXEL, find_chromium, open_app  # noqa: E402
+from browser import WAIT_PIXEL, find_chromium, open_app, served_app  # noqa: E402
 
 from spatial_attn.grid import cell_at  # noqa: E402
 
@@ -53,38 +52,31 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 def bench_hover(model: str, moves: int) -> list[tuple[str, str, str, str]]:
-    from spatial_attn.app import DISPLAY, launch
+    from spatial_attn.app import DISPLAY
 
     chromium = find_chromium()
     if chromium is None:
         return [("hover", "skipped", "Debian's chromium is not installed", "")]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = launch(model, port=port, prevent_thread_lock=True, quiet=True)
     end_to_end, in_page = [], []
-    try:
-        with open_app(f"http://127.0.0.1:{port}/", chromium) as page:
-            box = page.locator("#input-image img").bounding_box()
-            layers = page.locator("#heatmaps figure.sa-panel").count()
-            last = None
-            for i in range(moves + 5):  # the first five warm the page up
-                fx, fy = 0.05 + 0.9 * ((i * 7) % 19) / 18, 0.05 + 0.9 * ((i * 5) % 13) / 12
-                y, x = cell_at((round(fy * DISPLAY), round(fx * DISPLAY)), (DISPLAY, DISPLAY), (32, 32))
-                if (y, x) == last:
-                    continue
-                last, pixel = (y, x), f"{y},{x}"
-                page.evaluate(PROBE, pixel)
-                start = time.perf_counter()
-                page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
-                page.wait_for_function(WAIT_PIXEL, arg=pixel, polling=1)
-                took = time.perf_counter() - start
-                painted = page.evaluate("() => window.saProbe")
-                if i >= 5:
-                    end_to_end.append(took * 1e3)
-                    in_page.append(painted)
-    finally:
-        demo.close()
+    with served_app(model) as url, open_app(url, chromium) as page:
+        box = page.locator("#input-image img").bounding_box()
+        layers = page.locator("#heatmaps figure.sa-panel").count()
+        last = None
+        for i in range(moves + 5):  # the first five warm the page up
+            fx, fy = 0.05 + 0.9 * ((i * 7) % 19) / 18, 0.05 + 0.9 * ((i * 5) % 13) / 12
+            y, x = cell_at((round(fy * DISPLAY), round(fx * DISPLAY)), (DISPLAY, DISPLAY), (32, 32))
+            if (y, x) == last:
+                continue
+            last, pixel = (y, x), f"{y},{x}"
+            page.evaluate(PROBE, pixel)
+            start = time.perf_counter()
+            page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+            page.wait_for_function(WAIT_PIXEL, arg=pixel, polling=1)
+            took = time.perf_counter() - start
+            painted = page.evaluate("() => window.saProbe")
+            if i >= 5:
+                end_to_end.append(took * 1e3)
+                in_page.append(painted)
     return [
         (
             f"{model} ({layers} layers), end to end from Playwright: move -> every data-pixel updated",

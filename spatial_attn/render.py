@@ -181,25 +181,24 @@ def strip(values: np.ndarray, *, scale: ColourScale, cmap: str, cell: int = 12) 
 
 def stacked(images: list[Image.Image], gap: int = 6) -> Image.Image:
     """Images one above the other (a vector over the matrix it multiplies), left-aligned on white."""
-    width = max(im.width for im in images)
-    height = sum(im.height for im in images) + gap * (len(images) - 1)
-    out = Image.new("RGB", (width, height), (255, 255, 255))
-    y = 0
-    for im in images:
-        out.paste(im, (0, y))
-        y += im.height + gap
-    return out
+    return _arranged(images, gap, across=False)
 
 
 def side_by_side(images: list[Image.Image], gap: int = 4) -> Image.Image:
     """Images in one row (a layer's heads), separated by a thin white gap."""
-    height = max(im.height for im in images)
-    width = sum(im.width for im in images) + gap * (len(images) - 1)
-    out = Image.new("RGB", (width, height), (255, 255, 255))
-    x = 0
-    for im in images:
-        out.paste(im, (x, 0))
-        x += im.width + gap
+    return _arranged(images, gap, across=True)
+
+
+def _arranged(images: list[Image.Image], gap: int, across: bool) -> Image.Image:
+    """Images in a row (``across``) or a column, top/left-aligned, ``gap`` px of white between."""
+    sizes = [(im.width, im.height) if across else (im.height, im.width) for im in images]
+    along = sum(a for a, _ in sizes) + gap * (len(images) - 1)
+    side = max(b for _, b in sizes)
+    out = Image.new("RGB", (along, side) if across else (side, along), (255, 255, 255))
+    offset = 0
+    for im, (a, _) in zip(images, sizes, strict=True):
+        out.paste(im, (offset, 0) if across else (0, offset))
+        offset += a + gap
     return out
 
 

@@ -35,6 +35,23 @@ def find_chromium() -> str | None:
 
 
 @contextmanager
+def served_app(model: str = "ddpm-faces") -> Iterator[str]:
+    """The app serving ``model`` on a free local port: its URL, until the block ends."""
+    import socket
+
+    from spatial_attn.app import launch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = launch(model, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@contextmanager
 def open_app(url: str, chromium: str, viewport: tuple[int, int] = (1280, 800)) -> Iterator[Any]:
     """A page showing the app, once its first heatmaps are painted."""
     from playwright.sync_api import sync_playwright
