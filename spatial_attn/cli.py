@@ -15,7 +15,6 @@ from pathlib import Path
 
 MODELS = ("ddpm", "sagan", "vit")
 DEFAULT_MODEL = "ddpm-faces"
-DEFAULT_FACE = Path(__file__).resolve().parents[1] / "assets" / "faces" / "valid-0.png"  # the app's first
 
 
 class PlainHelp(argparse.HelpFormatter):
@@ -262,7 +261,9 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default=DEFAULT_MODEL, help="a bundled model")
     p.add_argument("--untrained", action="store_true", help="its untrained twin instead")
-    p.add_argument("--image", type=Path, default=DEFAULT_FACE, help="the image to run the model on")
+    p.add_argument(
+        "--image", type=Path, help="the image to run the model on (default: the app's first example face)"
+    )
     p.add_argument("--generate", action="store_true", help="no image: the model generates one from --seed")
     p.add_argument("--timestep", type=int, default=250, help="noise level t (DDPM)")
     p.add_argument("--seed", type=int, default=0, help="noise (DDPM) or z (SAGAN generator)")
@@ -295,7 +296,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .models import load_model
 
     model = load_model(args.model, pretrained=not args.untrained)
-    source = None if args.generate else load_image(args.image)[0]
+    from .resources import locate
+
+    path = args.image or locate("assets") / "faces" / "valid-0.png"
+    source = None if args.generate else load_image(path)[0]
     timestep = args.timestep if model.num_timesteps else None
     exploration = Exploration(model, source, timestep=timestep, seed=args.seed)
     if args.x is None or args.y is None:
