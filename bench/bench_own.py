@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def sd15_unet() -> DiffusionModel:
     from tiny_models import clip_config, small_vae, tokenizer
     from transformers import CLIPTextModel
 
-    tok = tokenizer(Path("/tmp/spatial-attn-bench-tokenizer"), max_length=77)
+    tok = tokenizer(Path(tempfile.mkdtemp(prefix="spatial-attn-bench-")), max_length=77)
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768).eval()  # SD 1.5's shape
     vae = small_vae((32, 32, 32, 32), sample_size=512).eval()  # 512 px -> 64 x 64 x 4, as SD's
