@@ -18,33 +18,74 @@ from spatial_attn.app import DEFAULT_TIMESTEP
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def sd_url(tmp_path_factory):
+def _serve(*folders) -> tuple[str, object]:
+    """``spatial-attn serve --model ...`` through the CLI's own path, kept from blocking."""
     import spatial_attn.app as app
 
-    folder = tiny_models.sd_pipeline(tmp_path_factory.mktemp("own") / "tiny-sd")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demos = []
     real_launch = app.launch
-    with pytest.MonkeyPatch.context() as mp:  # the CLI's own path, kept from blocking
+    args = ["serve", "--port", str(port)]
+    for folder in folders:
+        args += ["--model", str(folder)]
+    with pytest.MonkeyPatch.context() as mp:
         mp.setattr(
             app,
             "launch",
             lambda m, **kw: demos.append(real_launch(m, prevent_thread_lock=True, quiet=True, **kw)),
         )
-        assert cli.main(["serve", "--port", str(port), "--model", str(folder)]) == 0
-    yield f"http://127.0.0.1:{port}/"
-    demos[0].close()
+        assert cli.main(args) == 0
+    return f"http://127.0.0.1:{port}/", demos[0]
 
 
-def test_prompt_click_and_token_in_the_browser(sd_url):
+@pytest.fixture(scope="module")
+def sd_url(tmp_path_factory):
+    url, demo = _serve(tiny_models.sd_pipeline(tmp_path_factory.mktemp("own") / "tiny-sd"))
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = find_chromium()
+    if path is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    return path
+
+
+def test_a_transformers_folder_opens_first_and_a_click_lands_on_its_cropped_input(tmp_path, chromium):
     from gradio_client import Client
 
-    chromium = find_chromium()
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    url, demo = _serve(
+        tiny_models.vit_classifier(tmp_path / "vit"), tiny_models.ddpm_pipeline(tmp_path / "ddpm")
+    )
+    try:
+        with open_app(url, chromium) as page:
+            assert page.input_value("#model input") == "vit"
+            assert "centre-cropped to 64x64" in page.inner_text("#input-note")
+            box = page.locator("#input-image img").bounding_box()
+            click_and_wait(page, box["width"] * 0.3, box["height"] * 0.6)
+            y, x = clicked_pixel(page)
+            # 30% across and 60% down the picture of the 64 px input the model saw (shown at 384 px)
+            assert abs(y - 0.6 * 64) <= 1 and abs(x - 0.3 * 64) <= 1
+            names = page.eval_on_selector_all(
+                "#heatmaps figure.sa-panel", "els => els.map(e => e.dataset.layer)"
+            )
+        _, rows = Client(url, verbose=False).predict(None, "vit", 0, 16, 16, "mean", 0, api_name="/attend")
+        assert (
+            names
+            == [layer["name"] for layer in rows["layers"]]
+            == ["vit.layers.0.attention", "vit.layers.1.attention"]
+        )
+    finally:
+        demo.close()
+
+
+def test_prompt_click_and_token_in_the_browser(sd_url, chromium):
+    from gradio_client import Client
+
     client = Client(sd_url, verbose=False)
     with open_app(sd_url, chromium, viewport=(1280, 1400)) as page:
         page.locator("#prompt textarea").fill("a red cat")
@@ -67,9 +108,7 @@ def test_prompt_click_and_token_in_the_browser(sd_url):
         assert len(charts) == len(cross) == 4
         for layer, chart in zip(cross, charts, strict=True):
             assert f'data-layer="{layer["name"]}"' in chart
-            row = np.array(
-                layer["values"]
-            )  # start, a, red, cat, end x 8
+            row = np.array(layer["values"])  # start, a, red, cat, end x 8
             drawn = [float(v) for v in re.findall(r'data-value="([0-9.]+)"', chart)]
             np.testing.assert_allclose(drawn, [*row[:4], row[4:].sum()], atol=1e-5)
         page.locator("#token label", has_text="red").click()
