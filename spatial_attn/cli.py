@@ -112,8 +112,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         default="heldout",
         help="seeds to measure on: the held-out ones the tables report, or the ones used while developing",
     )
-    p.add_argument("--samples", type=int, default=128, help="generated samples judged per model and seed")
-    p.add_argument("--faces", type=int, default=64, help="real faces per seed for the attention figures")
+    p.add_argument("--samples", type=int, default=64, help="generated samples judged per model and seed")
+    p.add_argument("--faces", type=int, default=32, help="real faces per seed for the attention figures")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument(
         "--write-cards", action="store_true", help="put the tables into each model card and README.md"

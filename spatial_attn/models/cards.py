@@ -93,7 +93,7 @@ def write_card(root: Path, name: str, table: str, results: list[dict]) -> Path:
         "same weights.",
         f"- **Loading:** {LOADING[name]}",
         "",
-        "## Metrics (`spatial-attn eval`, fresh seeds)",
+        "## Metrics (`spatial-attn eval --write-cards`, seeds never used in training)",
         "",
         table,
         "",
