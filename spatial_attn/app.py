@@ -466,7 +466,7 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                         head, mode, cmap, scale, upsampling, opacity, layout, over = panels.controls()
                         download_view = DownloadView()
                         explanation = gr.Markdown(elem_id="explanation")
-                    with gr.Tab("how a row is made", id="mechanics"):
+                    with gr.Tab("how a row is made", id="mechanics") as mechanics_tab:
                         mechanics_view = MechanicsView()
                     with gr.Tab("timesteps", id="timesteps"):
                         timesteps_view = TimestepsView()
@@ -512,7 +512,7 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
             api_outputs = [gr.Gallery(format="png", label="heatmaps"), gr.JSON(label="rows")]
             api_only = gr.Button()  # never shown nor clicked: gr.on(None) would also run on page load
         api_only.click(on.attend, api_inputs, api_outputs, api_name="attend", **RUN_EVENTS)
-        mechanics_view.wire(state, heatmaps)
+        mechanics_view.wire(state, heatmaps, mechanics_tab)
         download_view.wire(state, view_inputs, view_of)
         timesteps_view.wire(state, heatmaps)
         compare_view.wire(state, heatmaps, view_inputs, view_of)

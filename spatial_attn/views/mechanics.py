@@ -42,12 +42,22 @@ class MechanicsView:
             )
         self.html = gr.HTML(elem_id="mechanics", css_template=STYLE, js_on_load=None)
 
-    def wire(self, state: gr.State, heatmaps: gr.HTML) -> None:
-        """Follow every new drawing of the panels (a click, a rerun, a redraw) and the tab's controls."""
+    def wire(self, state: gr.State, heatmaps: gr.HTML, tab: gr.Tab) -> None:
+        """Filled when the tab is opened; then it follows every new drawing of the panels (a click, a
+        rerun, a redraw) and its own controls. Until opened, clicks cost it nothing."""
         inputs = [state, self.layer, self.head, self.temperature]
         outputs = [self.layer, self.head, self.html]
         quiet = {"api_name": False, "show_progress": "hidden", "trigger_mode": "always_last"}
-        heatmaps.change(self.show, inputs, outputs, **quiet)
+
+        def follow(
+            session: Any, layer_name: str | None, head: str | None, temperature: float, shown: str
+        ) -> tuple:
+            if not shown:  # never opened
+                return gr.skip(), gr.skip(), gr.skip()
+            return self.show(session, layer_name, head, temperature)
+
+        tab.select(self.show, inputs, outputs, **quiet)
+        heatmaps.change(follow, [*inputs, self.html], outputs, **quiet)
         for control in (self.layer, self.head, self.temperature):
             control.input(self.show, inputs, outputs, **quiet)
 
