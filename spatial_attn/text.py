@@ -13,10 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .layer import AttentionLayer, Head, _reduce_heads, _spatial
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .models import BundledModel
 
 
 @dataclass(frozen=True)
@@ -101,3 +107,32 @@ def token_map(
 def _readable(token: str) -> str:
     """A tokenizer's piece without its word-boundary marks (CLIP's ``</w>``, GPT's ``Ġ``, T5's ``▁``)."""
     return token.replace("</w>", "").replace("Ġ", "").replace("▁", "") or token
+
+
+def token_across(
+    model: BundledModel,
+    image: Image.Image,
+    label: str,
+    timesteps: Sequence[int],
+    seed: int = 0,
+    head: Head = None,
+) -> list[tuple[int, list[tuple[AttentionLayer, np.ndarray]]]]:
+    """Where the prompt's bar ``label`` lands at each of ``timesteps``: per timestep, every text layer
+    and its map (DAAM sums these over layers and steps; here each stays apart).
+
+    The model (holding the prompt: ``model.with_prompt(...)``) is re-run once per timestep on the same
+    clean image with the same noise seed, so only t changes.
+    """
+    from .explore import Exploration
+
+    frames = []
+    for t in timesteps:
+        ex = Exploration(model, image, timestep=int(t), seed=seed)
+        prompt = PromptTokens.of(ex.prepared.tokens)
+        labels = prompt.labels()
+        if label not in labels:
+            raise ValueError(f"token {label!r} is not in the prompt; choose one of {labels}")
+        chosen = labels.index(label)
+        layers = text_layers(ex.layers, len(prompt.names))
+        frames.append((int(t), [(layer, token_map(layer, prompt, chosen, head)) for layer in layers]))
+    return frames

@@ -117,3 +117,9 @@ def test_prompt_click_and_token_in_the_browser(sd_url, chromium):
             " return caps.length === 4 && caps.every(f => f.innerText.includes('· red ·')); }",
             timeout=30_000,
         )
+        page.locator("#token-film-run").click()  # 4 timesteps by default, each re-running the model
+        page.wait_for_function(
+            "() => document.querySelectorAll('#token-film .sa-token-film-row').length === 4"
+            " && document.querySelectorAll('#token-film figure').length === 16",
+            timeout=60_000,
+        )

@@ -543,3 +543,27 @@ def test_a_masked_text_encoder_hides_the_padding_from_the_encoder_and_the_cross_
     assert len(cross) == 1 and ex.prepared.kwargs["encoder_attention_mask"][0].tolist() == [1] * 5 + [0] * 7
     row = cross[0].token_probs(1, 2)
     assert row[5:].max() < 1e-6 and abs(row[:5].sum() - 1) < 1e-5
+
+
+def test_a_token_across_timesteps_is_its_column_at_each_step(folders):
+    import re
+
+    from spatial_attn.app import Library, run
+    from spatial_attn.views import prompt as view
+
+    library = Library(["vit-faces"])
+    library.add(open_model(str(folders["sd"])))
+    source = Image.open(folders["photo"])
+    session = run(library, "sd", T, SEED, source, "", PROMPT)
+    out = view.across(session, "red", 3, "viridis")
+    assert re.findall(r'data-timestep="(\d+)"', out) == ["0", "500", "999"]  # spread over 1,000 steps
+    assert out.count('class="sa-token-map"') == 3 * 4  # every step, every cross-attention layer
+    model = library["sd"]
+    frames = view.token_across(model.with_prompt(PROMPT), source, "red", [0, 500, 999], SEED)
+    for t, maps in frames:
+        prepared = model.prepare(source, timestep=t, seed=SEED, prompt=PROMPT)
+        reference = _diffusers_reference(model.module, *prepared.args, **prepared.kwargs)
+        for layer, values in maps:
+            h, w = layer.query_grid
+            expected = reference[layer.name][0, :, :, 2].mean(0).reshape(h, w).numpy()  # key 2: "red"
+            np.testing.assert_allclose(values, expected, atol=1e-6, err_msg=f"{layer.name} t={t}")

@@ -3,8 +3,9 @@ prompt's tokens as one bar chart per cross-attention layer, and a chosen token's
 
 Shown only when the model takes a prompt (a diffusers pipeline with its text encoder). The numbers
 come from :mod:`spatial_attn.text`; a click or a token choice only reads the captured layers, and a
-new prompt re-runs the model once, like a new image. Token maps are per layer at the chosen timestep:
-move the timestep slider to see a word land at another step.
+new prompt re-runs the model once, like a new image. Token maps are per layer at the chosen timestep;
+"across timesteps" re-runs the model at evenly spaced steps and shows each step's maps apart (DAAM
+sums them).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from .. import render
 from ..explore import head_index
 from ..grid import cell_at
-from ..text import PromptTokens, text_layers, token_bars, token_map
+from ..text import PromptTokens, text_layers, token_across, token_bars, token_map
 
 BAR_HEIGHT = 90  # px of a bar at probability 1
 MAP_SIDE = 192  # px of a token map
@@ -35,6 +36,12 @@ class PromptView:
             self.bars = gr.HTML(elem_id="token-bars")
             self.token = gr.Radio([], label="token: where it lands in the image", elem_id="token")
             self.maps = gr.HTML(elem_id="token-maps")
+            with gr.Row():
+                self.count = gr.Slider(2, 10, value=4, step=1, label="timesteps", elem_id="token-film-count")
+                self.across = gr.Button(
+                    "this token across timesteps (re-runs the model)", elem_id="token-film-run"
+                )
+            self.film = gr.HTML(elem_id="token-film")
 
     def wire(
         self,
@@ -68,6 +75,7 @@ class PromptView:
         image.select(guard(clicked), [state, head], [self.bars], **quiet)
         for control in (self.token, head, cmap):
             control.change(guard(draw_maps), [state, self.token, head, cmap], [self.maps], **quiet)
+        self.across.click(guard(across), [state, self.token, self.count, cmap], [self.film], api_name=False)
 
 
 def refresh(session: Any, token: str | None, head: str, cmap: str) -> tuple:
@@ -137,19 +145,47 @@ def draw_maps(session: Any, token: str | None, head: str, cmap: str) -> str:
         raise ValueError(f"token {token!r} is not in the prompt; choose one of {labels}")
     chosen = labels.index(token)
     base = render.upscale(ex.image, (MAP_SIDE, MAP_SIDE))
-    figures = []
-    for layer in text_layers(ex.layers, len(prompt.names)):
-        values = token_map(layer, prompt, chosen, _head(head, layer.heads))
-        scale = render.colour_scale(values, "per map", layer.keys.count)
-        picture = render.panel(base, values, scale=scale, cmap=cmap)
-        name = html.escape(layer.name)
-        figures.append(
-            f'<figure class="sa-token-map" data-layer="{name}" style="margin:0">'
-            f'<img alt="where {html.escape(token)} lands in {name}" src="{render.png_data_uri(picture)}">'
-            f'<figcaption style="font-size:12px">{name} · {html.escape(token)} · t = {ex.timestep} · '
-            f"max {float(np.max(values)):.3f}</figcaption></figure>"
+    figures = [
+        _map_figure(
+            layer, token_map(layer, prompt, chosen, _head(head, layer.heads)), token, ex.timestep, base, cmap
         )
+        for layer in text_layers(ex.layers, len(prompt.names))
+    ]
     return f'<div style="display:flex;flex-wrap:wrap;gap:14px">{"".join(figures)}</div>'
+
+
+def across(session: Any, token: str | None, count: float, cmap: str) -> str:
+    """``token``'s maps at evenly spaced timesteps: one row per timestep, one map per layer (head mean),
+    the model re-run at each on the same clean image and noise seed."""
+    from ..timesteps import spread
+
+    ex = session.exploration if session is not None else None
+    if ex is None or not ex.prepared.tokens or token is None:
+        raise ValueError("choose a token of the prompt first")
+    frames = token_across(
+        ex.model, session.source, token, spread(int(count), ex.model.num_timesteps), ex.seed
+    )
+    base = render.upscale(ex.image, (MAP_SIDE, MAP_SIDE))
+    rows = [
+        f'<div class="sa-token-film-row" data-timestep="{t}" style="display:flex;flex-wrap:wrap;gap:14px">'
+        + "".join(_map_figure(layer, values, token, t, base, cmap) for layer, values in maps)
+        + "</div>"
+        for t, maps in frames
+    ]
+    return f'<div style="display:flex;flex-direction:column;gap:10px">{"".join(rows)}</div>'
+
+
+def _map_figure(layer: Any, values: np.ndarray, token: str, t: int | None, base: Any, cmap: str) -> str:
+    """One token map over the image, captioned with its layer, token and timestep."""
+    scale = render.colour_scale(values, "per map", layer.keys.count)
+    picture = render.panel(base, values, scale=scale, cmap=cmap)
+    name = html.escape(layer.name)
+    return (
+        f'<figure class="sa-token-map" data-layer="{name}" style="margin:0">'
+        f'<img alt="where {html.escape(token)} lands in {name}" src="{render.png_data_uri(picture)}">'
+        f'<figcaption style="font-size:12px">{name} · {html.escape(token)} · t = {t} · '
+        f"max {float(np.max(values)):.3f}</figcaption></figure>"
+    )
 
 
 def _head(choice: str, heads: int) -> int | str | None:
