@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spatial_attn.data import EYE_COLORS, SHAPES, make_faces
+from spatial_attn.data import EYE_COLORS, SHAPES, blur, make_faces
 from spatial_attn.evaluate import (
     NONE,
     README_BEGIN,
@@ -188,7 +188,18 @@ def test_located_eyes_and_their_traits_are_what_the_faces_drew():
     palette = np.abs(faces.eye_color[:, 0, None].astype(int) - EYE_COLORS.astype(int)).max(-1).argmin(-1)
     traits = np.array([eye_traits(faces.images[i], eyes[0]) for i, (eyes, _) in found])
     truth = np.array([(palette[i], faces.eye_shape[i, 0]) for i, _ in found])
-    assert (traits[:, 0] == truth[:, 0]).all() and (traits[:, 1] == truth[:, 1]).mean() >= 0.9
+    assert (traits[:, 0] == truth[:, 0]).all() and (traits[:, 1] == truth[:, 1]).mean() >= 0.95
+
+
+def test_a_soft_ring_is_still_a_ring_and_a_soft_disc_a_disc():
+    """Generated rings are blurry with a one-pixel hole: the hole, not the template, tells them apart."""
+    for shape in ("ring", "disc"):
+        faces = make_faces(400, 2)
+        keep = faces.eye_shape[:, 0] == SHAPES.index(shape)
+        soft = blur(faces.images[keep], np.full(keep.sum(), 0.5))
+        found = [(img, f[0][0]) for img in soft if (f := locate_eyes(img)) is not None]
+        read = [eye_traits(img, eye)[1] for img, eye in found]
+        assert len(found) > 20 and np.mean(np.array(read) == SHAPES.index(shape)) >= 0.9, shape
 
 
 def test_coverage_is_one_for_the_data_and_zero_for_a_missing_colour():
