@@ -123,9 +123,7 @@ class Explorations:
     under the lock); the second result replaces the first.
     """
 
-    def __init__(
-        self, size: Callable[[Any], int], max_items: int = 32, max_bytes: int = 512 * 2**20
-    ) -> None:
+    def __init__(self, size: Callable[[Any], int], max_items: int = 32, max_bytes: int = 512 * 2**20) -> None:
         self._size = size
         self._max_items = max_items
         self._max_bytes = max_bytes
