@@ -435,9 +435,9 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                 with gr.Row():
                     sample = gr.Button("new sample from seed", elem_id="new-sample")
                     upload = gr.UploadButton("upload an image", file_types=["image"], elem_id="upload")
-                note = gr.Markdown(elem_id="input-note")
                 with gr.Row(equal_height=False):
-                    with gr.Column(scale=1, min_width=140):
+                    note = gr.Markdown(elem_id="input-note")
+                    with gr.Column(scale=0, min_width=140):
                         gr.Markdown("what the model sees", elem_id="model-input-label")
                         model_input = gr.Image(
                             show_label=False,
@@ -449,16 +449,15 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                             width=128,
                             buttons=[],
                         )
-                    with gr.Column(scale=3):
-                        gallery = gr.Gallery(
-                            [(str(p), p.stem) for p in on.example_paths],
-                            label="example faces (valid, then broken)",
-                            columns=5,
-                            allow_preview=False,
-                            height=190,
-                            object_fit="contain",
-                            elem_id="examples",
-                        )
+                gallery = gr.Gallery(
+                    [(str(p), p.stem) for p in on.example_paths],
+                    label="example faces (valid, then broken)",
+                    columns=4,
+                    allow_preview=False,
+                    height=380,
+                    object_fit="contain",
+                    elem_id="examples",
+                )
             with gr.Column(scale=3):
                 with gr.Tabs(elem_id="views"):
                     with gr.Tab("panels", id="panels"):

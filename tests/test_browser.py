@@ -289,7 +289,7 @@ def test_ablation_tab_shows_before_and_after(app_url, chromium, shots):
         page.get_by_role("tab", name="ablation").click()
         page.wait_for_function("() => document.querySelector('#ablate-layer input').value.includes('blocks')")
         page.locator("#ablate-run").click()
-        page.wait_for_selector("#ablation table", timeout=60_000)
+        page.wait_for_function("() => document.querySelector('#ablation table')", timeout=60_000)
         cells = page.eval_on_selector_all("#ablation td", "els => els.map(e => e.innerText)")
         assert len(cells) == 2 and cells[0] != cells[1]  # the ViT's verdict changes without its layer
         page.screenshot(path=str(shots / "screenshot-ablation.png"), full_page=True)

@@ -26,7 +26,7 @@ class TimestepsView:
             self.button = gr.Button("show the pinned pixel across t", elem_id="film-run", scale=1)
         self.note = gr.Markdown(elem_id="film-note")
         self.strip = gr.Image(
-            label="filmstrip", elem_id="filmstrip", interactive=False, format="png", buttons=["download"]
+            show_label=False, elem_id="filmstrip", interactive=False, format="png", buttons=["download"]
         )
         self.gif = gr.File(label="animated GIF", elem_id="film-gif", interactive=False, height=60)
 
