@@ -100,6 +100,17 @@ def default_image() -> tuple[Image.Image, str]:
     return Image.open(first).convert("RGB"), f"example {first.name}"
 
 
+def opening_input(
+    bundled: Any, source: Image.Image | None, note: str, seed: int
+) -> tuple[Image.Image | None, str]:
+    """What a model is shown when the app opens on it or switches to it. A SAGAN given the default
+    example face generates one from the seed instead: its generator's attention is the one worth
+    seeing (the discriminator's is near uniform). An image the user uploaded or picked stays."""
+    if bundled.kind == "sagan" and note == default_image()[1]:
+        return None, f"generated from seed {int(seed)}"
+    return source, note
+
+
 def run(
     library: Library,
     model: str,
@@ -286,8 +297,8 @@ class Handlers:
     @guarded
     def start(self, name: str, t: float, s: float, *view: Any) -> tuple:
         """The first page load: the default example face."""
-        source, note = default_image()
         name, t, s = checked_run(self.library, name, t, s)
+        source, note = opening_input(self.library[name], *default_image(), s)
         return self._after_run(run(self.library, name, t, s, source, note), *view)
 
     @guarded
@@ -299,6 +310,7 @@ class Handlers:
         source, note = session.source, session.note
         if source is None and not self.library[name].generates:
             source, note = default_image()  # a generated face is gone; this model needs an image
+        source, note = opening_input(self.library[name], source, note, s)
         prompt = getattr(session.exploration.model, "default_prompt", None)  # the user's, kept
         fresh = run(self.library, name, t, s, source, note, prompt)
         h, w = fresh.exploration.image_hw

@@ -148,3 +148,21 @@ def test_masked_causal_and_probability_only_layers_are_drawn_for_clicks_only():
     np.testing.assert_allclose(
         _decode(pinned["values"], "<f4", (2, 16)), stored.scores.p[0, :, 2 * 4 + 2].numpy(), atol=1e-7
     )
+
+
+def test_a_sagan_opens_on_its_generator_unless_given_an_image():
+    import gradio as gr
+
+    from spatial_attn.app import Handlers, Library
+
+    handlers = Handlers(Library(["sagan-faces", "vit-faces"]))
+    view = ("mean", "row: where it looks", "viridis", "× uniform", "nearest", 0.65, "per layer", "image")
+    opened = handlers.start("sagan-faces", 0, 2, *view)[0]
+    assert opened.source is None and [la.name for la in opened.exploration.layers] == ["generator.attn"]
+    vit = handlers.start("vit-faces", 0, 2, *view)[0]
+    switched = handlers.rerun(vit, "sagan-faces", 0, 2, *view)[0]  # from the example face: generate
+    assert switched.exploration.layers[0].name == "generator.attn" and "seed 2" in switched.note
+    picked = handlers.picked(
+        gr.SelectData(None, {"index": 4, "value": None}), None, "sagan-faces", 0, 2, *view
+    )[0]
+    assert picked.exploration.layers[0].name == "discriminator.attn"  # a picked image is judged
