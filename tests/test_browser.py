@@ -201,6 +201,8 @@ def test_layout_fits_a_laptop_screen_and_heads_are_labelled(app_url, chromium, s
             f"{PANELS} canvas.sa-map", "els => els.map(e => [e.clientWidth, e.clientHeight])"
         )
         assert {tuple(s) for s in sizes} == {(192, 192)}
+        ticks = page.eval_on_selector_all(f"{PANELS} figure .sa-ticks", "els => els.map(e => e.innerText)")
+        assert all(t.split() == ["1/16×", "1/4×", "1×", "4×", "16×"] for t in ticks)  # numbers on every bar
         before = page.get_attribute(PANELS, "data-payload")
         page.get_by_label("layers × heads").check()
         page.wait_for_function(
@@ -286,6 +288,7 @@ def test_ablation_tab_shows_before_and_after(app_url, chromium, shots):
         picker.fill("vit-faces")
         page.get_by_role("option", name="vit-faces", exact=True).click()
         page.wait_for_function("() => document.querySelector('#input-note').innerText.includes('classified')")
+        assert page.locator("#model-input img").count() == 1  # what a ViT sees is shown too
         page.get_by_role("tab", name="ablation").click()
         page.wait_for_function("() => document.querySelector('#ablate-layer input').value.includes('blocks')")
         page.locator("#ablate-run").click()
