@@ -126,6 +126,37 @@ def _counts(start: int, length: int, total: int, group: int) -> np.ndarray:
     return np.minimum(firsts + group, total) - firsts
 
 
+def flattened_input(model: Any, prepared: Any, layer_name: str) -> np.ndarray | None:
+    """The feature map the attention module ``layer_name`` received, flattened to tokens: ``(N, C)``.
+
+    Re-runs ``model`` on ``prepared`` once with a hook on the module. A ``(B, C, H, W)`` map becomes
+    ``x[0].reshape(C, H*W).T`` (row i = pixel (i // W, i % W)), exactly the reshape the layer
+    makes; a token sequence ``(B, N, C)`` (``(N, B, C)`` for a MultiheadAttention that is not
+    batch-first) is returned as it is. None when the module's input is neither.
+    """
+    module = model.module.get_submodule(layer_name)
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(_module: torch.nn.Module, args: tuple, _output: Any) -> None:
+        if args and isinstance(args[0], torch.Tensor):
+            seen["x"] = args[0].detach()
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            model.run(prepared)
+    finally:
+        handle.remove()
+    x = seen.get("x")
+    if x is None or x.ndim not in (3, 4):
+        return None
+    if x.ndim == 4:
+        c, h, w = x.shape[1:]
+        return x[0].reshape(c, h * w).T.float().numpy()  # (N, C): token i = y*W + x
+    sequence_first = isinstance(module, torch.nn.MultiheadAttention) and not module.batch_first
+    return (x[:, 0] if sequence_first else x[0]).float().numpy()  # (N, C)
+
+
 @dataclass(frozen=True)
 class ResidualShare:
     """SAGAN's ``out = gamma * o + x``: the learned gate and how much the branch moves its input."""

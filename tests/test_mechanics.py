@@ -115,7 +115,8 @@ def test_the_tab_shows_every_step_for_the_pinned_pixel_and_follows_the_temperatu
 
     layer_choice, head_choice, body = MechanicsView.show(_session(ddpm, (13, 9)), None, None, 1.0)
     assert layer_choice.value == ddpm.layers[0].name and head_choice.choices == [("0", "0")]
-    assert body.count('class="sa-step"') == 5 and "token i = 6·16 + 4 = <b>100</b>" in body
+    assert body.count('class="sa-step"') == 6 and "token i = 6·16 + 4 = <b>100</b>" in body
+    assert "C = 48 channels on the 16×16 grid" in body  # the layer's input, flattened
     assert 'class="sa-here">down_blocks.1' in body  # the UNet stage holding the layer
     _, head_choice, cooler = MechanicsView.show(_session(ddpm, (13, 9)), ddpm.layers[1].name, "1", 0.5)
     assert head_choice.value == "1" and "softmax(logits / 0.5)" in cooler and "token i = 3·8 + 2" in cooler
@@ -133,3 +134,28 @@ def test_the_tab_gives_a_sagan_its_gate_and_a_vit_its_cls_key():
     vit = Exploration(load_model("vit-faces"), default_image()[0])
     _, _, body = MechanicsView.show(_session(vit, (13, 9)), None, None, 1.0)
     assert "the 65 keys" in body and "UNet" not in body
+
+
+def test_the_flattened_input_is_the_feature_map_row_by_row(ddpm):
+    name = "up_blocks.1.attentions.0"
+    seen = {}
+    module = ddpm.model.module.get_submodule(name)
+    handle = module.register_forward_hook(lambda m, a, out: seen.update(x=a[0][0]))
+    with torch.no_grad():
+        ddpm.model.run(ddpm.prepared)
+    handle.remove()
+    features = mechanics.flattened_input(ddpm.model, ddpm.prepared, name)
+    c, h, w = seen["x"].shape
+    assert features.shape == (h * w, c)
+    for y, x in ((0, 0), (6, 4), (15, 15)):  # token i = y*W + x is the pixel's channel vector
+        np.testing.assert_array_equal(features[y * w + x], seen["x"][:, y, x].numpy())
+
+
+def test_the_flattened_input_of_a_vit_block_keeps_its_cls_token():
+    from spatial_attn.app import default_image
+
+    vit = load_model("vit-faces")
+    prepared = vit.prepare(default_image()[0])
+    features = mechanics.flattened_input(vit, prepared, "blocks.0.self_attn")
+    layer = Exploration(vit, default_image()[0]).layers[0]
+    assert features.shape == (layer.queries.count, vit.module.blocks[0].self_attn.embed_dim)

@@ -10,6 +10,7 @@ and how much the branch adds to the input; a DDPM layer, where it sits in the UN
 from __future__ import annotations
 
 import html
+import weakref
 from typing import Any
 
 import gradio as gr
@@ -28,6 +29,8 @@ STYLE = """
 .sa-unet .sa-here { background: #fde68a; font-weight: 600; }
 """
 SIDE = 192  # px of every picture's longer side
+#: Each run's flattened layer inputs, kept as long as the run is (a click then costs no forward).
+_FEATURES: weakref.WeakKeyDictionary[Any, dict[str, np.ndarray | None]] = weakref.WeakKeyDictionary()
 
 
 class MechanicsView:
@@ -79,7 +82,8 @@ class MechanicsView:
         chosen = head if head in heads else "0"
         cell = cell_at(session.point, ex.image_hw, layer.query_grid)
         steps = mechanics.row_steps(layer, cell, int(chosen), float(temperature))
-        body = _steps_html(steps, layer, ex.image) + _extras_html(ex, layer, session.point)
+        features = _features(ex, layer.name)
+        body = _steps_html(steps, layer, ex.image, features) + _extras_html(ex, layer, session.point)
         return (
             gr.Dropdown([la.name for la in layers], value=layer.name),
             gr.Dropdown(heads, value=chosen),
@@ -96,18 +100,40 @@ def _figure(title: str, image: Any, text: str) -> str:
     )
 
 
-def _steps_html(steps: mechanics.RowSteps, layer: Any, picture: np.ndarray) -> str:
+def _features(ex: Any, layer_name: str) -> np.ndarray | None:
+    """The layer's input flattened to tokens, read once per run and layer (one extra forward)."""
+    kept = _FEATURES.setdefault(ex, {})
+    if layer_name not in kept:
+        kept[layer_name] = mechanics.flattened_input(ex.model, ex.prepared, layer_name)
+    return kept[layer_name]
+
+
+def _steps_html(
+    steps: mechanics.RowSteps, layer: Any, picture: np.ndarray, features: np.ndarray | None
+) -> str:
     (h, w), (y, x), i = steps.query_grid, steps.cell, steps.token
     n, d = steps.queries.shape
     m = steps.key_vectors.shape[0]
     tall = lambda rows: (min(SIDE * 2, max(SIDE, rows)), 96)  # noqa: E731  rows of a matrix, px
     spread = float(np.abs(np.concatenate([steps.queries.ravel(), steps.key_vectors.ravel()])).max())
     pair = {"cmap": "viridis", "low": -spread, "high": spread}
-    figures = [
+    figures = []
+    if features is not None and features.shape[0] == n:
+        c = features.shape[1]
+        figures.append(
+            _figure(
+                "0 · the feature map, flattened",
+                render.matrix_image(features, tall(n), cmap="cividis", row=i),
+                f"What the layer receives: C = {c} channels on the {h}×{w} grid, flattened row by row to "
+                f"N = {n} tokens of {c} numbers (rows). Your cell (y, x) = ({y}, {x}) is token "
+                f"i = {y}·{w} + {x} = <b>{i}</b> (outlined).",
+            )
+        )
+    figures += [
         _figure(
-            "1 · flatten",
+            "1 · queries",
             render.matrix_image(steps.queries, tall(n), row=i, **pair),
-            f"The {h}×{w} map becomes N = {n} tokens, one row each (here its query, {d} numbers). "
+            f"Each token's {d}-number query, made from its row alone (a 1×1 convolution or a linear map). "
             f"Your cell (y, x) = ({y}, {x}) is token i = {y}·{w} + {x} = <b>{i}</b> (outlined).",
         ),
         _figure(
