@@ -8,13 +8,15 @@ one layer, head and cell, with a temperature ``T`` dividing the logits so a lear
 softmax sharpen (``T < 1``) or flatten (``T > 1``); ``T = 1`` is exactly what the model computed.
 
 :func:`matrix_thumbnail` shows the whole ``N x N'`` matrix, which is never held: it is computed
-in blocks of query rows, each reduced to block means before the next. :func:`residual_share` says
-how much a SAGAN attention branch (``gamma * o + x``) adds to its input; :func:`unet_levels` says
-where a DDPM attention layer sits in its UNet.
+in blocks of query rows, each reduced to block means before the next. :func:`module_io` reads what
+an attention module received and returned (on a private copy of the model): the feature map before
+it is flattened (:func:`flattened_input`), and how much a SAGAN branch (``gamma * o + x``) adds to
+its input (:func:`residual_share`). :func:`unet_levels` says where a DDPM layer sits in its UNet.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -126,35 +128,52 @@ def _counts(start: int, length: int, total: int, group: int) -> np.ndarray:
     return np.minimum(firsts + group, total) - firsts
 
 
-def flattened_input(model: Any, prepared: Any, layer_name: str) -> np.ndarray | None:
-    """The feature map the attention module ``layer_name`` received, flattened to tokens: ``(N, C)``.
+@dataclass(frozen=True)
+class ModuleIO:
+    """What one module received and returned in one forward (batch entry 0)."""
 
-    Re-runs ``model`` on ``prepared`` once with a hook on the module. A ``(B, C, H, W)`` map becomes
-    ``x[0].reshape(C, H*W).T`` (row i = pixel (i // W, i % W)), exactly the reshape the layer
-    makes; a token sequence ``(B, N, C)`` (``(N, B, C)`` for a MultiheadAttention that is not
-    batch-first) is returned as it is. None when the module's input is neither.
+    name: str
+    x: torch.Tensor | None  # the first positional input
+    out: torch.Tensor | None  # the output (the first element when it is a tuple)
+    sequence_first: bool  # a MultiheadAttention that is not batch-first: (N, B, C)
+
+
+def module_io(model: Any, prepared: Any, layer_name: str) -> ModuleIO:
+    """Re-run ``model`` on ``prepared`` once and read module ``layer_name``'s input and output.
+
+    The run is on a private copy of the model: a hook registered on the served model would also
+    fire for other users' runs, and registering hooks while another thread runs the same module
+    is not safe in torch (see the README's "How it works").
     """
-    module = model.module.get_submodule(layer_name)
-    seen: dict[str, torch.Tensor] = {}
+    private = copy.deepcopy(model)
+    module = private.module.get_submodule(layer_name)
+    seen: dict[str, Any] = {}
 
-    def hook(_module: torch.nn.Module, args: tuple, _output: Any) -> None:
-        if args and isinstance(args[0], torch.Tensor):
-            seen["x"] = args[0].detach()
+    def hook(_module: torch.nn.Module, args: tuple, output: Any) -> None:
+        seen["x"] = args[0].detach() if args and isinstance(args[0], torch.Tensor) else None
+        seen["out"] = (output[0] if isinstance(output, tuple) else output).detach()
 
-    handle = module.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            model.run(prepared)
-    finally:
-        handle.remove()
-    x = seen.get("x")
+    module.register_forward_hook(hook)
+    with torch.no_grad():
+        private.run(prepared)
+    first = isinstance(module, torch.nn.MultiheadAttention) and not module.batch_first
+    return ModuleIO(layer_name, seen.get("x"), seen.get("out"), first)
+
+
+def flattened_input(io: ModuleIO) -> np.ndarray | None:
+    """The feature map the module received, flattened to tokens: ``(N, C)``.
+
+    A ``(B, C, H, W)`` map becomes ``x[0].reshape(C, H*W).T`` (row i = pixel (i // W, i % W)),
+    exactly the reshape the layer makes; a token sequence ``(B, N, C)`` (or ``(N, B, C)``) is
+    returned as it is. None when the input is neither.
+    """
+    x = io.x
     if x is None or x.ndim not in (3, 4):
         return None
     if x.ndim == 4:
         c, h, w = x.shape[1:]
         return x[0].reshape(c, h * w).T.float().numpy()  # (N, C): token i = y*W + x
-    sequence_first = isinstance(module, torch.nn.MultiheadAttention) and not module.batch_first
-    return (x[:, 0] if sequence_first else x[0]).float().numpy()  # (N, C)
+    return (x[:, 0] if io.sequence_first else x[0]).float().numpy()  # (N, C)
 
 
 @dataclass(frozen=True)
@@ -166,24 +185,13 @@ class ResidualShare:
     at_cell: float  # the same at the clicked cell (all channels)
 
 
-def residual_share(model: Any, prepared: Any, layer_name: str, cell: tuple[int, int]) -> ResidualShare:
-    """Re-run ``model`` on ``prepared`` once, reading the input and output of the SAGAN attention
-    module ``layer_name``: ``gamma`` and ``||gamma * o|| / ||x||`` (the branch's share)."""
-    module = model.module.get_submodule(layer_name)
+def residual_share(model: Any, io: ModuleIO, cell: tuple[int, int]) -> ResidualShare:
+    """``gamma`` of SAGAN attention module ``io.name`` and ``||gamma * o|| / ||x||``, the branch's
+    share of what the block returns, overall and at ``cell``."""
+    module = model.module.get_submodule(io.name)
     if not hasattr(module, "gamma"):
-        raise ValueError(f"{layer_name} has no gamma: it is not a SAGAN attention block")
-    seen: dict[str, torch.Tensor] = {}
-
-    def hook(_module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-        seen["x"], seen["out"] = args[0].detach(), output.detach()
-
-    handle = module.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            model.run(prepared)
-    finally:
-        handle.remove()
-    x, branch = seen["x"][0], (seen["out"] - seen["x"])[0]  # (C, H, W)
+        raise ValueError(f"{io.name} has no gamma: it is not a SAGAN attention block")
+    x, branch = io.x[0], (io.out - io.x)[0]  # (C, H, W)
     y, xx = cell
     return ResidualShare(
         gamma=float(module.gamma.detach().reshape(-1)[0]),

@@ -75,7 +75,7 @@ def test_matrix_thumbnail_is_the_block_means_of_the_full_matrix(ddpm, monkeypatc
 def test_residual_share_of_a_sagan_is_gamma_times_the_branch_over_the_input():
     sagan = load_model("sagan-faces")
     prepared = sagan.prepare(seed=3)  # the generator
-    share = mechanics.residual_share(sagan, prepared, "generator.attn", (5, 6))
+    share = mechanics.residual_share(sagan, mechanics.module_io(sagan, prepared, "generator.attn"), (5, 6))
     attn = sagan.module.generator.attn
     assert share.gamma == pytest.approx(float(attn.gamma.detach()))
     seen = {}
@@ -87,7 +87,7 @@ def test_residual_share_of_a_sagan_is_gamma_times_the_branch_over_the_input():
     assert share.overall == pytest.approx(float(branch.norm() / x.norm()), rel=1e-5)
     assert share.at_cell == pytest.approx(float(branch[:, 5, 6].norm() / x[:, 5, 6].norm()), rel=1e-5)
     with pytest.raises(ValueError, match="gamma"):
-        mechanics.residual_share(sagan, prepared, "generator.block3", (0, 0))
+        mechanics.residual_share(sagan, mechanics.module_io(sagan, prepared, "generator.block3"), (0, 0))
 
 
 def test_unet_levels_place_each_attention_layer(ddpm):
@@ -144,11 +144,13 @@ def test_the_flattened_input_is_the_feature_map_row_by_row(ddpm):
     with torch.no_grad():
         ddpm.model.run(ddpm.prepared)
     handle.remove()
-    features = mechanics.flattened_input(ddpm.model, ddpm.prepared, name)
+    hooks = sum(len(m._forward_hooks) for m in ddpm.model.module.modules())
+    features = mechanics.flattened_input(mechanics.module_io(ddpm.model, ddpm.prepared, name))
+    assert sum(len(m._forward_hooks) for m in ddpm.model.module.modules()) == hooks  # a private copy
     c, h, w = seen["x"].shape
     assert features.shape == (h * w, c)
     for y, x in ((0, 0), (6, 4), (15, 15)):  # token i = y*W + x is the pixel's channel vector
-        np.testing.assert_array_equal(features[y * w + x], seen["x"][:, y, x].numpy())
+        np.testing.assert_allclose(features[y * w + x], seen["x"][:, y, x].numpy(), atol=1e-5)
 
 
 def test_the_flattened_input_of_a_vit_block_keeps_its_cls_token():
@@ -156,6 +158,6 @@ def test_the_flattened_input_of_a_vit_block_keeps_its_cls_token():
 
     vit = load_model("vit-faces")
     prepared = vit.prepare(default_image()[0])
-    features = mechanics.flattened_input(vit, prepared, "blocks.0.self_attn")
+    features = mechanics.flattened_input(mechanics.module_io(vit, prepared, "blocks.0.self_attn"))
     layer = Exploration(vit, default_image()[0]).layers[0]
     assert features.shape == (layer.queries.count, vit.module.blocks[0].self_attn.embed_dim)

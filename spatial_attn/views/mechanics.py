@@ -29,8 +29,8 @@ STYLE = """
 .sa-unet .sa-here { background: #fde68a; font-weight: 600; }
 """
 SIDE = 192  # px of every picture's longer side
-#: Each run's flattened layer inputs, kept as long as the run is (a click then costs no forward).
-_FEATURES: weakref.WeakKeyDictionary[Any, dict[str, np.ndarray | None]] = weakref.WeakKeyDictionary()
+#: Each run's layer inputs and outputs, kept as long as the run is (a click then costs no forward).
+_IO: weakref.WeakKeyDictionary[Any, dict[str, mechanics.ModuleIO]] = weakref.WeakKeyDictionary()
 
 
 class MechanicsView:
@@ -82,8 +82,9 @@ class MechanicsView:
         chosen = head if head in heads else "0"
         cell = cell_at(session.point, ex.image_hw, layer.query_grid)
         steps = mechanics.row_steps(layer, cell, int(chosen), float(temperature))
-        features = _features(ex, layer.name)
-        body = _steps_html(steps, layer, ex.image, features) + _extras_html(ex, layer, session.point)
+        io = _module_io(ex, layer.name)
+        features = mechanics.flattened_input(io)
+        body = _steps_html(steps, layer, ex.image, features) + _extras_html(ex, layer, io, session.point)
         return (
             gr.Dropdown([la.name for la in layers], value=layer.name),
             gr.Dropdown(heads, value=chosen),
@@ -100,11 +101,11 @@ def _figure(title: str, image: Any, text: str) -> str:
     )
 
 
-def _features(ex: Any, layer_name: str) -> np.ndarray | None:
-    """The layer's input flattened to tokens, read once per run and layer (one extra forward)."""
-    kept = _FEATURES.setdefault(ex, {})
+def _module_io(ex: Any, layer_name: str) -> mechanics.ModuleIO:
+    """The layer's input and output in this run, read once per run and layer (one extra forward)."""
+    kept = _IO.setdefault(ex, {})
     if layer_name not in kept:
-        kept[layer_name] = mechanics.flattened_input(ex.model, ex.prepared, layer_name)
+        kept[layer_name] = mechanics.module_io(ex.model, ex.prepared, layer_name)
     return kept[layer_name]
 
 
@@ -189,11 +190,11 @@ def _steps_html(
     return '<div class="sa-steps">' + "".join(figures) + "</div>"
 
 
-def _extras_html(ex: Any, layer: Any, point: tuple[int, int]) -> str:
+def _extras_html(ex: Any, layer: Any, io: mechanics.ModuleIO, point: tuple[int, int]) -> str:
     """SAGAN: the gate and the branch's share. DDPM: the UNet's stages, this layer's highlighted."""
     if layer.family == "sagan":
         cell = cell_at(point, ex.image_hw, layer.query_grid)
-        share = mechanics.residual_share(ex.model, ex.prepared, layer.name, cell)
+        share = mechanics.residual_share(ex.model, io, cell)
         return (
             f"<p><b>SAGAN's gate.</b> The block returns γ · (attention output) + x with a learned γ = "
             f"{share.gamma:.3f} (0 at initialisation: the network starts purely convolutional). "
