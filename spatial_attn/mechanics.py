@@ -50,6 +50,12 @@ class RowSteps:
         return self.queries[self.token]
 
     @property
+    def entropy(self) -> float:
+        """Entropy of the row at this temperature, in bits (log2 N' when uniform)."""
+        p = self.probs[self.probs > 0]
+        return float(-(p * np.log2(p)).sum())
+
+    @property
     def row_map(self) -> np.ndarray | None:
         """The probabilities on the key grid: the heatmap (None if the keys are not spatial)."""
         if self.keys.grid is None:

@@ -40,6 +40,8 @@ def test_row_steps_are_the_softmax_of_q_dot_k_at_a_temperature(ddpm, temperature
     )
     np.testing.assert_allclose(steps.row_map, steps.probs.reshape(8, 8))
     np.testing.assert_array_equal(steps.query, layer.q[0, 1, steps.token].numpy())
+    p = steps.probs
+    assert steps.entropy == pytest.approx(-(p * np.log2(p)).sum())
     if temperature == 1.0:  # what the model computed
         np.testing.assert_allclose(steps.row_map, layer.row(3, 2, head=1), atol=1e-6)
 

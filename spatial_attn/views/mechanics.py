@@ -165,13 +165,12 @@ def _steps_html(
         scale = render.ColourScale(True, tokens=layer.keys.count)
         heat = render.panel(base, steps.row_map, scale=scale, outline=(steps.cell, steps.query_grid))
         top = steps.probs.max()
-        entropy = float(-(steps.probs * np.log2(np.maximum(steps.probs, 1e-300))).sum())
         figures.append(
             _figure(
                 f"4 · softmax(logits / {steps.temperature:g}) → row {i}",
                 heat,
                 f"p_j = exp(logit_j / T) / Σ exp(logit_j′ / T). The largest p is {top:.3f} "
-                f"({top * m:.1f}× uniform), entropy {entropy:.2f} of {np.log2(m):.2f} bits. "
+                f"({top * m:.1f}× uniform), entropy {steps.entropy:.2f} of {np.log2(m):.2f} bits. "
                 "T = 1 is what the model computed; smaller T sharpens, larger flattens. "
                 "Reshaped to the key grid, this row is the heatmap.",
             )
