@@ -31,11 +31,30 @@ if TYPE_CHECKING:
 How = Literal["off", "uniform"]
 
 
+def private_copy(model: BundledModel) -> BundledModel:
+    """A deep copy of a served model to change or hook freely, sharing nothing with it.
+
+    Another user's capture may have its hooks on the served model at this moment; a deep copy would
+    copy them too, and they would then fire for the copy, whose modules the capture does not know
+    (an error in that request). So every hook the capture machinery made is dropped from the copy.
+    """
+    twin = copy.deepcopy(model)
+    for module in twin.module.modules():
+        for hooks in (module._forward_hooks, module._forward_pre_hooks):
+            for key, hook in list(hooks.items()):
+                if getattr(getattr(hook, "func", hook), "__module__", "") == "spatial_attn.capture":
+                    del hooks[key]
+                    module._forward_hooks_with_kwargs.pop(key, None)
+                    module._forward_hooks_always_called.pop(key, None)
+                    module._forward_pre_hooks_with_kwargs.pop(key, None)
+    return twin
+
+
 def ablated_copy(model: BundledModel, layer_name: str, how: How) -> BundledModel:
     """A deep copy of ``model`` whose attention module ``layer_name`` is switched off or made uniform."""
     if how not in ("off", "uniform"):
         raise ValueError(f"how must be 'off' or 'uniform', got {how!r}")
-    twin = copy.deepcopy(model)
+    twin = private_copy(model)
     module = twin.module.get_submodule(layer_name)
     if hasattr(module, "gamma") and hasattr(module, "query_conv"):  # SAGAN Self_Attn
         if how == "off":

@@ -142,7 +142,7 @@ def draw(session: Session, view: View) -> tuple[Image.Image, str, str]:
     clicks = ex.click(session.point, ex.image_hw, view, draw=False)  # the browser draws the panels
     shown = render.upscale(ex.image, (DISPLAY, DISPLAY))
     render.draw_cell(shown, session.point, ex.image_hw)
-    heatmaps = panels.html_of(ex.browser_data(session.point, view), ex.hover)
+    heatmaps = panels.html_of(ex.browser_data(session.point, view), ex)
     return shown, heatmaps, explain(clicks, session.point, view.mode)
 
 

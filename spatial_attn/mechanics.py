@@ -16,7 +16,6 @@ its input (:func:`residual_share`). :func:`unet_levels` says where a DDPM layer 
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -151,7 +150,9 @@ def module_io(model: Any, prepared: Any, layer_name: str) -> ModuleIO:
     fire for other users' runs, and registering hooks while another thread runs the same module
     is not safe in torch (see the README's "How it works").
     """
-    private = copy.deepcopy(model)
+    from .ablation import private_copy
+
+    private = private_copy(model)
     module = private.module.get_submodule(layer_name)
     seen: dict[str, Any] = {}
 

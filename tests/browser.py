@@ -53,7 +53,7 @@ def served_app(model: str = "ddpm-faces") -> Iterator[str]:
 
 @contextmanager
 def open_app(url: str, chromium: str, viewport: tuple[int, int] = (1280, 800)) -> Iterator[Any]:
-    """A page showing the app, once its first heatmaps are painted."""
+    """A page showing the app, once its first heatmaps are painted and it can follow the mouse."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -61,6 +61,7 @@ def open_app(url: str, chromium: str, viewport: tuple[int, int] = (1280, 800)) -
         page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
         page.goto(url)
         page.wait_for_selector(f"{PANELS} figure .sa-stats:not(:empty)", timeout=60_000)
+        page.wait_for_function("() => window.saReady && window.saReady()", timeout=30_000)  # hover data in
         try:
             yield page
         finally:

@@ -107,3 +107,16 @@ def test_the_tab_shows_before_and_after():
     session = SimpleNamespace(exploration=ex, source=_face(), point=(13, 9))
     body = AblationView.show(view, session, "discriminator.attn", next(iter(HOW)))
     assert "discriminator score" in body and body.count("<td>") == 2 and "sample" not in body
+
+
+def test_a_private_copy_taken_during_another_capture_carries_none_of_its_hooks():
+    from spatial_attn.app import default_image
+
+    vit = load_model("vit-faces")
+    count = lambda module: sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())  # noqa: E731
+    with sa.capture(vit.module):  # another user's capture, in the middle of its run
+        assert count(vit.module) > 0
+        copied = ablation.private_copy(vit)
+    assert count(copied.module) == 0
+    with torch.no_grad():
+        assert copied.run(copied.prepare(default_image()[0])) == vit.run(vit.prepare(default_image()[0]))

@@ -42,19 +42,25 @@
   };
   const floats = (b64) => new Float32Array(bytes(b64));
 
+  let asked = null; // the run whose queries and keys were last asked for
   function load() {
     const el = root();
     data = el ? JSON.parse(el.dataset.payload) : null;
     if (!data) return;
-    if (data.id !== hover.id && el.dataset.hover) {
-      const raw = JSON.parse(el.dataset.hover);
-      hover = {
-        id: data.id,
-        layers: raw.map((h) => h && { d: h.d, q: halves(h.q), k: halves(h.k), lse: floats(h.lse) }),
-      };
-    }
     for (const layer of data.layers) layer.pinnedValues = floats(layer.pinned.values);
+    if (data.id !== hover.id && data.id !== asked) fetchHover((asked = data.id));
   }
+  function fetchHover(id) {
+    // once per run, not with every click (views/panels.py: hover_data)
+    server.hover_data(id).then((text) => {
+      if (!text || asked !== id) return;
+      const raw = JSON.parse(text);
+      hover = { id, layers: raw.map((h) => h && { d: h.d, q: halves(h.q), k: halves(h.k), lse: floats(h.lse) }) };
+      if (hovering) draw(hovering);
+    });
+  }
+  // a layer's decoded queries and keys, if they are the run's on screen
+  const live = (index) => (data && hover.id === data.id ? hover.layers[index] : null);
 
   // -- the attention math the hover needs (the definition: QKScores.row / column) -----------------
   function rowFromQK(layer, qk, token) {
@@ -101,7 +107,7 @@
   // what one layer shows for the pixel under the mouse: {mode, cell, token, vector}, or null
   function hovered(index, pixel) {
     const layer = data.layers[index];
-    const qk = hover.layers[index];
+    const qk = live(index);
     if (!qk) return null;
     const mode = layer.pinned.mode;
     const layout = mode === "row" ? layer.queries : layer.keys;
@@ -275,9 +281,9 @@
       all[i].forEach((map, k) => canvases[k] && paint(canvases[k], map, layer, shown[i], scale, base));
       colorbar(figure, scale);
       figure.querySelector(".sa-stats").textContent = stats(layer, shown[i], all[i][all[i].length - 1]);
-      const live = pixel && hover.layers[i];
-      figure.dataset.pixel = (live ? pixel : data.pixel).join(",");
-      figure.classList.toggle("sa-stale", Boolean(pixel) && !live);
+      const followed = pixel && live(i);
+      figure.dataset.pixel = (followed ? pixel : data.pixel).join(",");
+      figure.classList.toggle("sa-stale", Boolean(pixel) && !followed);
     });
     root().dataset.pixel = (pixel || data.pixel).join(",");
   }
@@ -321,7 +327,7 @@
   // on the key grid) or column (who looks at it, on the query grid), as the hover computes it
   window.saRows = (y, x, mode = "row") =>
     data.layers.map((layer, i) => {
-      const qk = hover.layers[i];
+      const qk = live(i);
       if (!qk) return null;
       const [from, to] = mode === "row" ? [layer.queries, layer.keys] : [layer.keys, layer.queries];
       const cell = cellAt(y, x, data.image_hw, from.grid);
@@ -330,6 +336,9 @@
       const v = reduce(vector, layer.heads, "mean");
       return { name: layer.name, cell, values: Array.from(v.subarray(to.start, to.start + to.grid[0] * to.grid[1])) };
     });
+
+  // whether the page can follow the mouse yet: the run's queries and keys have arrived
+  window.saReady = () => Boolean(data) && hover.id === data.id;
 
   const render = () => {
     load();

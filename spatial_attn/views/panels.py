@@ -2,16 +2,17 @@
 
 The server writes each figure's frame (title, canvases of one display size, colorbar, caption) and
 the data to fill it (:meth:`~spatial_attn.explore.Exploration.browser_data`); ``panels.js`` paints
-the canvases, and repaints them for the pixel under the mouse from the queries and keys sent once
-per model run. ``data-pixel`` on every figure says which model-input pixel ``y,x`` it shows (read by
-the tests and the hover benchmark).
+the canvases, and repaints them for the pixel under the mouse from the queries and keys of the run,
+which it fetches once per run through :func:`hover_data`: a click's HTML does not carry them, so it
+stays small however large the model (a ViT-B/16's are 10 MB). ``data-pixel`` on every figure says
+which model-input pixel ``y,x`` it shows (read by the tests and the hover benchmark).
 """
 
 from __future__ import annotations
 
-import functools
 import html
 import json
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,26 @@ canvas.sa-map { display: block; border-radius: 3px; image-rendering: pixelated; 
 """
 
 
+#: The runs whose panels were drawn, by their random id, for as long as their session keeps them.
+_RUNS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+
+
+def hover_data(run_id: str) -> str | None:
+    """The queries and keys of run ``run_id`` as JSON (:func:`spatial_attn.payload.hover_json`), for
+    the page to follow the mouse; None once the run is gone. ``panels.js`` asks once per run."""
+    run = _RUNS.get(str(run_id))
+    return run.hover[1] if run is not None else None
+
+
 def component() -> gr.HTML:
-    """The panels' container: its value is :func:`html` of one click."""
-    return gr.HTML(elem_id="heatmaps", js_on_load=SCRIPT, css_template=STYLE, min_height=240)
+    """The panels' container: its value is :func:`html_of` one click."""
+    return gr.HTML(
+        elem_id="heatmaps",
+        js_on_load=SCRIPT,
+        css_template=STYLE,
+        min_height=240,
+        server_functions=[hover_data],
+    )
 
 
 def controls() -> tuple[gr.components.Component, ...]:
@@ -66,25 +84,17 @@ def controls() -> tuple[gr.components.Component, ...]:
     return head, mode, cmap, scale, upsampling, opacity, layout, over
 
 
-def html_of(data: dict[str, Any], hover: tuple[str, str]) -> str:
-    """The figures for ``data`` (browser data of one click), with the payload the script reads."""
+def html_of(data: dict[str, Any], run: Any) -> str:
+    """The figures for ``data`` (browser data of one click of ``run``, an Exploration), with the
+    payload the script reads; ``run`` is registered for :func:`hover_data`."""
+    _RUNS[data["id"]] = run
     size = data["size"]
     figures = [_figure(layer, data, size) for layer in data["layers"]]
     pixel = ",".join(map(str, data["pixel"]))
-    hover_id, hover_json = hover
-    opening = (
-        f'<div class="sa-panels" data-pixel="{pixel}" data-id="{hover_id}"'
-        f' data-payload="{html.escape(json.dumps(data))}" data-hover="'
+    return (
+        f'<div class="sa-panels" data-pixel="{pixel}" data-id="{data["id"]}"'
+        f' data-payload="{html.escape(json.dumps(data))}">' + "".join(figures) + "</div>"
     )
-    return "".join([opening, _escaped(hover_json), '">', *figures, "</div>"])  # the 10 MB copied once
-
-
-@functools.lru_cache(maxsize=32)
-def _escaped(hover_json: str) -> str:
-    """The hover payload escaped for an attribute, once per run: it holds every layer's queries and
-    keys (10 MB for a ViT-B/16), and escaping it again on each click cost 40 ms of a 50 ms budget.
-    The key is the run's own string object, so a lookup never compares the 10 MB."""
-    return html.escape(hover_json)
 
 
 def _figure(layer: dict[str, Any], data: dict[str, Any], size: int) -> str:
