@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 import spatial_attn as sa
+from spatial_attn.data import KINDS
 from spatial_attn.models import available_models, load_model
 from spatial_attn.models.bundle import CHECKPOINTS
 
@@ -92,8 +93,7 @@ def test_vit_layers_and_probs(models):
         assert layer.heads == bm.config["heads"]
         row = layer.row(2, 3)
         assert row.shape == (8, 8) and 0 < row.sum() <= 1 + 1e-5  # CLS mass is left out
-    kinds = ["valid", "eye_color", "eye_shape", "missing_eye", "no_face"]
-    assert list(summary["probs"]) == bm.labels == kinds
+    assert list(summary["probs"]) == bm.labels == list(KINDS)
     assert abs(sum(summary["probs"].values()) - 1) < 1e-3
     with pytest.raises(ValueError, match="needs an image"):
         bm.prepare(None)
