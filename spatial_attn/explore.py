@@ -177,7 +177,8 @@ class Exploration:
     @functools.cached_property
     def hover(self) -> tuple[str, str]:
         """``(id, JSON)`` of what the browser needs to recompute rows under the mouse (the queries and
-        keys of :func:`~spatial_attn.payload.hover_json`): encoded once per run, sent with every draw."""
+        keys of :func:`~spatial_attn.payload.hover_json`): encoded once per run, fetched by the page
+        once per run (``views/panels.py``: ``hover_data``); the id is random, so no other page guesses it."""
         return uuid.uuid4().hex[:12], json.dumps(payload.hover_json(self.layers))
 
     def browser_data(self, point: tuple[int, int], view: View) -> dict[str, Any]:
