@@ -266,3 +266,23 @@ def test_an_upload_larger_than_the_session_keeps_says_the_size_it_was_kept_at(ha
     )
     kept = handlers.library["ddpm-faces"].max_source
     assert "600×600" in out["note"] and f"kept at {kept}×{kept} for this session" in out["note"]
+
+
+def test_every_model_run_shares_one_bounded_lane_and_clicks_do_not():
+    """Events that run a model (whatever tab they come from) queue in one lane of RUNS; clicks and
+    redraws, which only read stored queries and keys, have no shared lane at all."""
+    from spatial_attn.app import build_demo
+    from spatial_attn.serving import RUNS
+
+    demo = build_demo("vit-faces", Library(["vit-faces"]))
+    runs = {"start", "rerun", "uploaded", "picked", "generated", "attend", "show", "prompted", "across"}
+    seen = set()
+    for fn in demo.fns.values():
+        name = getattr(fn.fn, "__name__", "") or getattr(getattr(fn.fn, "func", None), "__name__", "")
+        if name in runs or name == "export":
+            seen.add(name)
+            assert (fn.concurrency_id, fn.concurrency_limit) == ("model", RUNS), name
+        elif getattr(fn.fn, "__qualname__", "") in ("Handlers.clicked", "Handlers.redraw"):
+            seen.add(name)
+            assert fn.concurrency_limit is None, name
+    assert seen == runs | {"export", "clicked", "redraw"}

@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from .. import ablation, render
+from ..serving import RUN_EVENTS
 
 STYLE = """
 .sa-ablation table { border-collapse: collapse; font-size: 13px; }
@@ -39,7 +40,7 @@ class AblationView:
     def wire(self, state: gr.State, heatmaps: gr.HTML) -> None:
         """The layer list follows each model run; the ablation runs on request (a sample can take s)."""
         heatmaps.change(self.layers, [state, self.layer], self.layer, api_name=False, show_progress="hidden")
-        self.button.click(self.show, [state, self.layer, self.how], self.html, api_name=False)
+        self.button.click(self.show, [state, self.layer, self.how], self.html, api_name=False, **RUN_EVENTS)
 
     @staticmethod
     def layers(session: Any, chosen: str | None) -> Any:

@@ -19,6 +19,7 @@ from PIL import Image
 from .. import render
 from ..explore import Exploration
 from ..grid import cell_at
+from ..serving import RUN_EVENTS
 
 STYLE = """
 .sa-compare h4 { margin: 10px 0 4px; }
@@ -59,7 +60,7 @@ class CompareView:
                 return gr.skip(), gr.skip(), gr.skip()
             return show(session, first, second, shown, *view)
 
-        self.button.click(show, inputs, outputs, api_name=False)
+        self.button.click(show, inputs, outputs, api_name=False, **RUN_EVENTS)  # runs the models
         heatmaps.change(follow, inputs, outputs, api_name=False, show_progress="hidden")
 
     def twin_of(self, name: str) -> str:

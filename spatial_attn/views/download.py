@@ -14,6 +14,8 @@ from typing import Any
 
 import gradio as gr
 
+from ..serving import RUN_EVENTS
+
 
 class DownloadView:
     """A button and the file it produces (Gradio serves it for download)."""
@@ -28,7 +30,7 @@ class DownloadView:
     def wire(self, state: gr.State, view_inputs: list, to_view: Callable[..., Any]) -> None:
         """Export on click, with the display controls read through ``to_view`` (``app.view_of``)."""
         handler = functools.partial(self.export, to_view)
-        self.button.click(handler, [state, *view_inputs], self.file, api_name=False)
+        self.button.click(handler, [state, *view_inputs], self.file, api_name=False, **RUN_EVENTS)
 
     @staticmethod
     def export(to_view: Callable[..., Any], session: Any, *view: Any) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import mechanics, render
 from ..grid import cell_at
+from ..serving import RUN_EVENTS
 
 STYLE = """
 .sa-steps { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
@@ -59,10 +60,10 @@ class MechanicsView:
                 return gr.skip(), gr.skip(), gr.skip()
             return self.show(session, layer_name, head, temperature)
 
-        tab.select(self.show, inputs, outputs, **quiet)
+        tab.select(self.show, inputs, outputs, **quiet, **RUN_EVENTS)  # a forward, once per run
         heatmaps.change(follow, [*inputs, self.html], outputs, **quiet)
         for control in (self.layer, self.head, self.temperature):
-            control.input(self.show, inputs, outputs, **quiet)
+            control.input(self.show, inputs, outputs, **quiet, **RUN_EVENTS)
 
     @staticmethod
     def show(session: Any, layer_name: str | None, head: str | None, temperature: float) -> tuple:

@@ -21,6 +21,7 @@ import numpy as np
 from .. import render
 from ..explore import head_index
 from ..grid import cell_at
+from ..serving import RUN_EVENTS
 from ..text import PromptTokens, text_layers, token_across, token_bars, token_map
 
 BAR_HEIGHT = 90  # px of a bar at probability 1
@@ -68,14 +69,15 @@ class PromptView:
             return on._after_run(replace(fresh, point=session.point), *view, previous=session)
 
         shown = [self.group, self.prompt, self.bars, self.token, self.maps]
-        self.prompt.submit(guard(prompted), [state, self.prompt, *run_inputs], reran, api_name=False)
+        runs = {"api_name": False, **RUN_EVENTS}  # a new prompt, the filmstrip: forwards, in the app's lane
+        self.prompt.submit(guard(prompted), [state, self.prompt, *run_inputs], reran, **runs)
         quiet = {"api_name": False, "show_progress": "hidden"}
         state.change(guard(refresh), [state, self.token, head, cmap], shown, **quiet)
         # a click changes the session in place (no state.change): the bars follow the click itself
         image.select(guard(clicked), [state, head], [self.bars], **quiet)
         for control in (self.token, head, cmap):
             control.change(guard(draw_maps), [state, self.token, head, cmap], [self.maps], **quiet)
-        self.across.click(guard(across), [state, self.token, self.count, cmap], [self.film], api_name=False)
+        self.across.click(guard(across), [state, self.token, self.count, cmap], [self.film], **runs)
 
 
 def refresh(session: Any, token: str | None, head: str, cmap: str) -> tuple:

@@ -14,6 +14,7 @@ import gradio as gr
 from PIL import Image
 
 from .. import render, timesteps
+from ..serving import RUN_EVENTS
 
 
 class TimestepsView:
@@ -33,9 +34,8 @@ class TimestepsView:
     def wire(self, state: gr.State, heatmaps: gr.HTML) -> None:
         """The layer list follows each model run; the frames are made on request (one forward each)."""
         heatmaps.change(self.layers, [state, self.layer], self.layer, api_name=False, show_progress="hidden")
-        self.button.click(
-            self.show, [state, self.layer, self.count], [self.strip, self.gif, self.note], api_name=False
-        )
+        outputs = [self.strip, self.gif, self.note]
+        self.button.click(self.show, [state, self.layer, self.count], outputs, api_name=False, **RUN_EVENTS)
 
     @staticmethod
     def layers(session: Any, chosen: str | None) -> Any:
