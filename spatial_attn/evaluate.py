@@ -34,7 +34,7 @@ import torch
 
 from .data import KINDS, blur, make_faces
 from .data.tensors import to_tensor
-from .eye_attention import Figures, measure, variants
+from .eye_attention import COLLAPSE, Figures, measure, variants
 from .eye_attention import eye_cells as eye_cells  # re-exported: the app's explorer uses it
 from .models import BundledModel, load_model
 from .sample_eval import coverage, generator_figures
@@ -48,6 +48,7 @@ CONTENT_TARGET = 2.0  # valid / eye-erased lift
 FOLLOW_TARGET = 0.8  # share of moved-eye trials whose peak follows the eye
 PROBE_TARGET = 0.10  # most of a broken kind the judge may call valid
 BLUR_SIGMA = 1.2  # the blurred probes (the audit's)
+COLLAPSE_REPORTED = 0.05  # share of collapsed rows from which a layer's collapse is spelled out
 Twins = tuple[BundledModel, BundledModel]  # (trained, random twin)
 
 
@@ -393,6 +394,12 @@ def format_table(report: Report) -> str:
         + ("a layer meets" if any(r.met for r in report.layers if r.model == name) else "**no layer meets**")
         + f" content lift >= {CONTENT_TARGET:g} and follows >= {100 * FOLLOW_TARGET:g}%"
         for name in NAMES
+    ]
+    verdicts += [
+        f"- **collapse** in {r.model} `{r.layer.split(',')[0]}`: {r.collapsed:.0%} of eye queries put >= "
+        f"{COLLAPSE:.0%} of their mass on one grid row that misses the other eye"
+        for r in report.layers
+        if r.collapsed >= COLLAPSE_REPORTED
     ]
     seeds = ", ".join(map(str, SPLITS[report.split]))
     return "\n".join(

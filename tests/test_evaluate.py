@@ -162,6 +162,9 @@ def test_headline_is_the_layer_nearest_both_targets_and_the_table_says_what_is_m
     table = format_table(Report("dev", [], rows))
     assert "| m | `a` | 2.50 [2.50, 2.50] | 1.00 [1.00, 1.00] |" in table
     assert "**`b`** (headline)" in table and "- vit-faces: **no layer meets**" in table
+    assert "**collapse**" not in table
+    rows[0].collapsed = 0.38
+    assert "- **collapse** in m `a`: 38% of eye queries" in format_table(Report("dev", [], rows))
 
 
 def test_the_readme_block_is_replaced_and_nothing_else(tmp_path, monkeypatch):
