@@ -504,7 +504,9 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
         upload.upload(on.uploaded, [state, upload, *run_inputs], reran, **runs)
         gallery.select(on.picked, [state, *run_inputs], reran, **runs)
         sample.click(on.generated, [state, *run_inputs], reran, **runs)
-        image.select(on.clicked, [state, *view_inputs], drawn, **quiet)
+        # always_last, not Gradio's default "once": a click made while the previous one is still
+        # pending is sent when it ends, instead of being ignored (a lost click under load)
+        image.select(on.clicked, [state, *view_inputs], drawn, trigger_mode="always_last", **quiet)
         for control in view_inputs:  # redrawing is cheap: follow every change, sliders included
             control.change(on.redraw, [state, *view_inputs], drawn, trigger_mode="always_last", **quiet)
 
