@@ -193,8 +193,9 @@ def attend(
 ) -> tuple[list[tuple[Image.Image, str]], dict]:
     """The HTTP API: every layer's attention row for pixel ``(x, y)`` of ``image``.
 
-    ``image`` is a file path (None: the default example face); ``x``/``y`` are pixels of that image,
-    whatever its size: mapped through the model's own resize and crop. ``prompt`` is for
+    ``image`` is a file path (None: what the app opens on, the default example face, or for a SAGAN
+    its generator's sample from ``seed``, whose attention is then shown); ``x``/``y`` are pixels of
+    that image, whatever its size: mapped through the model's own resize and crop. ``prompt`` is for
     text-conditioned models ("": the model's default). Returns the panels (only if ``images``: each
     one is a file written for the caller) and, per layer, its grids, the head shown, the query cell
     and the row (over the prompt's ``tokens`` in cross-attention layers). Every parameter is checked
@@ -208,8 +209,14 @@ def attend(
     key = (name, serving.file_digest(image) if image else None, t, s, prompt)
 
     def capture() -> tuple[Session, list[str], tuple[int, int]]:
-        source, notes = load_image(image) if image else (default_image()[0], [])
-        return run(library, name, t, s, source, "", prompt or None), notes, (source.height, source.width)
+        if image:
+            source, notes = load_image(image)
+        else:  # what the app opens on: the example face, or a SAGAN's own sample from the seed
+            source, note = opening_input(library[name], *default_image(), s)
+            notes = [note]
+        session = run(library, name, t, s, source, "", prompt or None)
+        hw = (source.height, source.width) if source is not None else session.exploration.image_hw
+        return session, notes, hw
 
     session, notes, hw = cache.get(key, capture) if cache is not None else capture()
     ex = session.exploration
