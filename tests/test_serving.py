@@ -1,0 +1,57 @@
+"""The serving pieces on their own: the /attend cache's two bounds, the per-session tickets, and the
+click event's trigger mode (a click made while one is pending must be sent, not ignored)."""
+
+from __future__ import annotations
+
+import pytest
+
+from spatial_attn.serving import Explorations, Tickets, number, whole
+
+
+def test_the_cache_is_bounded_by_count_and_by_bytes_least_recent_first():
+    made: list[str] = []
+
+    def make(key: str, size: int):
+        return lambda: made.append(key) or (key, size)
+
+    cache = Explorations(size=lambda entry: entry[1], max_items=2, max_bytes=100)
+    cache.get("a", make("a", 10))
+    cache.get("b", make("b", 10))
+    cache.get("a", make("a", 10))  # a hit: "a" is now the most recent
+    cache.get("c", make("c", 10))  # over the count: "b", the least recent, goes
+    assert made == ["a", "b", "c"] and len(cache) == 2
+    cache.get("a", make("a", 10))
+    assert made == ["a", "b", "c"]
+    cache.get("d", make("d", 95))  # over the bytes: everything older goes
+    assert len(cache) == 1 and cache.nbytes == 95
+    cache.get("e", make("e", 500))  # larger than the whole budget: returned, never kept
+    assert cache.nbytes == 95 and (cache.hits, cache.misses) == (2, 5)
+
+
+def test_tickets_show_only_the_latest_event_of_a_live_session():
+    tickets = Tickets()
+    first = tickets.take()
+    second = tickets.take()
+    assert not tickets.current(first) and tickets.current(second)
+    tickets.retire()
+    assert not tickets.current(second)
+
+
+@pytest.mark.parametrize("value", [True, None, "x", float("nan"), float("inf"), 10**400])
+def test_numbers_refuse_what_is_not_a_finite_number(value):
+    with pytest.raises(ValueError, match=r"number|required"):
+        number(value, "x")
+
+
+def test_whole_refuses_fractions_instead_of_truncating():
+    assert whole(3.0, "t", 0, 9) == 3
+    with pytest.raises(ValueError, match="whole number"):
+        whole(-0.5, "t", 0, 9)
+
+
+def test_the_image_click_is_sent_even_while_the_previous_one_is_pending():
+    from spatial_attn.app import Library, build_demo
+
+    demo = build_demo("vit-faces", Library(["vit-faces"]))
+    clicks = [fn for fn in demo.fns.values() if getattr(fn.fn, "__qualname__", "") == "Handlers.clicked"]
+    assert [fn.trigger_mode for fn in clicks] == ["always_last"]
