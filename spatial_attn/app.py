@@ -205,7 +205,7 @@ def attend(
     name, t, s = checked_run(library, model, timestep, seed)
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be text, got {prompt!r}")
-    head_index(head)  # the form of it ("mean", "max", "head k"); its range once the layers are known
+    k = head_index(head)  # the form of it ("mean", "max", "head k"); its range once the layers are known
     key = (name, serving.file_digest(image) if image else None, t, s, prompt)
 
     def capture() -> tuple[Session, list[str], tuple[int, int]]:
@@ -225,7 +225,7 @@ def attend(
         serving.number(x, "x", 0, hw[1] - 1e-9 * hw[1]),
     )
     heads = ex.max_heads()
-    if isinstance(head_index(head), int) and head_index(head) >= heads:
+    if isinstance(k, int) and k >= heads:
         raise ValueError(f"{head}: the layers of {name} have at most {heads} heads (0 to {heads - 1})")
     pixel = ex.model.input_pixel(point, hw)
     clicks = ex.click(pixel, ex.image_hw, View(head=head), draw=images)
