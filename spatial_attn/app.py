@@ -23,7 +23,7 @@ import gradio as gr
 from PIL import Image
 
 from . import render, serving
-from .explore import Exploration, View, explain, head_index
+from .explore import Exploration, View, cell_of, explain, head_index
 from .grid import cell_at
 from .images import MAX_UPLOAD_MB, ImageError, load_image
 from .resources import locate, searched
@@ -93,11 +93,16 @@ def examples() -> list[Path]:
 
 def default_image() -> tuple[Image.Image, str]:
     """The first example (a valid face): what the app shows before anything is uploaded."""
+    first = _first_example()
+    return Image.open(first).convert("RGB"), f"example {first.name}"
+
+
+@functools.cache
+def _first_example() -> Path:
     found = examples()
     if not found:
         raise FileNotFoundError(f"no example faces in {ASSETS / 'faces'} ({searched('assets')})")
-    first = found[0]
-    return Image.open(first).convert("RGB"), f"example {first.name}"
+    return found[0]
 
 
 def opening_input(
@@ -106,7 +111,7 @@ def opening_input(
     """What a model is shown when the app opens on it or switches to it. A SAGAN given the default
     example face generates one from the seed instead: its generator's attention is the one worth
     seeing (the discriminator's is near uniform). An image the user uploaded or picked stays."""
-    if bundled.kind == "sagan" and note == default_image()[1]:
+    if bundled.kind == "sagan" and note == f"example {_first_example().name}":
         return None, f"generated from seed {int(seed)}"
     return source, note
 
@@ -139,11 +144,13 @@ def run(
 def draw(session: Session, view: View) -> tuple[Image.Image, str, str]:
     """The clickable image with its marker, the heatmap panels and the explanation."""
     ex = session.exploration
-    clicks = ex.click(session.point, ex.image_hw, view, draw=False)  # the browser draws the panels
+    head_index(view.head)  # its form; the page reduces the heads itself
+    # the cells only: the rows are computed once, in browser_data, and the browser draws the panels
+    cells = [(layer, *cell_of(layer, session.point, ex.image_hw, view.mode)) for layer in ex.layers]
     shown = render.upscale(ex.image, (DISPLAY, DISPLAY))
     render.draw_cell(shown, session.point, ex.image_hw)
     heatmaps = panels.html_of(ex.browser_data(session.point, view), ex)
-    return shown, heatmaps, explain(clicks, session.point, view.mode)
+    return shown, heatmaps, explain(cells, session.point, view.mode)
 
 
 def input_note(session: Session) -> str:
@@ -322,7 +329,7 @@ class Handlers:
         fresh = run(self.library, name, t, s, source, note, prompt)
         h, w = fresh.exploration.image_hw
         y, x = session.point  # the same click, kept inside the new model's input
-        kept = replace(fresh, point=(min(y, h - 1), min(x, w - 1)), tickets=Tickets())
+        kept = replace(fresh, point=(min(y, h - 1), min(x, w - 1)))
         return self._after_run(kept, *view, previous=session)
 
     @guarded
@@ -534,9 +541,9 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
         api_only.click(on.attend, api_inputs, api_outputs, api_name="attend", **RUN_EVENTS)
         mechanics_view.wire(state, heatmaps, mechanics_tab)
         download_view.wire(state, view_inputs, view_of)
-        timesteps_view.wire(state, heatmaps)
+        timesteps_view.wire(state)
         compare_view.wire(state, heatmaps, view_inputs, view_of)
-        ablation_view.wire(state, heatmaps)
+        ablation_view.wire(state)
         prompt_view.wire(state, image, head, cmap, on, run, run_inputs, reran, guarded)
     return demo
 

@@ -35,10 +35,8 @@ import torch
 from .data import KINDS, blur, make_faces
 from .data.tensors import to_tensor
 from .eye_attention import COLLAPSE, Figures, measure, variants
-from .eye_attention import eye_cells as eye_cells  # re-exported: the app's explorer uses it
 from .models import BundledModel, load_model
 from .sample_eval import coverage, generator_figures
-from .sample_eval import locate_eyes as locate_eyes  # re-exported: the app's explorer uses it
 
 DEV_SEEDS = (3, 4, 5)
 HELDOUT_SEEDS = (7919, 7927, 7933)

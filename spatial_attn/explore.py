@@ -149,11 +149,9 @@ class Exploration:
         self, layer: AttentionLayer, point: tuple[float, float], image_hw: tuple[int, int], view: View
     ) -> LayerClick:
         head, note = _head(view.head, layer.heads)
+        cell, token = cell_of(layer, point, image_hw, view.mode)
         if view.mode == "column" and layer.key_grid is not None:
-            cell = cell_at(point, image_hw, layer.key_grid)
-            values = layer.column(*cell, head=head)
-            return LayerClick(layer, cell, layer.keys.token(*cell), values, note)
-        cell = cell_at(point, image_hw, layer.query_grid)
+            return LayerClick(layer, cell, token, layer.column(*cell, head=head), note)
         row = layer.attend(*cell, head=head)
         return LayerClick(layer, cell, row.token, row.values, note, row.special, row.entropy, row.distance)
 
@@ -184,12 +182,11 @@ class Exploration:
     def browser_data(self, point: tuple[int, int], view: View) -> dict[str, Any]:
         """Everything the page draws the panels from for a click at model-input pixel ``point``: the
         layers, each one's pinned vector for every head, the view, the colormap and the picture."""
-        grids = [g for layer in self.layers for g in (layer.query_grid, layer.key_grid) if g]
         return {
             "id": self.hover[0],
             "pixel": list(point),
             "image_hw": list(self.image_hw),
-            "size": render.panel_size(grids, self.image_hw),
+            "size": self._panel_size,
             "view": {
                 "head": view.head,
                 "cmap": view.cmap,
@@ -199,20 +196,31 @@ class Exploration:
                 "heads_grid": view.heads_grid,
             },
             "lut": render.lut(view.cmap).ravel().tolist(),
-            "base": render.png_data_uri(self.image if view.over == "image" else self.input),
+            "base": self._base_uri(view.over),
             "layers": [
-                {
-                    **payload.layer_json(layer),
-                    "pinned": payload.pinned_json(layer, point, self.image_hw, view.mode),
-                }
-                for layer in self.layers
+                {**described, "pinned": payload.pinned_json(layer, point, self.image_hw, view.mode)}
+                for layer, described in zip(self.layers, self._layers_json, strict=True)
             ],
         }
+
+    # what browser_data sends on every click but only changes with the run: made once per run
+    @functools.cached_property
+    def _panel_size(self) -> int:
+        grids = [g for layer in self.layers for g in (layer.query_grid, layer.key_grid) if g]
+        return render.panel_size(grids, self.image_hw)
+
+    @functools.cached_property
+    def _layers_json(self) -> list[dict[str, Any]]:
+        return [payload.layer_json(layer) for layer in self.layers]
+
+    @functools.cache  # noqa: B019 (two entries per run, kept as long as the run is)
+    def _base_uri(self, over: str) -> str:
+        return render.png_data_uri(self.image if over == "image" else self.input)
 
     def first_point(self) -> tuple[int, int]:
         """Where the first click lands: the left eye when the picture is a face whose eyes can be
         found (a click there lights up the other eye), else the centre, where little stands out."""
-        from .evaluate import locate_eyes  # the judge's eye finder; loaded only when asked
+        from .sample_eval import locate_eyes  # the judge's eye finder; loaded only when asked
 
         h, w = self.image_hw
         found = locate_eyes(self.image) if (h, w) == (32, 32) else None
@@ -222,7 +230,21 @@ class Exploration:
         return min(int(y), h - 1), min(int(x), w - 1)
 
 
-def explain(clicks: list[LayerClick], pixel: tuple[int, int], mode: str = "row") -> str:
+def cell_of(
+    layer: AttentionLayer, point: tuple[float, float], image_hw: tuple[int, int], mode: str = "row"
+) -> tuple[tuple[int, int], int]:
+    """The cell of ``layer`` that a click at ``point`` lands on, and its token: on the query grid for
+    a row, on the key grid for a column (when the keys have one)."""
+    if mode == "column" and layer.key_grid is not None:
+        cell = cell_at(point, image_hw, layer.key_grid)
+        return cell, layer.keys.token(*cell)
+    cell = cell_at(point, image_hw, layer.query_grid)
+    return cell, layer.queries.token(*cell)
+
+
+def explain(
+    clicks: list[tuple[AttentionLayer, tuple[int, int], int]], pixel: tuple[int, int], mode: str = "row"
+) -> str:
     """The paragraph beside the panels: what a row is, for this very click, layer by layer."""
     y, x = pixel
     lines = [
@@ -240,15 +262,14 @@ def explain(clicks: list[LayerClick], pixel: tuple[int, int], mode: str = "row")
         "| layer | grid | your cell (y, x) | token i = y·W + x | matrix |",
         "|---|---|---|---|---|",
     ]
-    for c in clicks:
-        layer = c.layer
+    for layer, cell, token in clicks:
         grid = layer.query_grid if mode == "row" or layer.key_grid is None else layer.key_grid
         h, w = grid
         start = (layer.queries if mode == "row" else layer.keys).start
         offset = f"{start} + " if start else ""
         lines.append(
-            f"| `{layer.name}` | {h}×{w} | ({c.cell[0]}, {c.cell[1]}) | "
-            f"{offset}{c.cell[0]}·{w} + {c.cell[1]} = **{c.token}** | "
+            f"| `{layer.name}` | {h}×{w} | ({cell[0]}, {cell[1]}) | "
+            f"{offset}{cell[0]}·{w} + {cell[1]} = **{token}** | "
             f"{layer.queries.count} × {layer.keys.count} |"
         )
     lines += [

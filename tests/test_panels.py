@@ -109,7 +109,7 @@ def test_the_browser_data_names_every_layer_and_its_tokens():
 
 
 def test_first_click_lands_on_an_eye_of_a_face_and_the_centre_otherwise(ddpm):
-    from spatial_attn.evaluate import locate_eyes
+    from spatial_attn.sample_eval import locate_eyes
 
     eyes, _ = locate_eyes(ddpm.image)
     y, x = ddpm.first_point()

@@ -37,9 +37,10 @@ class AblationView:
             self.button = gr.Button("ablate and compare", elem_id="ablate-run", scale=1)
         self.html = gr.HTML(elem_id="ablation", css_template=STYLE, js_on_load=None)
 
-    def wire(self, state: gr.State, heatmaps: gr.HTML) -> None:
+    def wire(self, state: gr.State) -> None:
         """The layer list follows each model run; the ablation runs on request (a sample can take s)."""
-        heatmaps.change(self.layers, [state, self.layer], self.layer, api_name=False, show_progress="hidden")
+        # the layer list changes with a run only (clicks change the session in place, not the state)
+        state.change(self.layers, [state, self.layer], self.layer, api_name=False, show_progress="hidden")
         self.button.click(self.show, [state, self.layer, self.how], self.html, api_name=False, **RUN_EVENTS)
 
     @staticmethod

@@ -31,9 +31,10 @@ class TimestepsView:
         )
         self.gif = gr.File(label="animated GIF", elem_id="film-gif", interactive=False, height=60)
 
-    def wire(self, state: gr.State, heatmaps: gr.HTML) -> None:
+    def wire(self, state: gr.State) -> None:
         """The layer list follows each model run; the frames are made on request (one forward each)."""
-        heatmaps.change(self.layers, [state, self.layer], self.layer, api_name=False, show_progress="hidden")
+        # the layer list changes with a run only (clicks change the session in place, not the state)
+        state.change(self.layers, [state, self.layer], self.layer, api_name=False, show_progress="hidden")
         outputs = [self.strip, self.gif, self.note]
         self.button.click(self.show, [state, self.layer, self.count], outputs, api_name=False, **RUN_EVENTS)
 
