@@ -241,7 +241,7 @@ class Capture:
         self.layers.append(layer)  # verified when first asked: AttentionLayer.verification warns
 
     def _layouts(self, name: str, ex: Extracted) -> tuple[TokenLayout, TokenLayout]:
-        shape = ex.probs.shape if ex.probs is not None else (*ex.q.shape[:3], ex.k.shape[2])
+        shape = ex.shape
         n, m = shape[2] - len(ex.query_prefix) - len(ex.query_suffix), shape[3]  # n: the map's queries
         override = self._override(name)
         hints = [f.map_hw for f in reversed(self._frames) if f.map_hw is not None]
@@ -273,7 +273,7 @@ class Capture:
 
     def _window(self, ex: Extracted) -> WindowLayout | None:
         """The window partition of the innermost running block that made this call's sequences."""
-        shape = ex.probs.shape if ex.probs is not None else (*ex.q.shape[:3], ex.k.shape[2])
+        shape = ex.shape
         for frame in reversed(self._frames):
             window = read_window(frame.module, *frame.inputs, frame.name)
             if window is not None and window.fits(shape):

@@ -214,7 +214,7 @@ def _from_stated(count: int, stated: Sequence[StatedGrid]) -> TokenLayout | None
         note += f"; the first {extra} token(s) are {said.special} tokens"
     if others:
         note += f"; ambiguous (also fits {', '.join(f'{o.grid[0]}x{o.grid[1]}' for o in others)})"
-    labels = _special_labels(extra) if said.special == "special" else _numbered(said.special, extra)
+    labels = _special_labels(extra) if said.special == "special" else numbered(said.special, extra)
     return TokenLayout(count, (h, w), extra, labels, note, ambiguous=bool(others))
 
 
@@ -247,6 +247,6 @@ def _special_labels(n: int) -> tuple[str, ...]:
     return tuple("CLS" if i == 0 else f"special {i}" for i in range(n))
 
 
-def _numbered(kind: str, n: int) -> tuple[str, ...]:
+def numbered(kind: str, n: int) -> tuple[str, ...]:
     """``kind 0``, ``kind 1``, ...: labels for tokens whose kind is known (``text 0``, ...)."""
     return tuple(f"{kind} {i}" for i in range(n))

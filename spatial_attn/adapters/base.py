@@ -51,6 +51,14 @@ class Extracted:
     name_suffix: str = ""  # appended to the module name (an encoder layer names its ``self_attn``)
     require_grid: bool = False  # drop the call if its queries match no spatial grid (not attention)
 
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(B, h, N, N')`` of the probabilities, whether they were kept or are made from q and k."""
+        if self.probs is not None:
+            b, h, n, m = self.probs.shape
+            return b, h, n, m
+        return (*self.q.shape[:3], self.k.shape[2])
+
 
 @dataclass
 class Call:

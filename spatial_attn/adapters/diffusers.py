@@ -29,6 +29,7 @@ import sys
 import torch
 from torch import nn
 
+from ..grid import numbered
 from .base import Call, Extracted, ModuleAdapter, check_output, keep, per_head, split_heads
 
 #: Processors whose scores come from ``attn.get_attention_scores`` (and so from ``attn.scale``).
@@ -168,7 +169,7 @@ def _joint(call: Call, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
     roles = ("text_q", "text_k", "text_v")
     tq, tk, tv = (_heads(call.taps[r], heads, processor) for r in roles)  # (B, h, Nt, d)
     text_first = type(processor).__name__ in _TEXT_FIRST
-    labels = tuple(f"text {i}" for i in range(tq.shape[2]))
+    labels = numbered("text", tq.shape[2])
     n_image = q.shape[2]
 
     def joined(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

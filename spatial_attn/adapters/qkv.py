@@ -14,6 +14,7 @@ import inspect
 import torch
 from torch import nn
 
+from ..grid import numbered
 from .base import Call, Extracted, ModuleAdapter, check_output, keep, per_head
 
 _CLASSES = frozenset({"QKVAttention", "QKVAttentionLegacy"})
@@ -39,7 +40,7 @@ class QkvAdapter(ModuleAdapter):
         if encoder_kv is not None:
             ek, ev = _split(keep(encoder_kv), heads, 2, legacy)  # (B, h, S, c)
             k, v = torch.cat([ek, k], dim=2), torch.cat([ev, v], dim=2)
-            prefix = tuple(f"text {i}" for i in range(ek.shape[2]))
+            prefix = numbered("text", ek.shape[2])
         attended = keep(call.first_output()).reshape(b, heads, c, t).transpose(-1, -2)  # (B, h, T, c)
         return Extracted(
             q=q,
