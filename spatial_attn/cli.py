@@ -66,6 +66,13 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="initialisation, data and noise all follow it")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (recorded in the card)")
+    p.add_argument(
+        "--layout",
+        choices=("standard", "wide"),
+        default="standard",
+        help="face layout: wide varies the head's position and size and the eye spacing so that position "
+        "cannot predict the other eye (recorded in the card)",
+    )
     p.add_argument("--out", type=Path, default=Path("checkpoints"), help="exports to OUT/<name>/")
     p.add_argument("--run-dir", type=Path, default=Path("runs"), help="resume checkpoints go here")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/<name>/resume.safetensors")
@@ -89,6 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         checkpoint_minutes=args.checkpoint_minutes,
         command=shlex.join(["spatial-attn", *sys.argv[1:]]),
+        layout=args.layout,
     )
     trainer = trainer_cls(settings)
     record = run(trainer, settings, args.run_dir / trainer.name)

@@ -11,6 +11,20 @@ images smooth enough for a small diffusion model to learn.
 
 Every image is determined by ``(seed, index-in-batch)`` through one ``numpy.random.Generator``:
 the same call returns the same bytes on every machine.
+
+Two layouts (``make_faces(..., layout=...)``). In the ``"standard"`` one, on which the bundled
+models were trained, the head's centre moves only +-1.5 px vertically and +-2 px horizontally and
+the eyes are 10 to 14 px apart, so where the other eye is can be told from a pixel's position
+alone: least squares predicting eye 1's x from eye 0's (y, x) misses by 0.96 px (residual std,
+2,000 faces of seed 0), a third of an eye's radius, and eye 0 itself spreads only 0.97 px (y) and
+1.29 px (x). An audit (issue 13) found the models' eye-to-eye attention mostly positional: a
+layer's "lift" almost as high with the other eye erased, or with no face at all. The ``"wide"``
+layout exists to retrain them where position cannot predict the other eye: head centre +-5 px in
+both axes, head radii scaled by 0.75 to 1.1, eyes 0.15 to 0.40 of the head's half-height above its
+centre and 8 to 18 px apart. On the same 2,000 faces the residual is 2.04 px (2.1x) and eye 0
+spreads 3.06 px (y) and 3.13 px (x), 3.2x and 2.4x the standard. Eyes stay fully on the canvas
+and on the head, >= 1.5 px of skin between them, above the mouth; the head itself may cross the
+canvas's edge (``face_box`` then reaches past 0 or 32).
 """
 
 from __future__ import annotations
@@ -49,6 +63,8 @@ EYE_COLORS = np.array(
     dtype=np.float32,
 )
 SIZE = 32
+#: The layouts :func:`make_faces` draws (see the module docstring for why ``wide`` exists).
+LAYOUTS = ("standard", "wide")
 
 _SKIN_LIGHT = np.array([250, 214, 180], dtype=np.float32)
 _SKIN_DARK = np.array([120, 76, 48], dtype=np.float32)
@@ -87,15 +103,33 @@ class Edit:
     blank: bool = False  # background only: no head, eyes or mouth
 
 
-def make_faces(n: int, seed: int, kinds: Sequence[str] = ("valid",), edit: Edit | None = None) -> FaceBatch:
+def make_faces(
+    n: int,
+    seed: int,
+    kinds: Sequence[str] = ("valid",),
+    edit: Edit | None = None,
+    layout: str = "standard",
+) -> FaceBatch:
     """Draw ``n`` faces from ``seed``; each image's kind is drawn uniformly from ``kinds``.
 
     A kind named twice is drawn twice as often (the judge's training weights valid faces so).
+
+    ``layout="standard"`` is what the bundled models were trained on, byte for byte as before the
+    option existed. ``layout="wide"`` moves, scales and spaces the same faces (same backgrounds,
+    skins, eye shapes and colours, mouth sizes, kinds) over a wider range, so that a pixel's
+    position no longer tells where the other eye is: head centre +-5 px (not +-1.5 / +-2), head radii x0.75 to
+    x1.1, eyes 8 to 18 px apart (not 10 to 14), eye height 0.15 to 0.40 of the head's half-height
+    (not 0.22 to 0.32); eyes fully on the canvas and on the head, >= 8 px apart centre to centre,
+    above the mouth. Its extra randomness comes from its own generator (``[seed, 3]``), so the
+    standard layout's draws are untouched.
     """
     edit = edit or Edit()
     unknown = set(kinds) - set(KINDS)
     if unknown or not kinds:
         raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {list(kinds)}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    wide = layout == "wide"
     rng = np.random.default_rng(seed)
     labels = np.array([KINDS.index(k) for k in kinds], dtype=np.int64)[rng.integers(0, len(kinds), n)]
 
@@ -110,16 +144,23 @@ def make_faces(n: int, seed: int, kinds: Sequence[str] = ("valid",), edit: Edit 
     rx = rng.uniform(10.0, 12.5, n).astype(np.float32)
     tone = rng.uniform(0, 1, (n, 1)).astype(np.float32)
     skin = tone * _SKIN_LIGHT + (1 - tone) * _SKIN_DARK + rng.normal(0, 6, (n, 3)).astype(np.float32)
+    # Eyes' size, spacing and height, drawn here in the order they always were (painting draws
+    # nothing), so that the wide layout can fit the head around them before it is painted.
+    radius = rng.uniform(2.6, 3.4, n).astype(np.float32)
+    spread = rng.uniform(0, 1, n).astype(np.float32)
+    height = rng.uniform(0.22, 0.32, n).astype(np.float32)  # of the head's half-height, above its centre
+    if wide:
+        cy, cx, ry, rx, half, height = _wide_layout(np.random.default_rng([seed, 3]), ry, rx, radius, height)
+    else:
+        widest = np.minimum(7.0, rx - 4.5)  # keeps the widest eye (a bar, 1.15 r = 3.9 px) on the head
+        half = 5.0 + spread * (widest - 5.0)  # half the eye distance
     head = _ellipse_sd(yy, xx, cy, cx, ry, rx)
     img = _paint(img, _coverage(head), skin)
     junk = labels == KINDS.index("no_face")
     bare = img[junk]  # background and head, before any feature is drawn
 
-    # Eyes: mirrored about x = cx, >= 10 px apart (centre to centre), same shape, colour and radius.
-    radius = rng.uniform(2.6, 3.4, n).astype(np.float32)
-    widest = np.minimum(7.0, rx - 4.5)  # keeps the widest eye (a bar, 1.15 r = 3.9 px) on the head
-    half = 5.0 + rng.uniform(0, 1, n).astype(np.float32) * (widest - 5.0)  # half the eye distance
-    ey = cy - ry * rng.uniform(0.22, 0.32, n).astype(np.float32)
+    # Eyes: mirrored about x = cx, >= 10 px apart (8 in the wide layout), same shape, colour, radius.
+    ey = cy - ry * height
     eyes = np.stack([np.stack([ey, cx - half], -1), np.stack([ey, cx + half], -1)], 1)  # (n, 2, 2)
     shape = np.repeat(rng.integers(0, len(SHAPES), n)[:, None], 2, 1)  # (n, 2)
     color = np.repeat(rng.integers(0, len(EYE_COLORS), n)[:, None], 2, 1)  # (n, 2)
@@ -131,7 +172,7 @@ def make_faces(n: int, seed: int, kinds: Sequence[str] = ("valid",), edit: Edit 
     missing[rows, side] = labels == KINDS.index("missing_eye")
     eye_rgb = EYE_COLORS[color] + rng.normal(0, 5, (n, 1, 3)).astype(np.float32)  # (n, 2, 3) shared jitter
     radii = np.repeat(radius[:, None], 2, 1)  # (n, 2)
-    third = _late_kinds(np.random.default_rng([seed, 2]), labels, side, eyes, radii, eye_rgb, cy, ry)
+    third = _late_kinds(np.random.default_rng([seed, 2]), labels, side, eyes, radii, eye_rgb, cy, ry, wide)
     if edit.shift is not None:
         eyes = eyes + edit.shift
     if edit.erase is not None:
@@ -168,6 +209,73 @@ def make_faces(n: int, seed: int, kinds: Sequence[str] = ("valid",), edit: Edit 
     )
 
 
+#: Wide layout: half the eye distance is at least this (eyes >= 8 px apart, two distinct objects)...
+_WIDE_MIN_HALF = 4.0
+#: ... and two eyes of the widest shape (bars reaching 1.15 r) keep this much skin between them.
+_WIDE_GAP = 1.5
+#: Wide layout: half the eye distance is at most this (eyes <= 18 px apart).
+_WIDE_MAX_HALF = 9.0
+#: Wide layout: pixels kept free between an eye and the head's edge, the canvas's edge or the mouth.
+_WIDE_MARGIN = 0.5
+#: How far the widest eye shape (a bar) reaches from its centre, in eye radii.
+_EYE_REACH = 1.15
+#: Points (dy, dx) in eye radii, up and out from the centre, whose span covers every eye shape: the
+#: bars' outer corners and the ring's outer edge (1.02 r) every 10 degrees.
+_EYE_OUTLINE = np.concatenate(
+    [
+        [[0.38, _EYE_REACH], [_EYE_REACH, 0.38]],
+        1.02
+        * np.stack([np.sin(np.radians(np.arange(0, 91, 10))), np.cos(np.radians(np.arange(0, 91, 10)))], -1),
+    ]
+).astype(np.float32)
+
+
+def _wide_layout(
+    rng: np.random.Generator, ry: np.ndarray, rx: np.ndarray, radius: np.ndarray, height: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """The wide layout's head centre, radii, half eye distance and eye height (``cy, cx, ry, rx,
+    half, height``), all (n,) float32, from the standard layout's radii, eye radius and eye height.
+
+    Head centre (16.5, 16) +-5 px; eye height stretched from 0.22..0.32 to 0.15..0.40 of the head's
+    half-height; half the eye distance wanted uniform from 4 px (large eyes: as close as leaves
+    1.5 px of skin between two bars) to 9 px, less where the canvas is narrower. The spacing is
+    drawn first and the head fitted around it: its radii are scaled by the first of 16 candidate
+    factors (uniform in [0.75, 1.1]) with which it holds those eyes above the mouth, else by 1.1
+    with the eyes moved in as far as that head needs. The scale is so skewed up (seed 0, 2,000
+    faces: median 1.07, 10% below 0.94, a third at 1.1; median ry 14.0 px against 13.3 standard):
+    spacing is what hides the other eye, so it comes first.
+    """
+    n = len(ry)
+    cy = (16.5 + rng.uniform(-5.0, 5.0, n)).astype(np.float32)
+    cx = (16.0 + rng.uniform(-5.0, 5.0, n)).astype(np.float32)
+    height = (0.15 + (height - 0.22) * 2.5).astype(np.float32)
+    canvas = np.minimum(cx, SIZE - cx) - _EYE_REACH * radius - _WIDE_MARGIN  # eyes inside the canvas
+    closest = np.maximum(_WIDE_MIN_HALF, _EYE_REACH * radius + _WIDE_GAP / 2)  # two distinct eyes
+    want = np.minimum(closest + rng.uniform(0, 1, n) * (_WIDE_MAX_HALF - closest), canvas)
+    tried = np.concatenate([rng.uniform(0.75, 1.1, (n, 16)), np.full((n, 1), 1.1)], 1)  # (n, 17)
+    room = _head_room(ry[:, None] * tried, rx[:, None] * tried, radius[:, None], height[:, None])
+    fits = room >= want[:, None]
+    pick = np.where(fits.any(1), np.argmax(fits, 1), tried.shape[1] - 1)
+    scale = tried[np.arange(n), pick].astype(np.float32)
+    half = np.minimum(want, room[np.arange(n), pick])  # a head scaled 1.1 always has room for 4.7
+    return cy, cx, ry * scale, rx * scale, half.astype(np.float32), height
+
+
+def _head_room(ry: np.ndarray, rx: np.ndarray, radius: np.ndarray, height: np.ndarray) -> np.ndarray:
+    """The largest half eye distance whose eyes (any shape, radius ``radius``, ``height`` x ry above
+    the head's centre) stay :data:`_WIDE_MARGIN` inside the head; -inf where the eyes would overlap
+    the mouth (its top can be 0.38 ry - 1.8 px below the centre). Arrays broadcast."""
+    inner_y, inner_x = ry - _WIDE_MARGIN, rx - _WIDE_MARGIN  # the head shrunk by the margin
+    room = np.full(np.broadcast(ry, rx, radius, height).shape, np.inf, dtype=np.float32)
+    for dy, dx in _EYE_OUTLINE:  # each outline point must be inside the shrunk ellipse
+        up = (height * ry + dy * radius) / inner_y
+        room = np.minimum(
+            room, np.where(up < 1, inner_x * np.sqrt(np.maximum(0, 1 - up**2)) - dx * radius, -np.inf)
+        )
+    above_mouth = (0.38 + height) * ry >= _EYE_REACH * radius + 1.8 + _WIDE_MARGIN
+    return np.where(above_mouth, room, -np.inf)
+
+
 def _late_kinds(
     rng: np.random.Generator,
     labels: np.ndarray,
@@ -177,6 +285,7 @@ def _late_kinds(
     eye_rgb: np.ndarray,
     cy: np.ndarray,
     ry: np.ndarray,
+    wide: bool = False,
 ) -> np.ndarray | None:
     """Break eye ``side`` of the rows whose label is one of :data:`LATE_KINDS` (arrays in place).
 
@@ -184,7 +293,10 @@ def _late_kinds(
     none of these kinds (then nothing is drawn from ``rng`` and nothing changes). Each change is
     large enough to be plain by eye: an eye 50 to 70% the size of the other, 2.5 to 4.5 px out of
     line, a third eye on the forehead or a cheek, a colour 60 to 110 grey levels lighter or darker
-    or one off the palette.
+    or one off the palette. In the ``wide`` layout, whose eyes can sit near the top of the canvas,
+    an eye moved out of line that would leave the canvas moves down instead, a third eye that
+    would not fit on the forehead goes on the cheek, and one on the cheek is >= 4.4 px below the
+    eye, as in the standard layout (which draws them all as it always did).
     """
     late = np.isin(labels, [KINDS.index(k) for k in LATE_KINDS])
     if not late.any():
@@ -193,10 +305,18 @@ def _late_kinds(
     is_kind = {k: labels == KINDS.index(k) for k in LATE_KINDS}
     radii[rows, side] *= np.where(is_kind["eye_size"], rng.uniform(0.5, 0.7, n), 1).astype(np.float32)
     jump = rng.choice([-1, 1], n) * rng.uniform(2.5, 4.5, n)
+    if wide:  # near the top of the canvas: move down, not up (a moved eye never reaches the bottom)
+        jump = np.where(
+            eyes[rows, side, 0] + jump < _EYE_REACH * radii[rows, side] + _WIDE_MARGIN, abs(jump), jump
+        )
     eyes[rows, side, 0] += np.where(is_kind["eye_offset"], jump, 0).astype(np.float32)
     forehead = np.stack([eyes[:, 0, 0] - rng.uniform(5.0, 6.5, n), eyes[:, :, 1].mean(1)], -1)
     cheek = np.stack([cy + ry * 0.15, eyes[rows, side, 1]], -1)
-    third = np.where(rng.integers(0, 2, (n, 1)) == 1, forehead, cheek).astype(np.float32)
+    on_forehead = rng.integers(0, 2, (n, 1)) == 1
+    if wide:  # eyes can sit near the top of the canvas, or low on a small head
+        on_forehead &= forehead[:, :1] >= _EYE_REACH * radii[:, :1] + _WIDE_MARGIN
+        cheek[:, 0] = np.maximum(cheek[:, 0], eyes[rows, side, 0] + 4.4)  # as far as in the standard layout
+    third = np.where(on_forehead, forehead, cheek).astype(np.float32)
     third[~is_kind["extra_eye"]] = np.nan
     tint = is_kind["eye_tint"]
     eye_rgb[rows[tint], side[tint]] = _other_colour(rng, eye_rgb[rows, side])[tint]

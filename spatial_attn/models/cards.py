@@ -74,6 +74,7 @@ def write_card(root: Path, name: str, table: str, results: list[dict]) -> Path:
     bm = load_model(name, root=root)
     params = sum(p.numel() for p in bm.module.parameters())
     size = sum(f.stat().st_size for f in model_dir.rglob("*.safetensors")) / 2**20
+    wide = ', layout="wide"' if run.get("layout", "standard") == "wide" else ""  # older runs: standard
     lines = [
         f"# {name}",
         "",
@@ -81,8 +82,11 @@ def write_card(root: Path, name: str, table: str, results: list[dict]) -> Path:
         "",
         f"- **Parameters:** {params:,} ({size:.1f} MiB of safetensors)",
         f"- **Data:** procedural 32 x 32 faces (`spatial_attn/data/faces.py`), {DATA[name]}, drawn on the "
-        f"fly: step s uses `make_faces({run['batch_size']}, 10**12 + seed * 10**7 + s)`, so no "
-        "training face is ever an evaluation face.",
+        f"fly: step s uses `make_faces({run['batch_size']}, 10**12 + seed * 10**7 + s{wide})`, so no "
+        "training face is ever an evaluation face."
+        + (
+            " Wide layout: head centre +-5 px, head scale 0.75 to 1.1, eyes 8 to 18 px apart." if wide else ""
+        ),
         f"- **Command:** `{run['command']}`",
         f"- **Training:** {run['steps']:,} steps x {run['batch_size']} images ({run['images_seen']:,} "
         f"images), peak lr {run['lr']:g}, {run['train_seconds'] / 60:.1f} min wall-clock on "

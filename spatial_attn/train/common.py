@@ -54,6 +54,7 @@ class Settings:
     resume: bool = False
     checkpoint_minutes: float = 3.0
     command: str = ""  # the command line that started the run, for the model card
+    layout: str = "standard"  # make_faces' layout: "wide" so that position cannot predict the other eye
     extra: dict = field(default_factory=dict)
 
 
@@ -80,6 +81,9 @@ def run(trainer: Trainer, s: Settings, run_dir: Path) -> dict:
     start, elapsed, logs = 0, 0.0, {}
     if s.resume and resume_path.exists():
         start, elapsed, logs = load_checkpoint(resume_path, trainer)
+        was = checkpoint_layout(resume_path)
+        if was != s.layout:  # the rest of the run would be trained on other faces than its start
+            raise SystemExit(f"the checkpoint was trained with --layout {was}, not {s.layout}")
         print(f"resumed {trainer.name} at step {start} ({elapsed / 60:.1f} min so far)", file=sys.stderr)
         if start > s.steps:
             raise SystemExit(f"the checkpoint is at step {start}, past --steps {s.steps}")
@@ -95,18 +99,19 @@ def run(trainer: Trainer, s: Settings, run_dir: Path) -> dict:
                 speed = {"img/s": f"{s.batch_size / seconds:.0f}"}
                 bar.set_postfix({**{k: f"{v:.4f}" for k, v in logs.items()}, **speed}, refresh=False)
                 if time.monotonic() - last_save > 60 * s.checkpoint_minutes:
-                    save_checkpoint(resume_path, trainer, done, elapsed, logs)
+                    save_checkpoint(resume_path, trainer, done, elapsed, logs, s.layout)
                     last_save = time.monotonic()
         except KeyboardInterrupt:
-            save_checkpoint(resume_path, trainer, done, elapsed, logs)
+            save_checkpoint(resume_path, trainer, done, elapsed, logs, s.layout)
             sys.exit(
                 f"stopped after step {done}: continue with --resume "
                 f"(--resume --steps {done} exports what there is)"
             )
-    save_checkpoint(resume_path, trainer, done, elapsed, logs)
+    save_checkpoint(resume_path, trainer, done, elapsed, logs, s.layout)
     record = {
         "command": s.command,
         "seed": s.seed,
+        "layout": s.layout,
         "steps": s.steps,
         "batch_size": s.batch_size,
         "lr": s.lr,
@@ -134,19 +139,27 @@ def _steps(trainer: Trainer, s: Settings, start: int) -> Iterator[tuple[int, dic
     for step in range(start, s.steps):
         t0 = time.perf_counter()
         seed = batch_seed(s.seed, step)
-        batch = make_faces(s.batch_size, seed, trainer.kinds)
+        batch = make_faces(s.batch_size, seed, trainer.kinds, layout=s.layout)
         logs = trainer.step(step, batch, torch.Generator().manual_seed(seed))
         yield step, logs, time.perf_counter() - t0
 
 
-def save_checkpoint(path: Path, trainer: Trainer, step: int, elapsed: float, logs: dict[str, float]) -> None:
+def save_checkpoint(
+    path: Path,
+    trainer: Trainer,
+    step: int,
+    elapsed: float,
+    logs: dict[str, float],
+    layout: str = "standard",
+) -> None:
     """Weights and optimizer state of every part, atomically (a crash leaves the old file).
 
     The last step's logs go along, so a run exported by ``--resume`` at its final step (which runs
-    no step) still records them in the model card.
+    no step) still records them in the model card; so does the face layout, which a resumed run
+    must keep.
     """
     tensors: dict[str, torch.Tensor] = {}
-    meta: dict = {"step": step, "elapsed": elapsed, "logs": logs, "optimizers": {}}
+    meta: dict = {"step": step, "elapsed": elapsed, "logs": logs, "layout": layout, "optimizers": {}}
     for name, module in trainer.modules().items():
         tensors.update({f"module.{name}.{k}": v.contiguous() for k, v in module.state_dict().items()})
     for name, opt in trainer.optimizers().items():
@@ -178,6 +191,14 @@ def load_checkpoint(path: Path, trainer: Trainer) -> tuple[int, float, dict[str,
                 state.setdefault(int(pid), {})[entry] = value
         opt.load_state_dict({"state": state, "param_groups": meta["optimizers"][name]})
     return meta["step"], meta["elapsed"], meta.get("logs", {})  # checkpoints before logs were kept
+
+
+def checkpoint_layout(path: Path) -> str:
+    """The face layout the checkpoint at ``path`` was trained with (before layouts: standard)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return json.loads(f.metadata()["meta"]).get("layout", "standard")
 
 
 def cosine_lr(step: int, steps: int, peak: float, warmup: int) -> float:

@@ -66,7 +66,10 @@ class SAGANTrainer:
         real = to_tensor(batch.images)  # (B, 3, 32, 32)
         z = torch.randn(2, len(real), self.cfg.z_dim, generator=gen)  # (2, B, z_dim): one per update
         neg_seed = int(torch.randint(0, 2**62, (1,), generator=gen))  # the step's seed decides it too
-        neg = to_tensor(make_faces(max(1, round(NEG_FRACTION * len(real))), neg_seed, NEGATIVES).images)
+        negatives = make_faces(
+            max(1, round(NEG_FRACTION * len(real))), neg_seed, NEGATIVES, layout=self.s.layout
+        )
+        neg = to_tensor(negatives.images)  # in the real faces' layout: only the eyes tell them apart
 
         with torch.autocast("cpu", dtype=torch.bfloat16):
             with torch.no_grad():
