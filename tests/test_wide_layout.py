@@ -228,7 +228,21 @@ def test_train_layout_reaches_the_data_and_the_card(tmp_path, monkeypatch):
     assert cards[0] == cards[1] and "Wide layout" not in cards[0] and 'layout="wide"' not in cards[0]
 
     with pytest.raises(SystemExit, match="layout"):  # resuming must not switch the data mid-run
-        main(["train", "ddpm", "--steps", "3", "--batch-size", "2", "--run-dir", str(runs), "--resume"])
+        main(
+            [
+                "train",
+                "ddpm",
+                "--steps",
+                "3",
+                "--batch-size",
+                "2",
+                "--out",
+                str(out),
+                "--run-dir",
+                str(runs),
+                "--resume",
+            ]
+        )
 
 
 def test_sagan_negatives_follow_the_layout(tmp_path, monkeypatch):
