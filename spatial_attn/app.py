@@ -141,16 +141,18 @@ def run(
     return Session(exploration, source, note, point=exploration.first_point())
 
 
-def draw(session: Session, view: View) -> tuple[Image.Image, str, str]:
-    """The clickable image with its marker, the heatmap panels and the explanation."""
+def draw(session: Session, view: View) -> tuple[str, str]:
+    """The heatmap panels and the explanation, for the session's pinned pixel.
+
+    The clickable image is not redrawn: the page outlines the pinned pixel on it (``panels.js``), so a
+    click's answer carries no picture (encoding and storing one was most of a click's server time).
+    """
     ex = session.exploration
     head_index(view.head)  # its form; the page reduces the heads itself
     # the cells only: the rows are computed once, in browser_data, and the browser draws the panels
     cells = [(layer, *cell_of(layer, session.point, ex.image_hw, view.mode)) for layer in ex.layers]
-    shown = render.upscale(ex.image, (DISPLAY, DISPLAY))
-    render.draw_cell(shown, session.point, ex.image_hw)
     heatmaps = panels.html_of(ex.browser_data(session.point, view), ex)
-    return shown, heatmaps, explain(cells, session.point, view.mode)
+    return heatmaps, explain(cells, session.point, view.mode)
 
 
 def input_note(session: Session) -> str:
@@ -172,16 +174,20 @@ def input_note(session: Session) -> str:
 def view_of(
     head: str, mode: str, cmap: str, scale: str, upsampling: str, opacity: float, layout: str, over: str
 ) -> View:
-    """The display controls as a :class:`View`."""
+    """The display controls as a :class:`View`. Checked here, not by Gradio: clicks and redraws skip
+    Gradio's per-component processing (see ``build_demo``), so a forged request meets these checks."""
+    if not isinstance(head, str):
+        raise ValueError(f"head must be 'mean', 'max' or 'head k'; got {head!r}")
+    head_index(head)  # its form
     return View(
         head=head,
-        mode="column" if mode.startswith("column") else "row",
-        cmap=cmap,
-        scale=scale,
-        smooth=upsampling == "smooth",
-        opacity=float(opacity),
-        heads_grid=layout != "per layer",
-        over="input" if over.startswith("model") else "image",
+        mode="column" if serving.one_of(mode, "show", panels.MODES) == panels.MODES[1] else "row",
+        cmap=serving.one_of(cmap, "colormap", render.COLORMAPS),
+        scale=serving.one_of(scale, "colour scale", render.SCALES),
+        smooth=serving.one_of(upsampling, "upsampling", panels.UPSAMPLING) == "smooth",
+        opacity=serving.number(opacity, "opacity", 0, 1),
+        heads_grid=serving.one_of(layout, "layout", panels.LAYOUTS) != "per layer",
+        over="input" if serving.one_of(over, "draw over", panels.OVER) == "model input" else "image",
     )
 
 
@@ -258,6 +264,20 @@ def checked_run(library: Library, model: Any, timestep: Any, seed: Any) -> tuple
     return name, t, serving.whole(seed, "seed", 0, serving.SEED_MAX)
 
 
+@dataclass(frozen=True)
+class Follower:
+    """A view that follows the pinned pixel (the mechanics, compare and prompt tabs). The event that
+    draws the panels for a click or a display change draws it too, so a click is one event however
+    many views follow it (each event costs the server its own handling, and a crowd of sessions
+    clicking waits on the sum). ``draw(session, view, *inputs)`` returns one value per output; a tab
+    never opened returns the "" it shows rather than ``gr.skip()``, which Gradio 6 answers by building
+    a new component per output (most of a click's server time, measured with py-spy)."""
+
+    inputs: list[Any]
+    outputs: list[Any]
+    draw: Callable[..., tuple]
+
+
 def guarded(fn: Callable[..., tuple]) -> Callable[..., tuple]:
     """User mistakes become a short message in the app (``gr.Error``); the app keeps serving."""
 
@@ -278,11 +298,13 @@ class Handlers:
     model return the outputs listed in ``RERAN``; those that only redraw return ``DRAWN``.
     """
 
-    DRAWN = ("image", "heatmaps", "explanation")
-    RERAN = ("state", *DRAWN, "note", "model_input", "head", "timestep", "sample")
+    DRAWN = ("heatmaps", "explanation")
+    RERAN = ("state", "image", *DRAWN, "note", "model_input", "head", "timestep", "sample")
+    VIEW = 8  # the display controls: view_of's arguments
 
     def __init__(self, library: Library) -> None:
         self.library = library
+        self.followers: list[Follower] = []  # views drawn in the same event as the panels (build_demo)
         self.example_paths = examples()
         # /attend's captures: a repeated image costs a click, not a forward (bounded: see serving)
         self.explorations = Explorations(lambda entry: entry[0].exploration.nbytes())
@@ -294,11 +316,11 @@ class Handlers:
         ex = session.exploration
         heads = ["mean", "max"] + [f"head {k}" for k in range(ex.max_heads())]
         chosen = view[0] if view[0] in heads else "mean"
-        shown, panels, text = draw(session, view_of(chosen, *view[1:]))
+        panels, text = draw(session, view_of(chosen, *view[1:]))
         steps = ex.model.num_timesteps
         return (
             session,
-            shown,
+            render.upscale(ex.image, (DISPLAY, DISPLAY)),  # the page outlines the pinned pixel on it
             panels,
             text,
             input_note(session),
@@ -369,30 +391,37 @@ class Handlers:
         return self._after_run(run(self.library, name, t, s, source, note), *view, previous=session)
 
     @guarded
-    def clicked(self, evt: gr.SelectData, session: Session | None, *view: Any) -> tuple:
+    def clicked(self, evt: gr.SelectData, session: Session | None, *args: Any) -> tuple:
         """A click on the image: rows only, no model run. The click is kept in the session itself
         (the state is not an output, so a click that finishes late cannot bring back a session that
         a model switch replaced), and a result that a later event of the session overtook is
-        dropped rather than painted over the newer one (see :class:`~spatial_attn.serving.Tickets`)."""
+        dropped rather than painted over the newer one (see :class:`~spatial_attn.serving.Tickets`).
+
+        ``args`` are the display controls, then each follower's inputs."""
         if session is None:
             raise ValueError("the image is still loading; click again in a moment")
         ticket = session.tickets.take()
         x, y = evt.index
         session.point = cell_at((y, x), (DISPLAY, DISPLAY), session.exploration.image_hw)
-        return self._shown(session, ticket, draw(session, view_of(*view)))
+        return self._shown(session, ticket, args)
 
     @guarded
-    def redraw(self, session: Session | None, *view: Any) -> tuple:
+    def redraw(self, session: Session | None, *args: Any) -> tuple:
         """A display control changed: same rows, drawn anew (dropped if overtaken, as a click)."""
         if session is None:
-            return (gr.skip(),) * len(self.DRAWN)
-        ticket = session.tickets.take()
-        return self._shown(session, ticket, draw(session, view_of(*view)))
+            return (gr.skip(),) * (len(self.DRAWN) + sum(len(f.outputs) for f in self.followers))
+        return self._shown(session, session.tickets.take(), args)
 
-    def _shown(self, session: Session, ticket: int, outputs: tuple) -> tuple:
-        """``outputs``, or nothing if a later event of the session started meanwhile, or if the session
-        was replaced (a model switch, an upload) while this one was drawing."""
-        return outputs if session.tickets.current(ticket) else (gr.skip(),) * len(outputs)
+    def _shown(self, session: Session, ticket: int, args: tuple) -> tuple:
+        """The panels, the explanation and every follower's outputs; or nothing if a later event of
+        the session started meanwhile, or if the session was replaced (a model switch, an upload)
+        while this one was drawing."""
+        view, rest = view_of(*args[: self.VIEW]), args[self.VIEW :]
+        outputs = list(draw(session, view))
+        for follower in self.followers:
+            mine, rest = rest[: len(follower.inputs)], rest[len(follower.inputs) :]
+            outputs += follower.draw(session, view, *mine)
+        return tuple(outputs) if session.tickets.current(ticket) else (gr.skip(),) * len(outputs)
 
     @guarded
     def attend(
@@ -502,13 +531,17 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                 prompt_view = PromptView()  # text-conditioned models only
 
         view_inputs = [head, mode, cmap, scale, upsampling, opacity, layout, over]
-        drawn = [image, heatmaps, explanation]
-        reran = [state, *drawn, note, model_input, head, timestep, sample]
+        drawn = [heatmaps, explanation]
+        reran = [state, image, *drawn, note, model_input, head, timestep, sample]
         run_inputs = [models, timestep, seed, *view_inputs]
         # Clicks and redraws are cheap: they run side by side for all users (no shared lane), and
         # within one session a result overtaken by a later event is dropped (Handlers._shown).
         # Model runs share one bounded lane, whatever their kind (serving.RUN_EVENTS).
         quiet = {"api_name": False, "show_progress": "hidden", "concurrency_limit": None}
+        # Gradio hands each input's and output's processing to a worker thread of its own; a click
+        # has ~20 of them, and under load each waits for the GIL. Their values are plain strings and
+        # numbers, checked by view_of, so clicks and redraws skip that processing.
+        raw = {**quiet, "preprocess": False, "postprocess": False}
         runs = {"api_name": False, **RUN_EVENTS}
         demo.load(on.start, run_inputs, reran, **runs)
         models.change(on.rerun, [state, *run_inputs], reran, **runs)
@@ -518,11 +551,15 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
         upload.upload(on.uploaded, [state, upload, *run_inputs], reran, **runs)
         gallery.select(on.picked, [state, *run_inputs], reran, **runs)
         sample.click(on.generated, [state, *run_inputs], reran, **runs)
+        # The tabs that follow the pinned pixel are drawn by the click's own event (Follower).
+        on.followers = [mechanics_view.follower(), compare_view.follower(), prompt_view.follower()]
+        drawing = [state, *view_inputs, *(c for f in on.followers for c in f.inputs)]
+        drawn += [c for f in on.followers for c in f.outputs]
         # always_last, not Gradio's default "once": a click made while the previous one is still
         # pending is sent when it ends, instead of being ignored (a lost click under load)
-        image.select(on.clicked, [state, *view_inputs], drawn, trigger_mode="always_last", **quiet)
+        image.select(on.clicked, drawing, drawn, trigger_mode="always_last", **raw)
         for control in view_inputs:  # redrawing is cheap: follow every change, sliders included
-            control.change(on.redraw, [state, *view_inputs], drawn, trigger_mode="always_last", **quiet)
+            control.change(on.redraw, drawing, drawn, trigger_mode="always_last", **raw)
 
         with gr.Row(visible=False):  # the /attend endpoint: inputs and outputs for API callers only
             api_inputs = [
@@ -539,12 +576,12 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
             api_outputs = [gr.Gallery(format="png", label="heatmaps"), gr.JSON(label="rows")]
             api_only = gr.Button()  # never shown nor clicked: gr.on(None) would also run on page load
         api_only.click(on.attend, api_inputs, api_outputs, api_name="attend", **RUN_EVENTS)
-        mechanics_view.wire(state, heatmaps, mechanics_tab)
+        mechanics_view.wire(state, mechanics_tab)
         download_view.wire(state, view_inputs, view_of)
         timesteps_view.wire(state)
-        compare_view.wire(state, heatmaps, view_inputs, view_of)
+        compare_view.wire(state, view_inputs, view_of)
         ablation_view.wire(state)
-        prompt_view.wire(state, image, head, cmap, on, run, run_inputs, reran, guarded)
+        prompt_view.wire(state, head, cmap, on, run, run_inputs, reran, guarded)
     return demo
 
 

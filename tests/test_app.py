@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import spatial_attn as sa
-from spatial_attn.app import DISPLAY, Handlers, Library, default_image
+from spatial_attn.app import DISPLAY, Follower, Handlers, Library, default_image
 
 VIEW = ("mean", "row: where it looks", "viridis", "per map", "nearest", 0.65, "per layer", "image")
 
@@ -39,10 +39,49 @@ def test_click_reads_rows_without_running_the_model(handlers, monkeypatch):
     session = handlers.start("vit-faces", 0, 0, *VIEW)[0]
     ran = []
     monkeypatch.setattr(session.exploration.model, "run", lambda *a: ran.append(a))
-    _, heatmaps, text = handlers.clicked(_select(200, 100), session, *VIEW)
+    heatmaps, text = handlers.clicked(_select(200, 100), session, *VIEW)
     assert not ran
     assert session.point == (100 * 32 // DISPLAY, 200 * 32 // DISPLAY)  # kept in the session itself
     assert "(y, x) = (8, 16)" in text and "CLS" in heatmaps
+
+
+def test_a_click_draws_its_followers_in_the_same_event(handlers, monkeypatch):
+    drawn = []
+
+    def follow(session, view, *mine):
+        drawn.append((session.point, view.cmap, mine))
+        return ("followed",)
+
+    monkeypatch.setattr(handlers, "followers", [Follower(["its", "inputs"], ["its output"], follow)])
+    session = handlers.start("vit-faces", 0, 0, *VIEW)[0]
+    *_, followed = handlers.clicked(_select(200, 100), session, *VIEW, "a", "b")
+    assert followed == "followed" and drawn == [((8, 16), "viridis", ("a", "b"))]
+    assert handlers.redraw(session, *VIEW, "c", "d")[2] == "followed"
+    assert len(handlers.redraw(None, *VIEW, "c", "d")) == 3
+
+
+@pytest.mark.parametrize(
+    ("position", "value", "message"),
+    [
+        (0, 7, "head must be"),
+        (0, "head x", "head must be"),
+        (1, "diagonal", "show must be one of"),
+        (2, "jet", "colormap must be one of"),
+        (3, None, "colour scale must be one of"),
+        (4, "bicubic", "upsampling must be one of"),
+        (5, 1.5, "opacity must be from 0 to 1"),
+        (5, "nan", "opacity must be a finite number"),
+        (6, ["per layer"], "layout must be one of"),
+        (7, "noise", "draw over must be one of"),
+    ],
+)
+def test_a_forged_display_control_is_a_message(handlers, position, value, message):
+    """Clicks and redraws skip Gradio's own processing of their inputs: view_of is their check."""
+    session = handlers.start("vit-faces", 0, 0, *VIEW)[0]
+    view = list(VIEW)
+    view[position] = value
+    with pytest.raises(gr.Error, match=message):
+        handlers.redraw(session, *view)
 
 
 @pytest.mark.parametrize(
@@ -55,7 +94,7 @@ def test_click_reads_rows_without_running_the_model(handlers, monkeypatch):
 )
 def test_every_display_control_draws(handlers, view):
     session = handlers.start("ddpm-faces", 500, 1, *VIEW)[0]
-    _, heatmaps, _ = handlers.redraw(session, *view)
+    heatmaps, _ = handlers.redraw(session, *view)
     assert heatmaps.count("<figure") == len(session.exploration.layers)
 
 
@@ -160,7 +199,7 @@ def test_a_late_click_cannot_undo_a_model_switch(handlers):
     new = handlers.rerun(old, "vit-faces", 0, 0, *VIEW)[0]
     late = handlers.clicked(_select(40, 300), old, *VIEW)  # started before the switch, finished after
     assert all(isinstance(out, type(gr.skip())) for out in late)
-    assert handlers.clicked(_select(40, 300), new, *VIEW)[1].count("<figure") == len(new.exploration.layers)
+    assert handlers.clicked(_select(40, 300), new, *VIEW)[0].count("<figure") == len(new.exploration.layers)
 
 
 @pytest.mark.parametrize("replace", ["upload", "example", "sample"])
@@ -191,7 +230,7 @@ def test_a_result_overtaken_by_a_later_event_of_the_session_is_dropped(handlers,
     overtaken = handlers.redraw(session, *VIEW)
     assert all(isinstance(out, type(gr.skip())) for out in overtaken)
     monkeypatch.setattr(app, "draw", draw)
-    assert handlers.redraw(session, *VIEW)[1].count("<figure") == len(session.exploration.layers)
+    assert handlers.redraw(session, *VIEW)[0].count("<figure") == len(session.exploration.layers)
 
 
 # Each bad /attend parameter, as a script would send it, and the words its message must contain.
@@ -276,6 +315,7 @@ def test_every_model_run_shares_one_bounded_lane_and_clicks_do_not():
 
     demo = build_demo("vit-faces", Library(["vit-faces"]))
     runs = {"start", "rerun", "uploaded", "picked", "generated", "attend", "show", "prompted", "across"}
+    runs |= {"follow", "follow_run"}  # the tabs that follow a new run run it through their models
     seen = set()
     for fn in demo.fns.values():
         name = getattr(fn.fn, "__name__", "") or getattr(getattr(fn.fn, "func", None), "__name__", "")

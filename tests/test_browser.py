@@ -142,6 +142,12 @@ def test_clicks_pin_and_what_is_drawn_is_the_rows_attend_returns(app_url, chromi
             )
             y, x = clicked_pixel(page)
             assert f"{y},{x}" == _model_pixel(fx, fy)
+            # the page outlines the pinned pixel: one model pixel, where the click was
+            marker = page.locator("#input-image .sa-marker")
+            assert marker.get_attribute("data-pixel") == f"{y},{x}" and marker.is_visible()
+            m, at = marker.bounding_box(), (box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
+            assert m["x"] <= at[0] <= m["x"] + m["width"] and m["y"] <= at[1] <= m["y"] + m["height"]
+            assert m["width"] == pytest.approx(DISPLAY / 32, abs=1) == m["height"]
             _, rows = client.predict(None, "ddpm-faces", 250, x, y, "mean", 0, api_name="/attend")
             layers = {layer["name"]: layer for layer in rows["layers"]}
             drawn = panels(page)

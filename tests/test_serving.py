@@ -49,6 +49,23 @@ def test_whole_refuses_fractions_instead_of_truncating():
         whole(-0.5, "t", 0, 9)
 
 
+def test_a_click_is_one_event_and_carries_no_picture():
+    """Each event costs the server its own handling, and a crowd of sessions clicking waits on the
+    sum: the tabs that follow the click are drawn by the click's own event, the panels' redraw sets
+    off nothing, and the answer carries no image (the page outlines the pinned pixel itself)."""
+    from spatial_attn.app import Library, build_demo
+
+    demo = build_demo("vit-faces", Library(["vit-faces"]))
+    ids = {getattr(block, "elem_id", None): i for i, block in demo.blocks.items()}
+    on_image = [fn for fn in demo.fns.values() if (ids["input-image"], "select") in fn.targets]
+    assert len(on_image) == 1
+    # nor a worker-thread hop per input and output (Gradio's processing; view_of checks the values)
+    assert not on_image[0].preprocess and not on_image[0].postprocess
+    outputs = {getattr(block, "elem_id", None) for block in on_image[0].outputs}
+    assert "input-image" not in outputs and {"heatmaps", "mechanics", "compare", "token-bars"} <= outputs
+    assert not [fn for fn in demo.fns.values() if (ids["heatmaps"], "change") in fn.targets]
+
+
 def test_the_image_click_is_sent_even_while_the_previous_one_is_pending():
     from spatial_attn.app import Library, build_demo
 

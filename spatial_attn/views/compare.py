@@ -45,23 +45,39 @@ class CompareView:
             self.button = gr.Button("compare at the pinned pixel", elem_id="compare-run", scale=0)
         self.html = gr.HTML(elem_id="compare", css_template=STYLE, js_on_load=None)
 
-    def wire(
-        self, state: gr.State, heatmaps: gr.HTML, view_inputs: list, to_view: Callable[..., Any]
-    ) -> None:
-        """The button fills the tab; afterwards it follows every click and redraw of the panels."""
-        inputs = [state, self.first, self.second, self.html, *view_inputs]
+    def wire(self, state: gr.State, view_inputs: list, to_view: Callable[..., Any]) -> None:
+        """The button fills the tab; afterwards it follows every run (here), every click and redraw of
+        the panels (:meth:`follower`)."""
+        inputs = [state, self.first, self.second, *view_inputs]
         outputs = [self.first, self.second, self.html]
 
-        def show(session: Any, first: str | None, second: str | None, shown: str, *view: Any) -> tuple:
+        def show(session: Any, first: str | None, second: str | None, *view: Any) -> tuple:
             return self.show(session, first, second, to_view(*view))
 
-        def follow(session: Any, first: str | None, second: str | None, shown: str, *view: Any) -> tuple:
-            if not shown:  # never opened: nothing to keep up to date
-                return gr.skip(), gr.skip(), gr.skip()
-            return show(session, first, second, shown, *view)
+        def follow_run(session: Any, first: str | None, second: str | None, *view: Any) -> tuple:
+            return self.follow(session, to_view(*view), first, second)
 
         self.button.click(show, inputs, outputs, api_name=False, **RUN_EVENTS)  # runs the models
-        heatmaps.change(follow, inputs, outputs, api_name=False, show_progress="hidden")
+        # a new run: both models run on the new image, so in the lane of model runs
+        state.change(follow_run, inputs, outputs, api_name=False, show_progress="hidden", **RUN_EVENTS)
+
+    def follower(self) -> Any:
+        """What a click or a redraw of the panels also draws (see :class:`~spatial_attn.app.Follower`):
+        both models' panels for the new pinned pixel (the models chosen stay as they are)."""
+        from ..app import Follower
+
+        def draw(session: Any, view: Any, first: str | None, second: str | None) -> tuple:
+            if first is None:  # never compared: the tab stays as it is, empty
+                return ("",)
+            return self.show(session, first, second, view)[2:]
+
+        return Follower([self.first, self.second], [self.html], draw)
+
+    def follow(self, session: Any, view: Any, first: str | None, second: str | None) -> tuple:
+        """A new run: both models' panels on it, once a comparison was asked for; nothing before."""
+        if first is None or session is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        return self.show(session, first, second, view)
 
     def twin_of(self, name: str) -> str:
         """The untrained twin of a trained model, and the other way round (itself if it has none)."""

@@ -46,24 +46,39 @@ class MechanicsView:
             )
         self.html = gr.HTML(elem_id="mechanics", css_template=STYLE, js_on_load=None)
 
-    def wire(self, state: gr.State, heatmaps: gr.HTML, tab: gr.Tab) -> None:
-        """Filled when the tab is opened; then it follows every new drawing of the panels (a click, a
-        rerun, a redraw) and its own controls. Until opened, clicks cost it nothing."""
+    def wire(self, state: gr.State, tab: gr.Tab) -> None:
+        """Filled when the tab is opened; then it follows every new run (here), every click and
+        redraw (:meth:`follower`) and its own controls. Until opened, clicks cost it nothing."""
         inputs = [state, self.layer, self.head, self.temperature]
         outputs = [self.layer, self.head, self.html]
         quiet = {"api_name": False, "show_progress": "hidden", "trigger_mode": "always_last"}
-
-        def follow(
-            session: Any, layer_name: str | None, head: str | None, temperature: float, shown: str
-        ) -> tuple:
-            if not shown:  # never opened
-                return gr.skip(), gr.skip(), gr.skip()
-            return self.show(session, layer_name, head, temperature)
-
         tab.select(self.show, inputs, outputs, **quiet, **RUN_EVENTS)  # a forward, once per run
-        heatmaps.change(follow, [*inputs, self.html], outputs, **quiet)
+        state.change(self.follow, inputs, outputs, **quiet, **RUN_EVENTS)  # a new run: a forward
         for control in (self.layer, self.head, self.temperature):
             control.input(self.show, inputs, outputs, **quiet, **RUN_EVENTS)
+
+    def follower(self) -> Any:
+        """What a click or a redraw of the panels also draws (see :class:`~spatial_attn.app.Follower`):
+        the steps for the new pinned pixel (same run, so the same layer and head lists)."""
+        from ..app import Follower
+
+        def draw(session: Any, view: Any, layer_name: str | None, head: str | None, t: float) -> tuple:
+            if layer_name is None and session is not None and self._kept_queries(session):
+                return ("",)  # never opened: the tab stays as it is, empty
+            return self.show(session, layer_name, head, t)[2:]
+
+        return Follower([self.layer, self.head, self.temperature], [self.html], draw)
+
+    def follow(self, session: Any, layer_name: str | None, head: str | None, temperature: float) -> tuple:
+        """A new run: its layers and the steps, once the tab has been opened; nothing before."""
+        if layer_name is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        return self.show(session, layer_name, head, temperature)
+
+    @staticmethod
+    def _kept_queries(session: Any) -> list[Any]:
+        """The layers whose steps can be shown: those that kept their queries."""
+        return [layer for layer in session.exploration.layers if layer.q is not None]
 
     @staticmethod
     def show(session: Any, layer_name: str | None, head: str | None, temperature: float) -> tuple:
@@ -71,7 +86,7 @@ class MechanicsView:
         if session is None:
             return gr.skip(), gr.skip(), gr.skip()
         ex = session.exploration
-        layers = [layer for layer in ex.layers if layer.q is not None]
+        layers = MechanicsView._kept_queries(session)
         if not layers:
             return (
                 gr.Dropdown([], value=None),

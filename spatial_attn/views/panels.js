@@ -288,6 +288,49 @@
     root().dataset.pixel = (pixel || data.pixel).join(",");
   }
 
+  // -- the pinned pixel, outlined on the clickable image ------------------------------------------
+  // Drawn here rather than into the picture on the server, so that a click's answer carries no image
+  // (encoding and storing one was most of a click's server time). Black outside, white inside, as
+  // render.draw_cell draws it in exports: visible on any colour.
+  let watched = null; // the image's block, watched so that a picture Gradio re-creates is marked again
+  function mark() {
+    const frame = document.querySelector("#input-image");
+    if (frame && frame !== watched) {
+      watched = frame;
+      new MutationObserver(() => frame.querySelector(".sa-marker") || mark()).observe(frame, {
+        childList: true,
+        subtree: true,
+      });
+    }
+    const img = frame && frame.querySelector("img");
+    if (!img || !data) return;
+    if (!img.complete || !img.naturalWidth) {
+      img.addEventListener("load", mark, { once: true }); // a new run's picture, still loading
+      return;
+    }
+    const host = img.parentElement;
+    let box = host.querySelector(":scope > .sa-marker");
+    if (!box) {
+      box = document.createElement("div");
+      box.className = "sa-marker";
+      if (getComputedStyle(host).position === "static") host.style.position = "relative";
+      host.appendChild(box);
+    }
+    // where the picture's pixels are inside the <img> box: as pixelUnder (and Gradio's select) maps them
+    const r = img.getBoundingClientRect(), h = host.getBoundingClientRect();
+    const nw = img.naturalWidth, nh = img.naturalHeight;
+    const s = Math.min(r.width / nw, r.height / nh, 1);
+    const left = r.left - h.left + (r.width - nw * s) / 2, top = r.top - h.top + (r.height - nh * s) / 2;
+    const [H, W] = data.image_hw, [y, x] = data.pixel;
+    const cw = (nw * s) / W, ch = (nh * s) / H;
+    box.style.cssText =
+      `position:absolute;pointer-events:none;box-sizing:border-box;left:${left + x * cw}px;` +
+      `top:${top + y * ch}px;width:${Math.max(cw, 2)}px;height:${Math.max(ch, 2)}px;` +
+      "border:1px solid #fff;outline:2px solid #000;";
+    box.dataset.pixel = data.pixel.join(",");
+  }
+  window.addEventListener("resize", () => mark());
+
   // -- events -------------------------------------------------------------------------------------
   function pixelUnder(event, img) {
     // the model-input pixel under the mouse: the image pixel exactly as Gradio's select event
@@ -343,6 +386,7 @@
   const render = () => {
     load();
     draw(hovering);
+    mark();
   };
   watch("value", render);
   render();

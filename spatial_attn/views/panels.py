@@ -38,6 +38,12 @@ canvas.sa-map { display: block; border-radius: 3px; image-rendering: pixelated; 
 """
 
 
+#: The choices of the display controls (app.view_of checks a value against them).
+MODES = ("row: where it looks", "column: who looks at it")
+LAYOUTS = ("per layer", "layers × heads")
+UPSAMPLING = ("nearest", "smooth")
+OVER = ("image", "model input")
+
 #: The runs whose panels were drawn, by their random id, for as long as their session keeps them.
 _RUNS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
@@ -69,17 +75,17 @@ def controls() -> tuple[gr.components.Component, ...]:
         with gr.Row():
             head = gr.Dropdown(["mean", "max"], value="mean", label="head", elem_id="head")
             mode = gr.Radio(
-                ["row: where it looks", "column: who looks at it"],
-                value="row: where it looks",
+                list(MODES),
+                value=MODES[0],
                 label="show",
                 elem_id="mode",
             )
-            layout = gr.Radio(["per layer", "layers × heads"], value="per layer", label="layout")
+            layout = gr.Radio(list(LAYOUTS), value=LAYOUTS[0], label="layout")
             scale = gr.Dropdown(list(render.SCALES), value="× uniform", label="colour scale", elem_id="scale")
         with gr.Row():
             cmap = gr.Dropdown(list(render.COLORMAPS), value="viridis", label="colormap")
-            upsampling = gr.Radio(["nearest", "smooth"], value="nearest", label="upsampling")
-            over = gr.Radio(["image", "model input"], value="image", label="draw over")
+            upsampling = gr.Radio(list(UPSAMPLING), value=UPSAMPLING[0], label="upsampling")
+            over = gr.Radio(list(OVER), value=OVER[0], label="draw over")
             opacity = gr.Slider(0, 1, value=0.65, step=0.05, label="heatmap opacity", elem_id="opacity")
     return head, mode, cmap, scale, upsampling, opacity, layout, over
 

@@ -47,7 +47,6 @@ class PromptView:
     def wire(
         self,
         state: gr.State,
-        image: gr.Image,
         head: gr.Dropdown,
         cmap: gr.Dropdown,
         on: Any,
@@ -57,7 +56,8 @@ class PromptView:
         guard: Callable[[Callable[..., tuple]], Callable[..., tuple]],
     ) -> None:
         """Enter in the box re-runs the model on the new prompt (``run`` and ``on._after_run``: the
-        app's); every new session redraws the bars and the token maps, every click the bars."""
+        app's); every new session redraws the bars and the token maps, every click the bars
+        (:meth:`follower`)."""
 
         def prompted(session: Any, prompt: str, name: str, t: float, s: float, *view: Any) -> tuple:
             if session is None:
@@ -73,11 +73,15 @@ class PromptView:
         self.prompt.submit(guard(prompted), [state, self.prompt, *run_inputs], reran, **runs)
         quiet = {"api_name": False, "show_progress": "hidden"}
         state.change(guard(refresh), [state, self.token, head, cmap], shown, **quiet)
-        # a click changes the session in place (no state.change): the bars follow the click itself
-        image.select(guard(clicked), [state, head], [self.bars], **quiet)
         for control in (self.token, head, cmap):
             control.change(guard(draw_maps), [state, self.token, head, cmap], [self.maps], **quiet)
         self.across.click(guard(across), [state, self.token, self.count, cmap], [self.film], **runs)
+
+    def follower(self) -> Any:
+        """The bars, drawn by a click's or a redraw's own event (see :class:`~spatial_attn.app.Follower`)."""
+        from ..app import Follower
+
+        return Follower([], [self.bars], bars_for)
 
 
 def refresh(session: Any, token: str | None, head: str, cmap: str) -> tuple:
@@ -97,16 +101,13 @@ def refresh(session: Any, token: str | None, head: str, cmap: str) -> tuple:
     )
 
 
-def clicked(evt: gr.SelectData, session: Any, head: str) -> str:
-    """The bars for a click on the image (the same mapping as the app's own click handler)."""
-    from ..app import DISPLAY
-
+def bars_for(session: Any, view: Any) -> tuple:
+    """The bars for the session's pinned pixel, drawn by the click's own event (a click changes the
+    session in place: no state.change); nothing for a model without a prompt."""
     ex = session.exploration if session is not None else None
     if ex is None or not ex.prepared.tokens:
-        return gr.skip()
-    x, y = evt.index
-    point = cell_at((y, x), (DISPLAY, DISPLAY), ex.image_hw)
-    return bars_html(ex, point, PromptTokens.of(ex.prepared.tokens), head)
+        return ("",)  # what a model without a prompt has (refresh): gr.skip() costs Gradio far more
+    return (bars_html(ex, session.point, PromptTokens.of(ex.prepared.tokens), view.head),)
 
 
 def bars_html(ex: Any, point: tuple[int, int], prompt: PromptTokens, head: str) -> str:
