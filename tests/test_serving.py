@@ -3,6 +3,8 @@ click event's trigger mode (a click made while one is pending must be sent, not 
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from spatial_attn.serving import Explorations, Tickets, number, whole
@@ -64,6 +66,22 @@ def test_a_click_is_one_event_and_carries_no_picture():
     outputs = {getattr(block, "elem_id", None) for block in on_image[0].outputs}
     assert "input-image" not in outputs and {"heatmaps", "mechanics", "compare", "token-bars"} <= outputs
     assert not [fn for fn in demo.fns.values() if (ids["heatmaps"], "change") in fn.targets]
+
+
+def test_gradios_queue_does_not_summarise_every_event_it_ever_served():
+    """Gradio's queue summarises its event records with pandas after every event; with its defaults
+    (10,000 records, every event) a click's cost grew with the events the server had served."""
+    import subprocess
+    import sys
+
+    code = (
+        "from spatial_attn.app import Library, build_demo; "
+        "q = build_demo('vit-faces', Library(['vit-faces']))._queue; "
+        "print(q.ANALYTICS_MAX_EVENTS, q.ANAYLTICS_CACHE_FREQUENCY)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADIO_ANALYTICS_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["1000", "100"]
 
 
 def test_the_image_click_is_sent_even_while_the_previous_one_is_pending():
