@@ -154,7 +154,6 @@ def draw(session: Session, view: View) -> tuple[str, str]:
     click's answer carries no picture (encoding and storing one was most of a click's server time).
     """
     ex = session.exploration
-    head_index(view.head)  # its form; the page reduces the heads itself
     # the cells only: the rows are computed once, in browser_data, and the browser draws the panels
     cells = [(layer, *cell_of(layer, session.point, ex.image_hw, view.mode)) for layer in ex.layers]
     heatmaps = panels.html_of(ex.browser_data(session.point, view), ex)
@@ -184,7 +183,7 @@ def view_of(
     Gradio's per-component processing (see ``build_demo``), so a forged request meets these checks."""
     if not isinstance(head, str):
         raise ValueError(f"head must be 'mean', 'max' or 'head k'; got {head!r}")
-    head_index(head)  # its form
+    head_index(head)  # its form; the page reduces the heads itself
     return View(
         head=head,
         mode="column" if serving.one_of(mode, "show", panels.MODES) == panels.MODES[1] else "row",
