@@ -94,7 +94,7 @@ class QKScores:
         self._shape = (*q.shape[:3], k.shape[2])
         self._sources: tuple[torch.Tensor, torch.Tensor] | None = (q.detach(), k.detach())
         self._scale = scale
-        self._versions = None if q.is_inference() or k.is_inference() else (q._version, k._version)
+        self._versions = versions(q, k)
         self._q: torch.Tensor | None = None
         self._k: torch.Tensor | None = None
         self._numpy: tuple[np.ndarray, np.ndarray] | None = None
@@ -112,7 +112,7 @@ class QKScores:
         if sources is None:
             return
         q, k = sources
-        if self._versions is not None and (q._version, k._version) != self._versions:
+        if self._versions is not None and versions(q, k) != self._versions:
             raise StaleCapture(
                 "the model wrote into the captured queries or keys in place after its attention call; "
                 "their rows can no longer be computed"
@@ -536,6 +536,14 @@ def _entropy_bits(p: np.ndarray) -> float:
     """Shannon entropy in bits of a probability vector (zeros contribute nothing)."""
     p = p[p > 0].astype(np.float64)
     return float(-(p * np.log2(p)).sum())
+
+
+def versions(*tensors: torch.Tensor) -> tuple[int, ...] | None:
+    """Version counters (torch bumps a tensor's with every in-place write), to tell later whether the
+    model overwrote what a capture holds; None for inference tensors, which have none."""
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple(t._version for t in tensors)
 
 
 def _softmax_(logits: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ..layer import AttentionLayer, Check, Verification, compare, sample_queries
+from ..layer import AttentionLayer, Check, Verification, compare, sample_queries, versions
 
 Where = Literal["in", "out"]
 
@@ -187,10 +187,10 @@ def check_output(
     def verify(layer: AttentionLayer) -> Callable[[], Verification]:
         idx = sample_queries(layer.queries.count) if among is None else among[sample_queries(len(among))]
         expected = observed(idx)  # (B, h | 1, s, ...): indexing copies the rows now
-        version = None if values.is_inference() else values._version
+        version = versions(values)
 
         def later() -> Verification:
-            if version is not None and values._version != version:
+            if version is not None and versions(values) != version:
                 return Verification(None, None, f"{what}: the model overwrote the values after the call")
             got = layer.sampled_output(values, idx)
             return compare(expected, project(got, idx) if project else got, what)

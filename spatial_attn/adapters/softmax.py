@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ..layer import AttentionLayer, Check, StoredProbs, Verification, compare, sample_queries
+from ..layer import AttentionLayer, Check, StoredProbs, Verification, compare, sample_queries, versions
 from .base import Extracted, FunctionAdapter, keep, to_heads
 
 _SOFTMAX = frozenset({torch.softmax, F.softmax, torch.Tensor.softmax, torch.special.softmax})
@@ -107,7 +107,7 @@ class SoftmaxAdapter(FunctionAdapter):
         else:
             return self._softmax(args, kwargs, out, batch)
         if origin is not None and isinstance(out, torch.Tensor):
-            self._origins[out] = (origin, _versions(out, *origin[:2]))
+            self._origins[out] = (origin, versions(out, *origin[:2]))
         elif isinstance(out, torch.Tensor) and any(self._from_product(a) for a in args[:3]):
             self._derived[out] = True
         return None
@@ -121,10 +121,10 @@ class SoftmaxAdapter(FunctionAdapter):
         entry = self._origins.get(scores)
         if entry is None:
             return None
-        origin, versions = entry
-        if versions is None:  # inference tensors have no version counter: compare the values
+        origin, recorded = entry
+        if recorded is None:  # inference tensors have no version counter: compare the values
             return origin if _equals_product(scores, *origin) else None
-        return origin if _versions(scores, *origin[:2]) == versions else None
+        return origin if versions(scores, *origin[:2]) == recorded else None
 
     def _scaled(self, func: Callable, args: tuple, kwargs: dict) -> Origin | None:
         """Scores times or divided by a number keep their origin, with the scale updated."""
@@ -291,13 +291,6 @@ def _number(x: Any) -> float | None:
     if isinstance(x, torch.Tensor) and x.numel() == 1 and x.ndim == 0:
         return float(x)
     return None
-
-
-def _versions(*tensors: torch.Tensor) -> tuple[int, ...] | None:
-    """Version counters (bumped by every in-place write); None for inference tensors, which have none."""
-    if any(t.is_inference() for t in tensors):
-        return None
-    return tuple(t._version for t in tensors)
 
 
 def _equals_product(scores: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float) -> bool:
