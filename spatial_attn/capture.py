@@ -156,13 +156,14 @@ class Capture:
 
     def _on_enter(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         name, adapter = self._owners[module]
-        frame = _Frame(name, module, _map_hw(args, kwargs), inputs=(args, kwargs))
+        first = _first_tensor(args, kwargs)
+        map_hw = (first.shape[-2], first.shape[-1]) if first is not None and first.ndim == 4 else None
+        frame = _Frame(name, module, map_hw, inputs=(args, kwargs))
         if not self._frames:
-            first = _first_tensor(args, kwargs)
             if first is not None and first.ndim >= 1:
-                self._input = (first.shape[0], frame.map_hw)
+                self._input = (first.shape[0], map_hw)
             self._stated = []
-        self._stated += stated_grids(name, module, args, kwargs)
+        self._stated += stated_grids(name, module, map_hw, kwargs)
         self._frames.append(frame)
         if adapter is not None and self._claim is None:
             frame.call = Call(module, args, kwargs)
@@ -485,11 +486,6 @@ def _key_layout(
 
 def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
     return next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
-
-
-def _map_hw(args: tuple, kwargs: dict) -> Grid | None:
-    first = _first_tensor(args, kwargs)
-    return (first.shape[-2], first.shape[-1]) if first is not None and first.ndim == 4 else None
 
 
 def _patterns(p: str | Iterable[str] | None) -> list[str]:

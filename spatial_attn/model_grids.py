@@ -20,20 +20,21 @@ from .grid import Grid, StatedGrid, as_grid
 _ID_ARGUMENTS = ("img_ids",)
 
 
-def stated_grids(name: str, module: nn.Module, args: tuple, kwargs: dict) -> list[StatedGrid]:
-    """The grids ``module`` states by being called with ``args``/``kwargs`` (usually none)."""
-    said = [_patch_grid(name, module, args, kwargs)]
+def stated_grids(name: str, module: nn.Module, image_hw: Grid | None, kwargs: dict) -> list[StatedGrid]:
+    """The grids ``module`` states by being called (usually none): ``image_hw`` is ``(H, W)`` of its
+    first tensor argument when that is 4D (the capture reads it once per call), ``kwargs`` its
+    keyword arguments."""
+    said = [_patch_grid(name, module, image_hw)]
     said += [_ids_grid(name, kwargs[key]) for key in _ID_ARGUMENTS if key in kwargs]
     return [s for s in said if s is not None]
 
 
-def _patch_grid(name: str, module: nn.Module, args: tuple, kwargs: dict) -> StatedGrid | None:
+def _patch_grid(name: str, module: nn.Module, image_hw: Grid | None) -> StatedGrid | None:
     """The output grid of a strided convolution or of a module with a ``patch_size`` (timm's and
     transformers' patch embeddings, RADIO's linear patch generator) called on a 4D image."""
-    image = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
-    if image is None or image.ndim != 4:
+    if image_hw is None:
         return None
-    hi, wi = image.shape[-2:]
+    hi, wi = image_hw
     if isinstance(module, nn.Conv2d) and max(module.stride) > 1:
         grid = _conv_out(module, (hi, wi))
         return StatedGrid(grid, f"the output of `{name}` (a stride-{_text(module.stride)} convolution)")

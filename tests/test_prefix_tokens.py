@@ -217,15 +217,16 @@ def test_transformers_vision_models(
 
 def test_what_a_module_states_and_what_it_does_not() -> None:
     """Statements are read from every module on entry; none may raise inside the user's forward."""
-    image = torch.zeros(1, 3, 24, 32)
+    image = (24, 32)  # a 24 x 32 input (the capture passes the shape of a 4D first argument)
     valid = nn.Conv2d(3, 8, kernel_size=3, stride=2, padding="valid")
-    assert [s.grid for s in stated_grids("c", valid, (image,), {})] == [(11, 15)]
-    assert stated_grids("c", nn.Conv2d(3, 8, 3, padding=1), (image,), {}) == []  # stride 1: no patches
+    assert [s.grid for s in stated_grids("c", valid, image, {})] == [(11, 15)]
+    assert stated_grids("c", valid, None, {}) == []  # no 4D input: nothing to read
+    assert stated_grids("c", nn.Conv2d(3, 8, 3, padding=1), image, {}) == []  # stride 1: no patches
     for patch in (0, (4, 4, 4), (4.5, 4.5), "4", None):
         odd = nn.Identity()
         odd.patch_size = patch
-        assert stated_grids("m", odd, (image,), {}) == [], patch
+        assert stated_grids("m", odd, image, {}) == [], patch
     ids = torch.zeros(2, 6, 3)
     ids[..., 1], ids[..., 2] = torch.arange(6) // 3, torch.arange(6) % 3
-    (said,) = stated_grids("flux", nn.Identity(), (), {"img_ids": ids})  # (B, L, 3): older diffusers
+    (said,) = stated_grids("flux", nn.Identity(), None, {"img_ids": ids})  # (B, L, 3): older diffusers
     assert said.grid == (2, 3) and said.special == "text"
