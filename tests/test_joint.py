@@ -156,6 +156,25 @@ def test_auraflow_joint_attention_puts_text_first(batch):
     _assert_joint_rows(joint, probs, n_text=8 + 3, text_first=True)
 
 
+def test_text_first_with_only_the_image_half_observable_is_still_checked(monkeypatch):
+    """Text first and no text output (a context_pre_only block, or a text half whose projection is
+    not observed): only image queries can be checked, and sequence position i is the image
+    output's i - (text tokens). AuraFlow with its text output's tap withheld."""
+    from spatial_attn.adapters.diffusers import DiffusersAdapter
+
+    taps = DiffusersAdapter.taps
+    monkeypatch.setattr(
+        DiffusersAdapter,
+        "taps",
+        lambda self, module: {r: t for r, t in taps(self, module).items() if r != "text_attended"},
+    )
+    model = _auraflow()
+    with torch.no_grad(), sa.capture(model) as cap:
+        model(torch.randn(2, 4, 8, 8), encoder_hidden_states=torch.randn(2, 3, 16), timestep=torch.ones(2))
+    joint = cap.layers["joint_transformer_blocks.0.attn"]
+    assert joint.queries.start == 11 and joint.verified is True, joint.verification
+
+
 @pytest.mark.parametrize("grid", [None, (4, 3)], ids=["from-ids", "given"])
 @pytest.mark.parametrize("batch", [1, 2])
 def test_flux_double_and_single_blocks_keep_text_tokens_in_the_softmax(batch, grid, monkeypatch):

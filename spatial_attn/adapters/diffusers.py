@@ -29,7 +29,7 @@ import sys
 import torch
 from torch import nn
 
-from ..grid import numbered
+from ..grid import Grid, numbered
 from .base import Call, Extracted, ModuleAdapter, check_output, keep, per_head, split_heads
 
 #: Processors whose scores come from ``attn.get_attention_scores`` (and so from ``attn.scale``).
@@ -92,19 +92,20 @@ class DiffusersAdapter(ModuleAdapter):
         q = _heads(call.taps["q"], heads, attn.processor)  # (B, h, N, d)
         batch, _, _, head_dim = q.shape
         hidden = call.arg("hidden_states", 0)
+        grid = tuple(hidden.shape[-2:]) if hidden.ndim == 4 else None  # a 4D input states its grid
+        scale = _scale(attn, head_dim)
         cross = call.arg("encoder_hidden_states", 1) is not None
         if "added_k" in call.taps:
-            return _added_keys(call, q, head_dim)
+            return _added_keys(call, q, scale, grid, cross)
         k, v = (_heads(call.taps[r], heads, attn.processor) for r in ("k", "v"))  # (B, h, N', d)
-        scale = _scale(attn, head_dim)
         if cross and "text_q" in call.taps:
-            return _joint(call, q, k, v, scale)
+            return _joint(call, q, k, v, scale, grid)
         return Extracted(
             q=q,
             k=k,
             scale=scale,
             mask=_mask(call, k.shape[2], batch),
-            query_grid=tuple(hidden.shape[-2:]) if hidden.ndim == 4 else None,
+            query_grid=grid,
             keys="text" if cross else "self",
             verify=check_output(v, per_head(split_heads(call.taps["attended"], heads)), "input of to_out"),
         )
@@ -132,39 +133,39 @@ def _mask(call: Call, keys: int, batch: int) -> torch.Tensor | None:
     return keep(call.module.prepare_attention_mask(mask, keys, batch)).reshape(batch, heads, -1, keys)
 
 
-def _added_keys(call: Call, q: torch.Tensor, head_dim: int) -> Extracted:
+def _added_keys(call: Call, q: torch.Tensor, scale: float, grid: Grid | None, cross: bool) -> Extracted:
     """``AttnAddedKVProcessor`` (UnCLIP, Kandinsky UNets): ``add_k_proj``/``add_v_proj`` of the text
     (of the image itself when there is no text) placed before the module's own keys, one softmax
     over both, or instead of them with ``only_cross_attention``. Queries are the image's only."""
     attn, heads = call.module, call.module.heads
     added_k, added_v = (split_heads(call.taps[r], heads) for r in ("added_k", "added_v"))  # (B, h, Nt, d)
-    cross = call.arg("encoder_hidden_states", 1) is not None
     labels = tuple(f"{'text' if cross else 'added'} {i}" for i in range(added_k.shape[2]))
     if "k" in call.taps:  # the image's own keys come after the added ones
         own_k, own_v = (_heads(call.taps[r], heads, attn.processor) for r in ("k", "v"))
         k, v = torch.cat([added_k, own_k], dim=2), torch.cat([added_v, own_v], dim=2)
     else:  # only_cross_attention: the added keys alone
         k, v, labels = added_k, added_v, ()
-    hidden = call.arg("hidden_states", 0)
     attended = split_heads(call.taps["attended"], heads)  # (B, h, N, d)
     return Extracted(
         q=q,
         k=k,
-        scale=_scale(attn, head_dim),
+        scale=scale,
         mask=_mask(call, k.shape[2], q.shape[0]),
-        query_grid=tuple(hidden.shape[-2:]) if hidden.ndim == 4 else None,
+        query_grid=grid,
         keys="self" if labels else "text",
         key_prefix=labels,
         verify=check_output(v, per_head(attended), "input of to_out"),
     )
 
 
-def _joint(call: Call, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Extracted:
+def _joint(
+    call: Call, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, grid: Grid | None
+) -> Extracted:
     """One softmax over image and text tokens: both halves concatenated in the processor's order.
 
     ``q``, ``k`` and ``v`` are the image's ``(B, h, Ni, d)``; the text's come from the taps.
     """
-    heads, hidden = call.module.heads, call.arg("hidden_states", 0)
+    heads = call.module.heads
     processor = call.module.processor
     roles = ("text_q", "text_k", "text_v")
     tq, tk, tv = (_heads(call.taps[r], heads, processor) for r in roles)  # (B, h, Nt, d)
@@ -175,25 +176,21 @@ def _joint(call: Call, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
     def joined(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return torch.cat([text, image] if text_first else [image, text], dim=2)  # (B, h, Nt + Ni, d)
 
-    image_at = torch.arange(n_image) + (len(labels) if text_first else 0)  # image tokens in the sequence
+    offset = len(labels) if text_first else 0  # where the image tokens start in the sequence
     attended = split_heads(call.taps["attended"], heads)  # (B, h, Ni, d): image half of the output
-    among = image_at
     if "text_attended" in call.taps:  # the text half reaches the output too (not context_pre_only)
-        attended = joined(attended, split_heads(call.taps["text_attended"], heads))
-        among = None
-    else:  # only image queries can be checked: scatter their outputs to sequence positions
-        full = attended.new_zeros(*attended.shape[:2], n_image + len(labels), attended.shape[3])
-        full[:, :, image_at] = attended
-        attended = full
+        observed, among = per_head(joined(attended, split_heads(call.taps["text_attended"], heads))), None
+    else:  # only image queries can be checked: sequence position i is the image output's i - offset
+        observed, among = (lambda idx: attended[:, :, idx - offset]), torch.arange(n_image) + offset
     return Extracted(
         q=joined(q, tq),
         k=joined(k, tk),
         scale=scale,
-        query_grid=tuple(hidden.shape[-2:]) if hidden.ndim == 4 else None,
+        query_grid=grid,
         keys="self",
         query_prefix=labels if text_first else (),
         query_suffix=() if text_first else labels,
         key_prefix=labels if text_first else (),
         key_suffix=() if text_first else labels,
-        verify=check_output(joined(v, tv), per_head(attended), "joint attention output", among=among),
+        verify=check_output(joined(v, tv), observed, "joint attention output", among=among),
     )
