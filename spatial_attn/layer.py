@@ -122,6 +122,21 @@ class QKScores:
         self._numpy = (self._q.numpy(), self._k.numpy())
         self._sources = None  # the model's tensors (and whatever they are views of) can go
 
+    def regrouped(self, entries: int) -> QKScores:
+        """These scores with their batch and head axes regrouped as ``(entries, B*h/entries, N, N')``,
+        order kept (a windowed call that folded windows into heads, or heads into its batch). As lazy
+        as these: nothing is converted or scaled during the model's forward."""
+        b, h, n, m = self.shape
+        sources = self._sources
+        q, k = sources if sources is not None else (self.q, self.k)
+        scale = self._scale if sources is not None else 1.0  # the copies have the scale folded in
+        mask = self.mask
+        if mask is not None:
+            mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape)).expand(b, h, n, m)
+            mask = mask.reshape(entries, -1, n, m)
+        q, k = q.reshape(entries, -1, n, q.shape[-1]), k.reshape(entries, -1, m, k.shape[-1])
+        return QKScores(q, k, mask, self.causal, scale)
+
     @property
     def q(self) -> torch.Tensor:
         """Queries ``(B, h, N, d)``, float32, the softmax scale folded in."""

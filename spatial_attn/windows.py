@@ -186,13 +186,7 @@ def _per_window(scores: Scores, entries: int) -> Scores:
     if isinstance(scores, StoredProbs):
         return StoredProbs(scores.p.reshape(entries, heads, n, m))
     assert isinstance(scores, QKScores)
-    q = scores.q.reshape(entries, heads, n, -1)
-    k = scores.k.reshape(entries, heads, m, -1)
-    mask = scores.mask
-    if mask is not None:
-        mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape)).expand(b, h, n, m)
-        mask = mask.reshape(entries, heads, n, m)
-    return QKScores(q, k, mask, scores.causal)
+    return scores.regrouped(entries)  # lazy: no copy of q and k during the forward
 
 
 def read_window(module: nn.Module, args: tuple, kwargs: dict, name: str) -> WindowLayout | None:

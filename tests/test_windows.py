@@ -332,6 +332,30 @@ def test_vitdet_sam_padded_windows_and_global_block(batch: int, fused: bool) -> 
     check_layer(glob, torch.cat([whole, torch.zeros(batch, heads, 42, 1)], -1), (6, 7), padded=False)
 
 
+def test_windows_folded_into_heads_are_regrouped_without_copying_during_the_forward(monkeypatch) -> None:
+    """SAM runs (B*nW*h, a, d): regrouping it per window keeps q and k as the model made them until
+    a row is asked for (the float32 copies cost the forward a fifth of its time in a ViT)."""
+    from spatial_attn.layer import QKScores
+
+    copied = []
+    materialise = QKScores._materialise
+
+    def spy(self: QKScores) -> None:
+        copied.append(self._sources is not None)
+        materialise(self)
+
+    monkeypatch.setattr(QKScores, "_materialise", spy)
+    torch.manual_seed(1)
+    model = SamEncoder(fused=True).eval()
+    with torch.no_grad(), sa.capture(model) as cap:
+        model(torch.randn(2, 3, 24, 28))
+    assert not any(copied)  # nothing copied during the forward
+    layer = cap.layers["blocks.0.attn"]
+    assert layer.scores.inner.shape[0] == 2 * 4  # (B*nW, h, a, a)
+    layer.row(3, 5)
+    assert any(copied)  # the first row makes the copies
+
+
 # -- transformers' Swin: pads first, then shifts; input_dimensions passed to each layer -------------
 
 
