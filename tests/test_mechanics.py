@@ -124,6 +124,31 @@ def test_the_tab_shows_every_step_for_the_pinned_pixel_and_follows_the_temperatu
     assert head_choice.value == "1" and "softmax(logits / 0.5)" in cooler and "token i = 3·8 + 2" in cooler
 
 
+def test_a_click_with_the_tab_open_does_not_recompute_the_matrix_thumbnail(ddpm, monkeypatch):
+    """The thumbnail takes every row of the layer: once per run, layer and head, not per click."""
+    import weakref
+
+    from spatial_attn.views import mechanics as tab
+    from spatial_attn.views.mechanics import MechanicsView
+
+    made = []
+    thumbnail = mechanics.matrix_thumbnail
+
+    def counted(layer, head):
+        made.append((head,))
+        return thumbnail(layer, head)
+
+    monkeypatch.setattr(mechanics, "matrix_thumbnail", counted)
+    monkeypatch.setattr(tab, "_THUMBS", weakref.WeakKeyDictionary())  # other tests drew this run
+    session = _session(ddpm, (13, 9))
+    first = MechanicsView.show(session, None, None, 1.0)[2]
+    session.point = (4, 20)
+    moved = MechanicsView.show(session, None, None, 1.0)[2]
+    assert made == [(0,)] and first != moved  # the same picture, its outlined row moved
+    MechanicsView.show(session, ddpm.layers[1].name, "1", 1.0)  # another layer and head: its own
+    assert made == [(0,), (1,)]
+
+
 def test_the_tab_gives_a_sagan_its_gate_and_a_vit_its_cls_key():
     from spatial_attn.views.mechanics import MechanicsView
 

@@ -32,6 +32,8 @@ STYLE = """
 SIDE = 192  # px of every picture's longer side
 #: Each run's layer inputs and outputs, kept as long as the run is (a click then costs no forward).
 _IO: weakref.WeakKeyDictionary[Any, dict[str, mechanics.ModuleIO]] = weakref.WeakKeyDictionary()
+#: Each run's matrix thumbnails, by (layer, head), kept as long as the run is.
+_THUMBS: weakref.WeakKeyDictionary[Any, dict[tuple[str, int], np.ndarray]] = weakref.WeakKeyDictionary()
 
 
 class MechanicsView:
@@ -100,7 +102,8 @@ class MechanicsView:
         steps = mechanics.row_steps(layer, cell, int(chosen), float(temperature))
         io = _module_io(ex, layer.name)
         features = mechanics.flattened_input(io)
-        body = _steps_html(steps, layer, ex.image, features) + _extras_html(ex, layer, io, session.point)
+        body = _steps_html(steps, layer, ex.image, features, _thumbnail(ex, layer, steps.head))
+        body += _extras_html(ex, layer, io, session.point)
         return (
             gr.Dropdown([la.name for la in layers], value=layer.name),
             gr.Dropdown(heads, value=chosen),
@@ -125,8 +128,21 @@ def _module_io(ex: Any, layer_name: str) -> mechanics.ModuleIO:
     return kept[layer_name]
 
 
+def _thumbnail(ex: Any, layer: Any, head: int) -> np.ndarray:
+    """The layer's N x N' thumbnail for one head, made once per run: every click with the tab open
+    draws it, and a large layer's takes all its rows (in blocks)."""
+    kept = _THUMBS.setdefault(ex, {})
+    if (layer.name, head) not in kept:
+        kept[layer.name, head] = mechanics.matrix_thumbnail(layer, head)
+    return kept[layer.name, head]
+
+
 def _steps_html(
-    steps: mechanics.RowSteps, layer: Any, picture: np.ndarray, features: np.ndarray | None
+    steps: mechanics.RowSteps,
+    layer: Any,
+    picture: np.ndarray,
+    features: np.ndarray | None,
+    thumb: np.ndarray,
 ) -> str:
     (h, w), (y, x), i = steps.query_grid, steps.cell, steps.token
     n, d = steps.queries.shape
@@ -191,7 +207,6 @@ def _steps_html(
                 "Reshaped to the key grid, this row is the heatmap.",
             )
         )
-    thumb = mechanics.matrix_thumbnail(layer, steps.head)
     row = mechanics.thumbnail_row(i, n, 64)
     figures.append(
         _figure(
