@@ -56,7 +56,8 @@ DATA = {
     "vit-faces": (
         "the kinds its `labels` list: valid faces 3 times as often as each broken kind (eye_color, "
         "eye_shape, missing_eye, no_face, and the generators' mistakes eye_size, eye_offset, "
-        "extra_eye, eye_tint; a 5-label judge saw the first five in equal measure); half of each "
+        "extra_eye, eye_tint; a 5-label judge saw the first five in equal measure) and eye_shape "
+        "twice as often, the mistake generators make most; half of each "
         "batch with Gaussian pixel noise up to 24/255, a quarter blurred (sigma up to 1.4 px)"
     ),
     "ddpm-faces": "valid faces only",
