@@ -213,9 +213,16 @@ class Exploration:
     def _layers_json(self) -> list[dict[str, Any]]:
         return [payload.layer_json(layer) for layer in self.layers]
 
-    @functools.cache  # noqa: B019 (two entries per run, kept as long as the run is)
+    @functools.cached_property
+    def _base_uris(self) -> dict[str, str]:
+        return {}  # "image" / "input" -> PNG data URI, filled on first use
+
     def _base_uri(self, over: str) -> str:
-        return render.png_data_uri(self.image if over == "image" else self.input)
+        # kept on the run itself: a functools.cache on the method held every run ever made (with its
+        # queries and keys) alive for the life of the server
+        if over not in self._base_uris:
+            self._base_uris[over] = render.png_data_uri(self.image if over == "image" else self.input)
+        return self._base_uris[over]
 
     def first_point(self) -> tuple[int, int]:
         """Where the first click lands: the left eye when the picture is a face whose eyes can be

@@ -45,6 +45,21 @@ def test_click_reads_rows_without_running_the_model(handlers, monkeypatch):
     assert "(y, x) = (8, 16)" in text and "CLS" in heatmaps
 
 
+def test_a_run_nobody_holds_any_more_is_freed(handlers):
+    """A run holds every layer's queries and keys: once its session is gone, nothing the click path
+    keeps per run (the panels' picture, the hover data's registry) may hold it alive."""
+    import gc
+    import weakref
+
+    session = handlers.start("vit-faces", 0, 0, *VIEW)[0]
+    handlers.clicked(_select(200, 100), session, *VIEW)
+    handlers.redraw(session, *VIEW[:-1], "model input")  # both pictures the panels are drawn over
+    run = weakref.ref(session.exploration)
+    del session
+    gc.collect()
+    assert run() is None
+
+
 def test_a_click_draws_its_followers_in_the_same_event(handlers, monkeypatch):
     drawn = []
 
