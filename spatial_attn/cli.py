@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .data.faces import LAYOUTS
+
 MODELS = ("ddpm", "sagan", "vit")
 DEFAULT_MODEL = "ddpm-faces"
 
@@ -68,7 +70,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (recorded in the card)")
     p.add_argument(
         "--layout",
-        choices=("standard", "wide"),
+        choices=LAYOUTS,
         default="standard",
         help="face layout: wide varies the head's position and size and the eye spacing so that position "
         "cannot predict the other eye (recorded in the card)",

@@ -80,10 +80,10 @@ def run(trainer: Trainer, s: Settings, run_dir: Path) -> dict:
     resume_path = run_dir / "resume.safetensors"
     start, elapsed, logs = 0, 0.0, {}
     if s.resume and resume_path.exists():
-        start, elapsed, logs = load_checkpoint(resume_path, trainer)
-        was = checkpoint_layout(resume_path)
+        was = checkpoint_meta(resume_path).get("layout", "standard")  # before layouts: standard
         if was != s.layout:  # the rest of the run would be trained on other faces than its start
             raise SystemExit(f"the checkpoint was trained with --layout {was}, not {s.layout}")
+        start, elapsed, logs = load_checkpoint(resume_path, trainer)
         print(f"resumed {trainer.name} at step {start} ({elapsed / 60:.1f} min so far)", file=sys.stderr)
         if start > s.steps:
             raise SystemExit(f"the checkpoint is at step {start}, past --steps {s.steps}")
@@ -174,10 +174,7 @@ def save_checkpoint(
 
 def load_checkpoint(path: Path, trainer: Trainer) -> tuple[int, float, dict[str, float]]:
     """Restore what :func:`save_checkpoint` wrote; returns (next step, seconds so far, last logs)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads(f.metadata()["meta"])
+    meta = checkpoint_meta(path)
     tensors = load_file(str(path))
     for name, module in trainer.modules().items():
         prefix = f"module.{name}."
@@ -193,12 +190,13 @@ def load_checkpoint(path: Path, trainer: Trainer) -> tuple[int, float, dict[str,
     return meta["step"], meta["elapsed"], meta.get("logs", {})  # checkpoints before logs were kept
 
 
-def checkpoint_layout(path: Path) -> str:
-    """The face layout the checkpoint at ``path`` was trained with (before layouts: standard)."""
+def checkpoint_meta(path: Path) -> dict:
+    """The scalars :func:`save_checkpoint` wrote (step, time, logs, layout, optimizer groups), read
+    from the file's header alone."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        return json.loads(f.metadata()["meta"]).get("layout", "standard")
+        return json.loads(f.metadata()["meta"])
 
 
 def cosine_lr(step: int, steps: int, peak: float, warmup: int) -> float:
