@@ -139,7 +139,7 @@ def test_a_click_with_the_tab_open_does_not_recompute_the_matrix_thumbnail(ddpm,
         return thumbnail(layer, head)
 
     monkeypatch.setattr(mechanics, "matrix_thumbnail", counted)
-    monkeypatch.setattr(tab, "_THUMBS", weakref.WeakKeyDictionary())  # other tests drew this run
+    monkeypatch.setattr(tab, "_KEPT", weakref.WeakKeyDictionary())  # other tests drew this run
     session = _session(ddpm, (13, 9))
     first = MechanicsView.show(session, None, None, 1.0)[2]
     session.point = (4, 20)

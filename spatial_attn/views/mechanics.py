@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -30,10 +31,9 @@ STYLE = """
 .sa-unet .sa-here { background: #fde68a; font-weight: 600; }
 """
 SIDE = 192  # px of every picture's longer side
-#: Each run's layer inputs and outputs, kept as long as the run is (a click then costs no forward).
-_IO: weakref.WeakKeyDictionary[Any, dict[str, mechanics.ModuleIO]] = weakref.WeakKeyDictionary()
-#: Each run's matrix thumbnails, by (layer, head), kept as long as the run is.
-_THUMBS: weakref.WeakKeyDictionary[Any, dict[tuple[str, int], np.ndarray]] = weakref.WeakKeyDictionary()
+#: What each run's steps need that a click does not change (a layer's input and output, its matrix
+#: thumbnails), made once and kept as long as the run is.
+_KEPT: weakref.WeakKeyDictionary[Any, dict[tuple, Any]] = weakref.WeakKeyDictionary()
 
 
 class MechanicsView:
@@ -120,21 +120,23 @@ def _figure(title: str, image: Any, text: str) -> str:
     )
 
 
+def _once(ex: Any, key: tuple, make: Callable[[], Any]) -> Any:
+    """``make()``, made once per run ``ex`` and ``key``."""
+    kept = _KEPT.setdefault(ex, {})
+    if key not in kept:
+        kept[key] = make()
+    return kept[key]
+
+
 def _module_io(ex: Any, layer_name: str) -> mechanics.ModuleIO:
     """The layer's input and output in this run, read once per run and layer (one extra forward)."""
-    kept = _IO.setdefault(ex, {})
-    if layer_name not in kept:
-        kept[layer_name] = mechanics.module_io(ex.model, ex.prepared, layer_name)
-    return kept[layer_name]
+    return _once(ex, ("io", layer_name), lambda: mechanics.module_io(ex.model, ex.prepared, layer_name))
 
 
 def _thumbnail(ex: Any, layer: Any, head: int) -> np.ndarray:
     """The layer's N x N' thumbnail for one head, made once per run: every click with the tab open
     draws it, and a large layer's takes all its rows (in blocks)."""
-    kept = _THUMBS.setdefault(ex, {})
-    if (layer.name, head) not in kept:
-        kept[layer.name, head] = mechanics.matrix_thumbnail(layer, head)
-    return kept[layer.name, head]
+    return _once(ex, ("thumbnail", layer.name, head), lambda: mechanics.matrix_thumbnail(layer, head))
 
 
 def _steps_html(
