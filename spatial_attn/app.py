@@ -10,6 +10,7 @@ and follow the mouse from the queries and keys sent once per model run.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import warnings
 from collections.abc import Callable
@@ -305,7 +306,7 @@ class Handlers:
 
     DRAWN = ("heatmaps", "explanation")
     RERAN = ("state", "image", *DRAWN, "note", "model_input", "head", "timestep", "sample")
-    VIEW = 8  # the display controls: view_of's arguments
+    VIEW = len(inspect.signature(view_of).parameters)  # the display controls: view_of's arguments
 
     def __init__(self, library: Library) -> None:
         self.library = library

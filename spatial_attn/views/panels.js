@@ -316,13 +316,10 @@
       if (getComputedStyle(host).position === "static") host.style.position = "relative";
       host.appendChild(box);
     }
-    // where the picture's pixels are inside the <img> box: as pixelUnder (and Gradio's select) maps them
-    const r = img.getBoundingClientRect(), h = host.getBoundingClientRect();
-    const nw = img.naturalWidth, nh = img.naturalHeight;
-    const s = Math.min(r.width / nw, r.height / nh, 1);
-    const left = r.left - h.left + (r.width - nw * s) / 2, top = r.top - h.top + (r.height - nh * s) / 2;
+    const p = placed(img), h = host.getBoundingClientRect();
+    const left = p.left - h.left, top = p.top - h.top;
     const [H, W] = data.image_hw, [y, x] = data.pixel;
-    const cw = (nw * s) / W, ch = (nh * s) / H;
+    const cw = (p.nw * p.s) / W, ch = (p.nh * p.s) / H;
     box.style.cssText =
       `position:absolute;pointer-events:none;box-sizing:border-box;left:${left + x * cw}px;` +
       `top:${top + y * ch}px;width:${Math.max(cw, 2)}px;height:${Math.max(ch, 2)}px;` +
@@ -332,16 +329,21 @@
   window.addEventListener("resize", () => mark());
 
   // -- events -------------------------------------------------------------------------------------
+  function placed(img) {
+    // where an <img>'s picture lies on the page, as Gradio's select event maps a click onto it
+    // (ImagePreview: scale capped at 1, centred): its top-left corner, scale and natural size
+    const r = img.getBoundingClientRect(), nw = img.naturalWidth, nh = img.naturalHeight;
+    const s = Math.min(r.width / nw, r.height / nh, 1);
+    return { left: r.left + (r.width - nw * s) / 2, top: r.top + (r.height - nh * s) / 2, s, nw, nh };
+  }
   function pixelUnder(event, img) {
     // the model-input pixel under the mouse: the image pixel exactly as Gradio's select event
-    // computes it for a click (ImagePreview: scale capped at 1, centred, rounded), then grid.cell_at
-    const r = img.getBoundingClientRect(), nw = img.naturalWidth, nh = img.naturalHeight;
-    if (!nw || !nh) return null;
-    const s = Math.min(r.width / nw, r.height / nh, 1);
-    const x = Math.round((event.clientX - r.left - (r.width - nw * s) / 2) / s);
-    const y = Math.round((event.clientY - r.top - (r.height - nh * s) / 2) / s);
-    if (y < 0 || x < 0 || y >= nh || x >= nw) return null;
-    return cellAt(y, x, [nh, nw], data.image_hw);
+    // computes it for a click (rounded), then grid.cell_at
+    if (!img.naturalWidth || !img.naturalHeight) return null;
+    const p = placed(img);
+    const x = Math.round((event.clientX - p.left) / p.s), y = Math.round((event.clientY - p.top) / p.s);
+    if (y < 0 || x < 0 || y >= p.nh || x >= p.nw) return null;
+    return cellAt(y, x, [p.nh, p.nw], data.image_hw);
   }
   document.addEventListener("mousemove", (event) => {
     if (!data || !root()) return;
