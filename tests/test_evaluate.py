@@ -21,6 +21,8 @@ from spatial_attn.evaluate import (
     format_table,
     headline_rule,
     layer_rows,
+    noise_levels,
+    pooled_figures,
     ratio,
     write_cards,
 )
@@ -165,6 +167,24 @@ def test_headline_is_the_layer_nearest_both_targets_and_the_table_says_what_is_m
     assert "**collapse**" not in table
     rows[0].collapsed = 0.38
     assert "- **collapse** in m `a`: 38% of eye queries" in format_table(Report("dev", [], rows))
+
+
+def test_a_diffusion_model_is_measured_at_every_noise_level_layer_by_layer(monkeypatch):
+    asked = []
+
+    def fake_measure(bm: BundledModel, v: object, timestep: int | None) -> dict:
+        asked.append(timestep)
+        return {"down": _figs(timestep or 1, 0.5), "up": _figs(1.0, 0.5)}
+
+    monkeypatch.setattr("spatial_attn.evaluate.measure", fake_measure)
+    ddpm = Wrapped("toy", "ddpm", True, nn.Identity(), num_timesteps=1000)
+    assert noise_levels(ddpm) == (100, 250, 500)
+    (figs,) = pooled_figures(ddpm, (3,), 2, noise_levels(ddpm))
+    assert asked == [100, 250, 500]
+    assert list(figs) == [f"{layer} @ t={t}" for layer in ("down", "up") for t in (100, 250, 500)]
+    assert figs["down @ t=250"]["valid"][0] == 250  # each name holds its own noise level's figures
+    plain = Wrapped("toy", "vit", True, nn.Identity())
+    assert noise_levels(plain) == (None,) and list(pooled_figures(plain, (3,), 2)[0]) == ["down", "up"]
 
 
 def test_the_readme_block_is_replaced_and_nothing_else(tmp_path, monkeypatch):
