@@ -62,8 +62,8 @@ DATA = {
     ),
     "ddpm-faces": "valid faces only",
     "sagan-faces": (
-        "valid faces as real; faces with mismatched eyes (eye_color, eye_shape, missing_eye) shown to "
-        "the discriminator as fake, half a batch per step (negative data augmentation)"
+        "valid faces as real; faces with mismatched eyes ({negative_kinds}) shown to the discriminator "
+        "as fake, half a batch per step (negative data augmentation){seeking}"
     ),
 }
 
@@ -82,7 +82,8 @@ def write_card(root: Path, name: str, table: str, results: list[dict]) -> Path:
         ARCHITECTURE[name].format(**_arch_fields(name, bm.config)),
         "",
         f"- **Parameters:** {params:,} ({size:.1f} MiB of safetensors)",
-        f"- **Data:** procedural 32 x 32 faces (`spatial_attn/data/faces.py`), {DATA[name]}, drawn on the "
+        f"- **Data:** procedural 32 x 32 faces (`spatial_attn/data/faces.py`), "
+        f"{DATA[name].format(**_arch_fields(name, bm.config))}, drawn on the "
         f"fly: step s uses `make_faces({run['batch_size']}, 10**12 + seed * 10**7 + s{wide})`, so no "
         "training face is ever an evaluation face."
         + (
@@ -120,7 +121,13 @@ def _final_logs(logs: dict) -> str:
 def _arch_fields(name: str, config: dict) -> dict:
     if name == "sagan-faces":
         g, d = config["g_ch"], config["d_ch"]
-        return {**config, "g1": g, "g2": 2 * g, "g4": 4 * g, "d1": d, "d2": 2 * d, "d4": 4 * d}
+        seeking = config.get("mode_seeking")  # models trained before it have no such key
+        return {
+            **config,
+            **{"g1": g, "g2": 2 * g, "g4": 4 * g, "d1": d, "d2": 2 * d, "d4": 4 * d},
+            "negative_kinds": ", ".join(config["negatives"]),
+            "seeking": f"; a mode-seeking term (MSGAN, weight {seeking:g}) in G's loss" if seeking else "",
+        }
     return {**config, "block_out_channels": " / ".join(map(str, config.get("block_out_channels", ())))}
 
 
