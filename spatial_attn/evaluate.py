@@ -12,8 +12,9 @@ never used in training (training uses seeds >= 10**12):
 * **Attention, per layer**: the eye-to-eye lift on valid faces, on the same faces with the other
   eye erased and on the background alone, their ratio (the *content lift*), and whether the peak
   follows a moved eye, with its position-only and chance controls
-  (:mod:`spatial_attn.eye_attention`), a diffusion model's at each of :data:`NOISE_LEVELS`; the SAGAN generator's lift against position alone and its
-  collapsed rows (:mod:`spatial_attn.sample_eval`).
+  (:mod:`spatial_attn.eye_attention`), a diffusion model's at each of :data:`NOISE_LEVELS`; the
+  SAGAN generator's lift against position alone and its collapsed rows
+  (:mod:`spatial_attn.sample_eval`).
 
 Figures pool several seeds and carry 95% bootstrap intervals over faces (or samples). The seeds
 are fixed here: :data:`DEV_SEEDS` were looked at while the evaluation and the models were being
@@ -47,8 +48,9 @@ FOLLOW_TARGET = 0.8  # share of moved-eye trials whose peak follows the eye
 PROBE_TARGET = 0.10  # most of a broken kind the judge may call valid
 BLUR_SIGMA = 1.2  # the blurred probes (the audit's)
 #: Where a diffusion model's layers are measured, as fractions of its schedule: little noise, a
-#: quarter, and the middle (the app's default). Added on the dev seeds, where the DDPM's
-#: ``down_blocks.1`` followed a moved eye in 53% of trials at the middle and 83 to 86% at 0.1 to 0.25.
+#: quarter (t = 250 of 1000 is where the app opens) and the middle (``prepare``'s default, the only
+#: level measured before). Added on the dev seeds, where the DDPM's ``down_blocks.1`` followed a
+#: moved eye in 53% of trials at the middle and in 83 to 86% at 0.1 to 0.25.
 NOISE_LEVELS = (0.1, 0.25, 0.5)
 COLLAPSE_REPORTED = 0.05  # share of collapsed rows from which a layer's collapse is spelled out
 Twins = tuple[BundledModel, BundledModel]  # (trained, random twin)
@@ -282,7 +284,7 @@ def pooled_figures(
 
 def noise_levels(bm: BundledModel) -> tuple[int | None, ...]:
     """The timesteps a model's layers are measured at: :data:`NOISE_LEVELS` of a diffusion model's
-    schedule (the middle one is what the app opens at), ``(None,)`` for a model without one."""
+    schedule, ``(None,)`` for a model without one."""
     if not bm.num_timesteps:
         return (None,)
     return tuple(round(f * bm.num_timesteps) for f in NOISE_LEVELS)
