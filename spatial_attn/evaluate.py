@@ -13,8 +13,8 @@ never used in training (training uses seeds >= 10**12):
   eye erased and on the background alone, their ratio (the *content lift*), and whether the peak
   follows a moved eye, with its position-only and chance controls
   (:mod:`spatial_attn.eye_attention`), a diffusion model's at each of :data:`NOISE_LEVELS`; the
-  SAGAN generator's lift against position alone and its collapsed rows
-  (:mod:`spatial_attn.sample_eval`).
+  SAGAN generator's with its eyes erased and moved in the features its attention receives, against
+  position alone, and its collapsed rows (:mod:`spatial_attn.sample_eval`).
 
 Figures pool several seeds and carry 95% bootstrap intervals over faces (or samples). The seeds
 are fixed here: :data:`DEV_SEEDS` were looked at while the evaluation and the models were being
@@ -345,28 +345,34 @@ def _layer_row(
 
 
 def generator_row(sagan: Twins, seeds: tuple[int, ...], n: int) -> LayerRow:
-    """The SAGAN generator's layer on its own samples: lift against position alone (no input to edit)."""
+    """The SAGAN generator's layer on its own samples, its controls edited into the features it
+    receives (:mod:`spatial_attn.sample_eval`); the "no face" column holds the lift read at another
+    sample's eye cells (position alone), as a generator has no face-less input."""
     figs = [generator_figures(*sagan, [seed * 1000 + i for i in range(n)]) for seed in seeds]
 
     def col(key: str) -> np.ndarray:
-        return np.concatenate([f[key] for f in figs])
+        return np.concatenate([f.get(key, np.zeros(0)) for f in figs])
 
     located = col("located")
     return LayerRow(
         "sagan-faces",
-        f"generator.attn, {int(located.sum())} of {len(located)} samples with eyes located; "
-        "controls: lift at another sample's eyes (position only)",
-        mean(col("lift")),
+        f"generator.attn, the {int(located.sum())} of {len(located)} samples with eyes located; erased "
+        f"and moved in the layer's input features ({100 * col('drawn').mean():.0f}% of edits show in "
+        "the sample); no face: lift at another sample's eyes",
+        mean(col("valid")),
+        mean(col("erased")),
         mean(col("position")),
-        NONE,
-        ratio(col("lift"), col("position")),
-        NONE,
-        NONE,
-        float("nan"),
-        Estimate(float(col("twin").mean()), float("nan"), float("nan")),
-        NONE,
+        ratio(col("valid"), col("erased")),
+        mean(col("follows")),
+        mean(col("stays")),
+        float(col("chance").mean()) if len(col("chance")) else float("nan"),
+        ratio(col("twin_valid"), col("twin_erased")),
+        mean(col("twin_follows")),
         float(col("collapsed").mean()),
-        per_seed={"located": [float(f["located"].mean()) for f in figs]},
+        per_seed={
+            "located": [float(f["located"].mean()) for f in figs],
+            "edits_drawn": [float(f["drawn"].mean()) if "drawn" in f else float("nan") for f in figs],
+        },
     )
 
 
