@@ -28,6 +28,7 @@ class SAGANConfig:
     g_ch: int = 64  # generator width at 32 x 32; x2 at 16, x4 at 8 and 4
     d_ch: int = 64  # discriminator width at 16 x 16; x2 at 8, x4 at 4
     image_size: int = 32
+    minibatch_std: int = 0  # group size of D's minibatch standard deviation at 4 x 4 (0: none)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,8 +113,38 @@ class Generator(nn.Module):
         return torch.tanh(self.to_rgb(F.relu(self.bn(h))))  # (B, 3, 32, 32)
 
 
+class MinibatchStd(nn.Module):
+    """ProGAN's minibatch standard deviation (Karras et al. 2018): one more feature map holding how
+    much the images of a group of ``group`` differ (the per-feature std across the group, averaged
+    over features and positions). A discriminator judging one image at a time cannot see that a
+    generator draws one eye colour where the data has six; given this, it can.
+
+    In eval mode (the app judges one image) the feature is the running mean of what *real* batches
+    gave in training, kept like BatchNorm's statistics, so the score is a function of the one image.
+    """
+
+    def __init__(self, group: int) -> None:
+        super().__init__()
+        self.group = group
+        self.register_buffer("real_std", torch.zeros(()))
+
+    def forward(self, h: torch.Tensor, record: bool = False) -> torch.Tensor:
+        B, _, H, W = h.shape
+        if self.training:
+            g = max(d for d in range(1, self.group + 1) if B % d == 0)  # a group size dividing B
+            y = h.float().view(g, B // g, *h.shape[1:])  # image k * (B // g) + j is member k of group j
+            std = (y.var(0, unbiased=False) + 1e-8).sqrt().mean((1, 2, 3))  # (B // g,)
+            stat = std.repeat(g)  # (B,)
+            if record:
+                with torch.no_grad():
+                    self.real_std.lerp_(std.mean(), 0.01)
+        else:
+            stat = self.real_std.expand(B)
+        return torch.cat([h, stat.to(h.dtype).view(B, 1, 1, 1).expand(B, 1, H, W)], 1)
+
+
 class Discriminator(nn.Module):
-    """32x32 -> 16x16 (self-attention) -> 8x8 -> 4x4 -> sum-pooled features -> one score."""
+    """32x32 -> 16x16 (self-attention) -> 8x8 -> 4x4 (minibatch std) -> sum-pooled features -> score."""
 
     def __init__(self, cfg: SAGANConfig) -> None:
         super().__init__()
@@ -122,12 +153,18 @@ class Discriminator(nn.Module):
         self.attn = SelfAttn(ch)  # at 16 x 16
         self.block2 = DBlock(ch, 2 * ch)  # 16 -> 8
         self.block3 = DBlock(2 * ch, 4 * ch)  # 8 -> 4
-        self.block4 = DBlock(4 * ch, 4 * ch, down=False)  # 4 x 4
+        self.mbstd = MinibatchStd(cfg.minibatch_std) if cfg.minibatch_std else None
+        self.block4 = DBlock(4 * ch + bool(cfg.minibatch_std), 4 * ch, down=False)  # 4 x 4
         self.linear = spectral_norm(nn.Linear(4 * ch, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, real: bool = False) -> torch.Tensor:
+        """``real=True`` (training only) marks a batch of real faces, whose spread the minibatch
+        std keeps for eval mode."""
         h = self.attn(self.block1(x))  # (B, ch, 16, 16)
-        h = self.block4(self.block3(self.block2(h)))  # (B, 4ch, 4, 4)
+        h = self.block3(self.block2(h))  # (B, 4ch, 4, 4)
+        if self.mbstd is not None:
+            h = self.mbstd(h, record=real)  # (B, 4ch + 1, 4, 4)
+        h = self.block4(h)  # (B, 4ch, 4, 4)
         h = F.relu(h).sum(dim=(2, 3))  # (B, 4ch): global sum pooling
         return self.linear(h).squeeze(1)  # (B,): > 0 real, < 0 fake (hinge)
 
