@@ -35,7 +35,7 @@ ARCHITECTURE = {
         "SAGAN (Zhang et al. 2019) at 32 x 32 (`spatial_attn/models/sagan.py`): residual generator "
         "z({z_dim}) -> 4 -> 8 -> 16 -> 32 px (widths {g4} / {g4} / {g2} / {g1}) with `SelfAttn` at "
         "16 x 16; residual discriminator 32 -> 16 -> 8 -> 4 px (widths {d1} / {d2} / {d4}) with "
-        "`SelfAttn` at 16 x 16; spectral norm everywhere, hinge loss, BatchNorm in the generator. "
+        "`SelfAttn` at 16 x 16{mbstd}; spectral norm everywhere, hinge loss, BatchNorm in the generator. "
         "`SelfAttn` is SAGAN's `Self_Attn`: 1x1 `query_conv` / `key_conv` (C/8 channels), "
         "`value_conv`, `gamma` (initialised to 0). Attention layers: `generator.attn`, "
         "`discriminator.attn`. The generator weights are an EMA (decay {ema_decay}) with re-measured "
@@ -126,6 +126,11 @@ def _arch_fields(name: str, config: dict) -> dict:
             **config,
             **{"g1": g, "g2": 2 * g, "g4": 4 * g, "d1": d, "d2": 2 * d, "d4": 4 * d},
             "negative_kinds": ", ".join(config["negatives"]),
+            "mbstd": (
+                f" and a minibatch standard deviation over groups of {config['minibatch_std']} at 4 x 4"
+                if config.get("minibatch_std")
+                else ""
+            ),
             "seeking": f"; a mode-seeking term (MSGAN, weight {seeking:g}) in G's loss" if seeking else "",
         }
     return {**config, "block_out_channels": " / ".join(map(str, config.get("block_out_channels", ())))}
