@@ -67,13 +67,19 @@ class Estimate:
     def show(self, percent: bool = False) -> str:
         if np.isnan(self.value):
             return "n/a"
-        fmt = (lambda v: f"{100 * v:.1f}%") if percent else (lambda v: f"{v:.2f}")
+        fmt = (lambda v: f"{100 * v:.1f}%") if percent else _number
         if np.isnan(self.low):  # a figure with no interval (coverage)
             return fmt(self.value)
         return f"{fmt(self.value)} [{fmt(self.low)}, {fmt(self.high)}]"
 
 
 NONE = Estimate(float("nan"), float("nan"), float("nan"))
+
+
+def _number(v: float) -> str:
+    """Two decimals, or two significant digits where those would say 0.00 or run to many digits
+    (an attention row that puts all but 1e-9 of its mass elsewhere gives a lift of 1e-9)."""
+    return f"{v:.2f}" if v == 0 or 0.01 <= abs(v) < 1000 else f"{v:.2g}"
 
 
 def bootstrap(stat: Callable[..., np.ndarray], *columns: np.ndarray, n: int = 1000) -> Estimate:

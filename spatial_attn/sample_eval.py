@@ -228,8 +228,16 @@ def _attention_input(module: nn.Module, features: torch.Tensor | None) -> Iterat
 
 def _edited_figures(bm: BundledModel, seeds: list[int], eyes: Located, sign: np.ndarray) -> dict[str, list]:
     """The controlled figures of ``bm``'s generator on ``seeds`` (one per located sample), edits
-    made at ``eyes`` in its own features, moved eyes going ``sign`` x :data:`GEN_SHIFT` cells."""
+    made at ``eyes`` in its own features, moved eyes going ``sign`` x :data:`GEN_SHIFT` cells.
+
+    Lifts are read at the eye's cells, as for drawn faces. The moved-eye test asks for the peak in
+    the cells the edit moved (the eye's radius + :data:`EDIT_MARGIN`), and leaves out the query
+    eye's own such cells: in feature space the eye is the region whose move moves the drawn eye,
+    and on the dev seeds the generator's peak sat on its edge (a cell beside the disc) and went
+    wherever the region was moved, cell for cell. Chance is that region's share, so it is larger.
+    """
     valid = _generate(bm, seeds)
+    regions = Located(eyes.eyes, eyes.eye_radius + EDIT_MARGIN)  # what an edit erases or moves
     grid = tuple(valid.features.shape[-2:])
     moves = np.stack([sign * GEN_SHIFT * 32 / grid[0], np.zeros(len(sign))], -1)  # (m, 2) pixels
     rows = range(len(seeds))
@@ -242,8 +250,8 @@ def _edited_figures(bm: BundledModel, seeds: list[int], eyes: Located, sign: np.
         moved_eyes[:, e] += moves
         moved = _generate(bm, seeds, move(valid.features, eyes, e, moves))
         out["erased"] += lifts(erased.layer, eyes, rows, 1 - e, e)["valid"]
-        out["follows"] += [peak_on(moved.layer, b, eyes, b, 1 - e, moved_eyes[b, e])[0] for b in rows]
-        stays = [peak_on(valid.layer, b, eyes, b, 1 - e, moved_eyes[b, e]) for b in rows]
+        out["follows"] += [peak_on(moved.layer, b, regions, b, 1 - e, moved_eyes[b, e])[0] for b in rows]
+        stays = [peak_on(valid.layer, b, regions, b, 1 - e, moved_eyes[b, e]) for b in rows]
         out["stays"] += [s for s, _ in stays]
         out["chance"] += [c for _, c in stays]
         out["drawn"] += [
@@ -273,7 +281,9 @@ def _filled(features: torch.Tensor, eyes: Located, e: int) -> tuple[torch.Tensor
             features, centre, radius, _SKIN_RING[0]
         )
         ring &= ~_region(features, eyes.eyes[b, 1 - e], float(eyes.eye_radius[b, 1 - e]))
-        fill = features[b][:, torch.from_numpy(ring)].mean(-1)  # (C,)
+        around = features[b][:, torch.from_numpy(ring)]  # (C, cells)
+        centre_of = around.mean(-1, keepdim=True)
+        fill = around[:, int(((around - centre_of) ** 2).sum(0).argmin())]  # (C,) the most typical cell
         out[b][:, torch.from_numpy(region)] = fill[:, None]
         regions.append(region)
     return out, regions

@@ -146,6 +146,8 @@ def test_targets_are_read_and_shown():
     assert hit.cells() == ["m", "valid", ">= 98%", "98.7% [98.0%, 99.0%]", "yes", "twin 2.0%"]
     assert probe.cells()[4] == "**no**" and NONE.show() == "n/a"
     assert Estimate(0.25, float("nan"), float("nan")).show(True) == "25.0%"
+    assert Estimate(2.1e8, 0.003, 1234.5).show() == "2.1e+08 [0.003, 1.2e+03]"  # not 0.00 or 9 digits
+    assert Estimate(0.0, 0.01, 999.0).show() == "0.00 [0.01, 999.00]"
 
 
 def _figs(content: float, follows: float) -> dict[str, dict[str, np.ndarray]]:
