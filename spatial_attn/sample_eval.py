@@ -8,8 +8,8 @@ eyes, so the readers' own biases (a black eye is harder to find on a dark backgr
 
 The SAGAN generator's attention has no input image to edit, so its controls edit what the layer
 itself receives, the 16 x 16 feature map (activation patching): the other eye's cells are
-*erased*, filled with the mean features of the skin around that eye, or *moved*, the same cells
-pasted :data:`GEN_SHIFT` cells up or down, and the generator runs on from the edited map (its
+*erased*, filled with the most typical cell of the skin around that eye, or *moved*, the same
+cells pasted :data:`GEN_SHIFT` cells up or down, and the generator runs on from the edited map (its
 samples show the eye gone or moved, which :func:`edit_drawn` checks). The rows are the ones the
 layer computed on the edited map, captured as usual. A third control is position alone: the row
 read at the eye cells of *another* sample (``position``). Samples whose eyes are not found have no
@@ -270,8 +270,9 @@ def _region(features: torch.Tensor, centre: np.ndarray, radius: float, extra: fl
 
 
 def _filled(features: torch.Tensor, eyes: Located, e: int) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """A copy of ``features`` with eye ``e``'s region of every sample filled with the mean
-    features of the ring of cells around it (skin, as the generator encodes it); the regions."""
+    """A copy of ``features`` with eye ``e``'s region of every sample filled with one cell of the
+    ring around it (skin, as the generator encodes it): the cell nearest the ring's mean, a feature
+    vector the generator really made (the mean itself is one it never makes); and the regions."""
     out = features.clone()
     regions = []
     for b in range(len(features)):
@@ -318,11 +319,8 @@ def edit_drawn(
     here, left = (_eye_pixels(img, centre, colour) for img in (before, erased))
     gone = left.sum() < 0.25 * max(1, here.sum())
     there = _eye_pixels(moved, centre, colour, reach_y=5 + abs(shift[0]))
-    went = bool(here.any() and there.any())
-    if went:
-        went = (np.nonzero(there)[0].mean() - np.nonzero(here)[0].mean()) * np.sign(shift[0]) >= abs(
-            shift[0]
-        ) / 2
+    went_y = np.nonzero(there)[0].mean() - np.nonzero(here)[0].mean() if here.any() and there.any() else 0.0
+    went = went_y * np.sign(shift[0]) >= abs(shift[0]) / 2
     return (float(gone) + float(went)) / 2
 
 
