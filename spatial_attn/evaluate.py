@@ -13,8 +13,8 @@ never used in training (training uses seeds >= 10**12):
   eye erased and on the background alone, their ratio (the *content lift*), and whether the peak
   follows a moved eye, with its position-only and chance controls
   (:mod:`spatial_attn.eye_attention`), a diffusion model's at each of :data:`NOISE_LEVELS`; the
-  SAGAN generator's with its eyes erased and moved in the features its attention receives, against
-  position alone, and its collapsed rows (:mod:`spatial_attn.sample_eval`).
+  SAGAN generator's lift against position alone and its collapsed rows
+  (:mod:`spatial_attn.sample_eval`).
 
 Figures pool several seeds and carry 95% bootstrap intervals over faces (or samples). The seeds
 are fixed here: :data:`DEV_SEEDS` were looked at while the evaluation and the models were being
@@ -77,8 +77,8 @@ NONE = Estimate(float("nan"), float("nan"), float("nan"))
 
 
 def _number(v: float) -> str:
-    """Two decimals, or two significant digits where those would say 0.00 or run to many digits
-    (an attention row that puts all but 1e-9 of its mass elsewhere gives a lift of 1e-9)."""
+    """Two decimals, or two significant digits where two decimals would show 0.00 or a long run of
+    digits (a lift of 3e-5, or a ratio over such a lift)."""
     return f"{v:.2f}" if v == 0 or 0.01 <= abs(v) < 1000 else f"{v:.2g}"
 
 
@@ -351,34 +351,28 @@ def _layer_row(
 
 
 def generator_row(sagan: Twins, seeds: tuple[int, ...], n: int) -> LayerRow:
-    """The SAGAN generator's layer on its own samples, its controls edited into the features it
-    receives (:mod:`spatial_attn.sample_eval`); the "no face" column holds the lift read at another
-    sample's eye cells (position alone), as a generator has no face-less input."""
+    """The SAGAN generator's layer on its own samples: lift against position alone (no input to edit)."""
     figs = [generator_figures(*sagan, [seed * 1000 + i for i in range(n)]) for seed in seeds]
 
     def col(key: str) -> np.ndarray:
-        return np.concatenate([f.get(key, np.zeros(0)) for f in figs])
+        return np.concatenate([f[key] for f in figs])
 
     located = col("located")
     return LayerRow(
         "sagan-faces",
-        f"generator.attn, the {int(located.sum())} of {len(located)} samples with eyes located; erased "
-        f"and moved in the layer's input features ({100 * col('drawn').mean():.0f}% of edits show in "
-        "the sample); no face: lift at another sample's eyes",
-        mean(col("valid")),
-        mean(col("erased")),
+        f"generator.attn, {int(located.sum())} of {len(located)} samples with eyes located; "
+        "controls: lift at another sample's eyes (position only)",
+        mean(col("lift")),
         mean(col("position")),
-        ratio(col("valid"), col("erased")),
-        mean(col("follows")),
-        mean(col("stays")),
-        float(col("chance").mean()) if len(col("chance")) else float("nan"),
-        ratio(col("twin_valid"), col("twin_erased")),
-        mean(col("twin_follows")),
+        NONE,
+        ratio(col("lift"), col("position")),
+        NONE,
+        NONE,
+        float("nan"),
+        Estimate(float(col("twin").mean()), float("nan"), float("nan")),
+        NONE,
         float(col("collapsed").mean()),
-        per_seed={
-            "located": [float(f["located"].mean()) for f in figs],
-            "edits_drawn": [float(f["drawn"].mean()) if "drawn" in f else float("nan") for f in figs],
-        },
+        per_seed={"located": [float(f["located"].mean()) for f in figs]},
     )
 
 
@@ -428,12 +422,7 @@ def format_table(report: Report) -> str:
     summary = [["model", "metric", "target", "trained [95% CI]", "met", "control"], ["---"] * 6]
     summary += [r.cells() for r in report.rows]
     layers = [LAYER_HEADER, ["---"] * len(LAYER_HEADER)] + [r.cells() for r in report.layers]
-    verdicts = [
-        f"- {name}: "
-        + ("a layer meets" if any(r.met for r in report.layers if r.model == name) else "**no layer meets**")
-        + f" content lift >= {CONTENT_TARGET:g} and follows >= {100 * FOLLOW_TARGET:g}%"
-        for name in NAMES
-    ]
+    verdicts = [verdict(name, [r for r in report.layers if r.model == name]) for name in NAMES]
     verdicts += [
         f"- **collapse** in {r.model} `{r.layer.split(',')[0]}`: {r.collapsed:.0%} of eye queries put >= "
         f"{COLLAPSE:.0%} of their mass on one grid row that misses the other eye"
@@ -452,6 +441,20 @@ def format_table(report: Report) -> str:
             *verdicts,
         ]
     )
+
+
+def verdict(name: str, rows: list[LayerRow]) -> str:
+    """Whether ``name`` meets item 2, read off its **headline** row alone: the one row picked on the
+    dev seeds before these were run. Any other row that meets both targets is named too, but as what
+    it is: with 7 layers at 3 noise levels some row may pass by chance where none was picked."""
+    targets = f"content lift >= {CONTENT_TARGET:g} and follows >= {100 * FOLLOW_TARGET:g}%"
+    head = next((r for r in rows if r.headline), None)
+    if head is None:
+        return f"- {name}: no headline layer measured"
+    met = "meets" if head.met else "**does not meet**"
+    line = f"- {name}: the headline layer `{head.layer}` (picked on the dev seeds) {met} {targets}"
+    others = [f"`{r.layer}`" for r in rows if r.met and not r.headline]
+    return line + (f"; also meeting them here, not picked in advance: {', '.join(others)}" if others else "")
 
 
 def write_grids(assets: Path, report: Report, count: int = 64) -> list[Path]:

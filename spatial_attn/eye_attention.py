@@ -11,7 +11,7 @@ seed with one thing changed (:class:`spatial_attn.data.Edit`, so every other byt
 * ``blank``: the background alone, no face.
 * ``moved``: the other eye drawn :data:`SHIFT_PX` pixels up or down. The test passes when the
   attention peak (the query eye's own cells left out) lands on the moved eye and more mass is on
-  its new cells than on its old ones (:func:`peak_on`). Its controls: ``stays``, the same test on
+  its new cells than on its old ones (:func:`_peak_on`). Its controls: ``stays``, the same test on
   the unmoved face (how often it passes by position alone), and ``chance``, the new cells' share
   of the candidate cells.
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -46,15 +45,6 @@ FIGURES = ("valid", "erased", "blank", "follows", "stays", "chance", "collapsed"
 BATCH = 32
 
 Figures = dict[str, dict[str, np.ndarray]]  # layer -> figure -> (n,) per face
-
-
-class Eyes(Protocol):
-    """Where each image's two eyes are: drawn faces (:class:`FaceBatch`) or eyes found in samples."""
-
-    eyes: np.ndarray  # (n, 2, 2) centres (y, x), pixels
-    eye_radius: np.ndarray  # (n, 2)
-
-
 Runner = Callable[[FaceBatch, range], dict[str, sa.AttentionLayer]]
 
 
@@ -108,13 +98,13 @@ def measure(bm: BundledModel, v: Variants, timestep: int | None = None) -> Figur
                 add(layer, key, value)
         for e in (0, 1):  # query the kept eye 1 - e; the erased / moved eye is e
             for layer, lv in run(v.erased[e], rows).items():
-                for key, value in lifts(lv, faces, rows, src=1 - e, dst=e).items():
+                for key, value in _lifts(lv, faces, rows, src=1 - e, dst=e).items():
                     add(layer, key.replace("valid", "erased"), value)
             for layer, lv in run(v.moved[e], rows).items():
                 add(layer, "follows", [_follows(lv, b, faces, v.moved[e], i, e) for b, i in enumerate(rows)])
         for layer, lv in run(v.blank, rows).items():
             for src in (0, 1):
-                for key, value in lifts(lv, faces, rows, src, 1 - src).items():
+                for key, value in _lifts(lv, faces, rows, src, 1 - src).items():
                     add(layer, key.replace("valid", "blank"), value)
     return {layer: {k: _per_face(vals, n) for k, vals in figs.items()} for layer, figs in per.items()}
 
@@ -165,11 +155,11 @@ def _on_valid(layer: sa.AttentionLayer, v: Variants, rows: range) -> dict[str, l
     faces = v.valid
     out: dict[str, list[float]] = {}
     for src in (0, 1):
-        for key, value in lifts(layer, faces, rows, src, 1 - src).items():
+        for key, value in _lifts(layer, faces, rows, src, 1 - src).items():
             out.setdefault(key, []).extend(value)
     out["stays"], out["chance"], out["collapsed"] = [], [], []
     for b, i in enumerate(rows):
-        stays = [peak_on(layer, b, faces, i, 1 - e, v.moved[e].eyes[i, e]) for e in (0, 1)]
+        stays = [_peak_on(layer, b, faces, i, 1 - e, v.moved[e].eyes[i, e]) for e in (0, 1)]
         out["stays"].append(float(np.mean([s for s, _ in stays])))
         out["chance"].append(float(np.mean([c for _, c in stays])))
         pair = [(row_at(layer, b, faces.eyes[i, e]), _cells(layer, faces, i, 1 - e)) for e in (0, 1)]
@@ -177,7 +167,9 @@ def _on_valid(layer: sa.AttentionLayer, v: Variants, rows: range) -> dict[str, l
     return out
 
 
-def lifts(layer: sa.AttentionLayer, faces: Eyes, rows: range, src: int, dst: int) -> dict[str, list[float]]:
+def _lifts(
+    layer: sa.AttentionLayer, faces: FaceBatch, rows: range, src: int, dst: int
+) -> dict[str, list[float]]:
     """Lift from eye ``src`` to eye ``dst`` of each face (its cells as ``faces`` drew them)."""
     out: dict[str, list[float]] = {"valid": []}
     special = layer.keys.count - int(np.prod(layer.key_grid))
@@ -192,16 +184,16 @@ def lifts(layer: sa.AttentionLayer, faces: Eyes, rows: range, src: int, dst: int
     return out
 
 
-def _follows(layer: sa.AttentionLayer, b: int, faces: Eyes, moved: Eyes, i: int, e: int) -> float:
+def _follows(layer: sa.AttentionLayer, b: int, faces: FaceBatch, moved: FaceBatch, i: int, e: int) -> float:
     """1 if, with eye ``e`` moved, the peak from the other eye is on its new cells, else 0."""
-    hit, _ = peak_on(layer, b, faces, i, 1 - e, moved.eyes[i, e])
+    hit, _ = _peak_on(layer, b, faces, i, 1 - e, moved.eyes[i, e])
     return hit
 
 
-def peak_on(
+def _peak_on(
     layer: sa.AttentionLayer,
     b: int,
-    faces: Eyes,
+    faces: FaceBatch,
     i: int,
     src: int,
     new: np.ndarray,
@@ -222,7 +214,7 @@ def peak_on(
 
 def follows(row: np.ndarray, own: np.ndarray, old: np.ndarray, moved: np.ndarray) -> float:
     """1 if ``row``'s peak outside ``own`` is on ``moved`` and more of its mass is on the cells only
-    ``moved`` covers than on those only ``old`` covers, else 0 (all (h, w); see :func:`peak_on`)."""
+    ``moved`` covers than on those only ``old`` covers, else 0 (all (h, w); see :func:`_peak_on`)."""
     row = np.where(own, 0.0, row)
     peak = np.unravel_index(np.argmax(row), row.shape)
     return float(moved[peak] and row[moved & ~old].sum() > row[old & ~moved].sum())
@@ -246,7 +238,7 @@ def collapsed(row: np.ndarray, other_eye: np.ndarray) -> float:
     return float(shares[top] >= COLLAPSE and not other_eye[top].any())
 
 
-def _cells(layer: sa.AttentionLayer, faces: Eyes, i: int, e: int) -> np.ndarray:
+def _cells(layer: sa.AttentionLayer, faces: FaceBatch, i: int, e: int) -> np.ndarray:
     """Key cells eye ``e`` of face ``i`` covers."""
     return eye_cells(faces.eyes[i, e], faces.eye_radius[i, e], layer.key_grid)
 

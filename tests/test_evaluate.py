@@ -160,15 +160,25 @@ def test_headline_is_the_layer_nearest_both_targets_and_the_table_says_what_is_m
     dev = [{"a": _figs(6.0, 0.2), "b": _figs(2.2, 0.7), "c": _figs(1.0, 1.0)}]
     assert headline_rule(dev) == "b"  # min(3, 0.25)=0.25, min(1.1, 0.875)=0.875, min(0.5, 1.25)=0.5
     rows = layer_rows(
-        "m", [{"a": _figs(2.5, 0.9), "b": _figs(2.5, 0.5)}], [{"a": _figs(1, 0), "b": _figs(1, 0)}], "b"
+        "vit-faces",
+        [{"a": _figs(2.5, 0.9), "b": _figs(2.5, 0.5)}],
+        [{"a": _figs(1, 0), "b": _figs(1, 0)}],
+        "b",
     )
     assert [r.met for r in rows] == [True, False] and [r.headline for r in rows] == [False, True]
     table = format_table(Report("dev", [], rows))
-    assert "| m | `a` | 2.50 [2.50, 2.50] | 1.00 [1.00, 1.00] |" in table
-    assert "**`b`** (headline)" in table and "- vit-faces: **no layer meets**" in table
-    assert "**collapse**" not in table
+    assert "| vit-faces | `a` | 2.50 [2.50, 2.50] | 1.00 [1.00, 1.00] |" in table
+    assert "**`b`** (headline)" in table
+    # the verdict is the headline's: a row that passes without having been picked is named, not counted
+    assert "- vit-faces: the headline layer `b` (picked on the dev seeds) **does not meet**" in table
+    assert "also meeting them here, not picked in advance: `a`" in table
+    assert "- ddpm-faces: no headline layer measured" in table and "**collapse**" not in table
+    rows[1].headline, rows[0].headline = False, True
+    assert "- vit-faces: the headline layer `a` (picked on the dev seeds) meets content" in format_table(
+        Report("dev", [], rows)
+    )
     rows[0].collapsed = 0.38
-    assert "- **collapse** in m `a`: 38% of eye queries" in format_table(Report("dev", [], rows))
+    assert "- **collapse** in vit-faces `a`: 38% of eye queries" in format_table(Report("dev", [], rows))
 
 
 def test_a_diffusion_model_is_measured_at_every_noise_level_layer_by_layer(monkeypatch):
