@@ -55,3 +55,27 @@ def test_in_eval_the_discriminator_judges_each_image_alone(group):
         together = model(image=x)
         alone = torch.cat([model(image=x[i : i + 1]) for i in range(5)])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+
+
+def test_training_marks_the_real_batch_and_only_it(monkeypatch):
+    from spatial_attn.data import make_faces
+    from spatial_attn.models.sagan import Discriminator
+    from spatial_attn.train.common import Settings, batch_seed, to_tensor
+    from spatial_attn.train.sagan import SAGANTrainer
+
+    seen: list[tuple[torch.Tensor, bool]] = []
+    judge = Discriminator.forward
+
+    def spy(self: Discriminator, x: torch.Tensor, real: bool = False) -> torch.Tensor:
+        seen.append((x.detach().clone(), real))
+        return judge(self, x, real=real)
+
+    monkeypatch.setattr(Discriminator, "forward", spy)
+    trainer = SAGANTrainer(Settings(steps=1, batch_size=4, lr=1e-4))
+    assert trainer.model.discriminator.mbstd is not None  # the bundled recipe has one
+    batch = make_faces(4, batch_seed(0, 0), trainer.kinds)
+    trainer.step(0, batch, torch.Generator().manual_seed(0))
+    marked = [x for x, real in seen if real]
+    assert len(seen) == 4 and len(marked) == 1  # fakes, negatives, reals; the generator's fakes
+    assert torch.equal(marked[0], to_tensor(batch.images))
+    assert float(trainer.model.discriminator.mbstd.real_std) > 0
