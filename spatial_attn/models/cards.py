@@ -76,14 +76,15 @@ def write_card(root: Path, name: str, table: str, results: list[dict]) -> Path:
     params = sum(p.numel() for p in bm.module.parameters())
     size = sum(f.stat().st_size for f in model_dir.rglob("*.safetensors")) / 2**20
     wide = ', layout="wide"' if run.get("layout", "standard") == "wide" else ""  # older runs: standard
+    fields = _card_fields(name, bm.config)
     lines = [
         f"# {name}",
         "",
-        ARCHITECTURE[name].format(**_arch_fields(name, bm.config)),
+        ARCHITECTURE[name].format(**fields),
         "",
         f"- **Parameters:** {params:,} ({size:.1f} MiB of safetensors)",
         f"- **Data:** procedural 32 x 32 faces (`spatial_attn/data/faces.py`), "
-        f"{DATA[name].format(**_arch_fields(name, bm.config))}, drawn on the "
+        f"{DATA[name].format(**fields)}, drawn on the "
         f"fly: step s uses `make_faces({run['batch_size']}, 10**12 + seed * 10**7 + s{wide})`, so no "
         "training face is ever an evaluation face."
         + (
@@ -118,13 +119,20 @@ def _final_logs(logs: dict) -> str:
     return "; final logs " + ", ".join(f"{k} {v}" for k, v in logs.items()) if logs else ""
 
 
-def _arch_fields(name: str, config: dict) -> dict:
+def _card_fields(name: str, config: dict) -> dict:
+    """What the ARCHITECTURE and DATA texts are formatted with: the config and the figures and
+    phrases derived from it."""
     if name == "sagan-faces":
         g, d = config["g_ch"], config["d_ch"]
         seeking = config.get("mode_seeking")  # models trained before it have no such key
         return {
             **config,
-            **{"g1": g, "g2": 2 * g, "g4": 4 * g, "d1": d, "d2": 2 * d, "d4": 4 * d},
+            "g1": g,
+            "g2": 2 * g,
+            "g4": 4 * g,
+            "d1": d,
+            "d2": 2 * d,
+            "d4": 4 * d,
             "negative_kinds": ", ".join(config["negatives"]),
             "mbstd": (
                 f" and a minibatch standard deviation over groups of {config['minibatch_std']} at 4 x 4"
