@@ -86,3 +86,14 @@ def test_own_model_commands_that_need_only_the_checkout_open():
     models = open_models([[spec, None] for spec in local])
     # a folder named like a bundled model keeps its path; a pipeline's part says whose it is
     assert [m.name for m in models] == ["checkpoints/ddpm-faces", "ddpm-faces/unet", "tiny_models:make_net"]
+
+
+def test_ci_runs_the_readmes_own_test_command():
+    """CI must test what a newcomer runs: the quick start's test line, not a command of its own."""
+    text = README.read_text()
+    start = text.index("\n## Quick start\n")
+    block = re.search(r"```bash\n(.*?)```", text[start:], re.S).group(1)
+    (command,) = [line.split("#")[0].strip() for line in block.splitlines() if "pytest" in line]
+    ci = (README.parent / ".ci" / "run").read_text().splitlines()
+    assert ci[-1].strip() == command
+    assert "python3 -m venv .venv" in ci and ". .venv/bin/activate" in ci  # in a virtualenv of its own
