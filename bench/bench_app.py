@@ -23,8 +23,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from bench_capture import median_time, print_table  # noqa: E402
 
-from spatial_attn.app import Library, Session, default_image, draw, run  # noqa: E402
-from spatial_attn.explore import View  # noqa: E402
+from spatial_attn.analysis.explore import View  # noqa: E402
+from spatial_attn.app.blocks import Library, Session, default_image, draw, run  # noqa: E402
 
 
 def bench_server() -> list[tuple[str, str, str, str]]:
@@ -59,7 +59,7 @@ def bench_server() -> list[tuple[str, str, str, str]]:
 def bench_browser(clicks: int = 20) -> list[tuple[str, str, str, str]]:
     from browser import click_and_wait, find_chromium, open_app
 
-    from spatial_attn.app import launch
+    from spatial_attn.app.blocks import launch
 
     chromium = find_chromium()
     if chromium is None:

@@ -27,7 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from bench_capture import print_table  # noqa: E402
 from browser import WAIT_PIXEL, find_chromium, open_app, served_app  # noqa: E402
 
-from spatial_attn.grid import cell_at  # noqa: E402
+from spatial_attn.engine.grid import cell_at  # noqa: E402
 
 # Installed before any move: when the figures' data-pixel all equal the pixel asked for, note the time
 # of the next animation frame (the paint), measured from the mousemove event's own time stamp.
@@ -52,7 +52,7 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 def bench_hover(model: str, moves: int) -> list[tuple[str, str, str, str]]:
-    from spatial_attn.app import DISPLAY
+    from spatial_attn.app.blocks import DISPLAY
 
     chromium = find_chromium()
     if chromium is None:

@@ -34,12 +34,12 @@ import torch  # noqa: E402
 from bench_capture import print_table  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from spatial_attn.app import Library, draw, run  # noqa: E402
-from spatial_attn.explore import View  # noqa: E402
+from spatial_attn.analysis.explore import View  # noqa: E402
+from spatial_attn.analysis.text import PromptTokens  # noqa: E402
+from spatial_attn.app.blocks import Library, draw, run  # noqa: E402
+from spatial_attn.app.views.prompt import bars_html  # noqa: E402
 from spatial_attn.models.own import DiffusionModel, ImageModel, TextEncoder  # noqa: E402
 from spatial_attn.models.preprocess import from_transformers, square  # noqa: E402
-from spatial_attn.text import PromptTokens  # noqa: E402
-from spatial_attn.views.prompt import bars_html  # noqa: E402
 
 CLICKS = 20
 

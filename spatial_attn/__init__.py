@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .capture import Capture, capture
-from .grid import TokenLayout, cell_at, cell_box
-from .layer import AttentionLayer, LayerList, Row, Verification
+from .engine.capture import Capture, capture
+from .engine.grid import TokenLayout, cell_at, cell_box
+from .engine.layer import AttentionLayer, LayerList, Row, Verification
 
 if TYPE_CHECKING:
     from .models import BundledModel

@@ -84,8 +84,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one bundled model; the command line itself goes into the model card (reproducibility)."""
-    from .train import TRAINERS
-    from .train.common import Settings, run
+    from .faces.train import TRAINERS
+    from .faces.train.common import Settings, run
 
     trainer_cls, defaults = TRAINERS[args.model]
     settings = Settings(
@@ -135,7 +135,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_all, format_table, write_cards, write_grids
+    from .faces.evaluate import evaluate_all, format_table, write_cards, write_grids
 
     results = evaluate_all(
         args.checkpoints, split=args.split, samples=args.samples, faces=args.faces, threads=args.threads
@@ -176,7 +176,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .app import launch  # imports gradio: only when serving
+    from .app.blocks import launch  # imports gradio: only when serving
 
     models = open_models(args.model or [[DEFAULT_MODEL, None]], allow_download=args.allow_download)
     launch(models, host=args.host, port=args.port, share=args.share)
@@ -190,7 +190,7 @@ def open_models(specs: list[list], allow_download: bool = False) -> list:
     A spec that cannot be opened stops the command with its message (exit status 2), before any
     server starts.
     """
-    from .app import UNTRAINED
+    from .app.state import UNTRAINED
     from .models import available_models
     from .models.sources import open_model
 
@@ -262,7 +262,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
-    from .render import COLORMAPS, SCALES  # numpy and Pillow only: --help stays instant
+    from .analysis.render import COLORMAPS, SCALES  # numpy and Pillow only: --help stays instant
 
     p = sub.add_parser(
         "export",
@@ -300,9 +300,9 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Run the model once, click once, and write what the app's download button gives."""
-    from .explore import Exploration, View
-    from .export import export_zip
-    from .images import load_image
+    from .analysis.explore import Exploration, View
+    from .analysis.export import export_zip
+    from .app.images import load_image
     from .models import load_model
 
     model = load_model(args.model, pretrained=not args.untrained)

@@ -39,7 +39,7 @@ def served_app(model: str = "ddpm-faces") -> Iterator[str]:
     """The app serving ``model`` on a free local port: its URL, until the block ends."""
     import socket
 
-    from spatial_attn.app import launch
+    from spatial_attn.app.blocks import launch
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -61,7 +61,7 @@ def app_url():
     """The real app, served on a free local port for the whole session (closed at the end)."""
     import socket
 
-    from spatial_attn.app import launch
+    from spatial_attn.app.blocks import launch
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import spatial_attn as sa
-from spatial_attn import ablation
+from spatial_attn.analysis import ablation
 from spatial_attn.models import load_model
 
 
 def _face():
-    from spatial_attn.app import default_image
+    from spatial_attn.app.blocks import default_image
 
     return default_image()[0]
 
@@ -97,9 +97,9 @@ def test_ablate_reports_the_models_own_runs_before_and_after():
 
 
 def test_the_tab_shows_before_and_after():
-    from spatial_attn.app import Library
-    from spatial_attn.explore import Exploration
-    from spatial_attn.views.ablation import HOW, AblationView
+    from spatial_attn.analysis.explore import Exploration
+    from spatial_attn.app.blocks import Library
+    from spatial_attn.app.views.ablation import HOW, AblationView
 
     library = Library(["sagan-faces", "vit-faces"])
     view = SimpleNamespace(library=library)
@@ -110,7 +110,7 @@ def test_the_tab_shows_before_and_after():
 
 
 def test_a_private_copy_taken_during_another_capture_carries_none_of_its_hooks():
-    from spatial_attn.app import default_image
+    from spatial_attn.app.blocks import default_image
 
     vit = load_model("vit-faces")
     count = lambda module: sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())  # noqa: E731

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import spatial_attn as sa
-from spatial_attn.app import DISPLAY, Follower, Handlers, Library, default_image
+from spatial_attn.app.blocks import DISPLAY, Follower, Handlers, Library, default_image
 
 VIEW = ("mean", "row: where it looks", "viridis", "per map", "nearest", 0.65, "per layer", "image")
 
@@ -232,7 +232,7 @@ def test_every_run_retires_the_session_it_replaces(handlers, replace, tmp_path):
 
 
 def test_a_result_overtaken_by_a_later_event_of_the_session_is_dropped(handlers, monkeypatch):
-    import spatial_attn.app as app
+    import spatial_attn.app.blocks as app
 
     session = handlers.start("vit-faces", 0, 0, *VIEW)[0]
     draw = app.draw
@@ -298,7 +298,7 @@ def test_bad_attend_parameters_over_http(app_url):
 
 
 def test_attend_answers_a_repeated_image_from_its_cache_and_writes_no_files(handlers, monkeypatch):
-    import spatial_attn.app as app
+    import spatial_attn.app.blocks as app
 
     runs = []
     real_run = app.run
@@ -325,8 +325,8 @@ def test_an_upload_larger_than_the_session_keeps_says_the_size_it_was_kept_at(ha
 def test_every_model_run_shares_one_bounded_lane_and_clicks_do_not():
     """Events that run a model (whatever tab they come from) queue in one lane of RUNS; clicks and
     redraws, which only read stored queries and keys, have no shared lane at all."""
-    from spatial_attn.app import build_demo
-    from spatial_attn.serving import RUNS
+    from spatial_attn.app.blocks import build_demo
+    from spatial_attn.app.serving import RUNS
 
     demo = build_demo("vit-faces", Library(["vit-faces"]))
     runs = {"start", "rerun", "uploaded", "picked", "generated", "attend", "show", "prompted", "across"}

@@ -27,9 +27,9 @@ from browser import (
 )
 from PIL import Image
 
-from spatial_attn.app import DISPLAY
-from spatial_attn.grid import cell_at
-from spatial_attn.render import ColourScale
+from spatial_attn.analysis.render import ColourScale
+from spatial_attn.app.blocks import DISPLAY
+from spatial_attn.engine.grid import cell_at
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

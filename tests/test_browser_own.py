@@ -13,14 +13,14 @@ import tiny_models
 from browser import click_and_wait, clicked_pixel, find_chromium, open_app
 
 from spatial_attn import cli
-from spatial_attn.app import DEFAULT_TIMESTEP
+from spatial_attn.app.blocks import DEFAULT_TIMESTEP
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def _serve(*folders) -> tuple[str, object]:
     """``spatial-attn serve --model ...`` through the CLI's own path, kept from blocking."""
-    import spatial_attn.app as app
+    import spatial_attn.app.blocks as app
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

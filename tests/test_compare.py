@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import spatial_attn as sa
-from spatial_attn.app import UNTRAINED, Library, default_image
-from spatial_attn.explore import Exploration, View
-from spatial_attn.views.compare import CompareView
+from spatial_attn.analysis.explore import Exploration, View
+from spatial_attn.app.blocks import UNTRAINED, Library, default_image
+from spatial_attn.app.views.compare import CompareView
 
 
 @pytest.fixture(scope="module")

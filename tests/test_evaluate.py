@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spatial_attn.data import EYE_COLORS, SHAPES, make_faces
-from spatial_attn.evaluate import (
+from spatial_attn.faces.evaluate import (
     NONE,
     README_BEGIN,
     README_END,
@@ -26,9 +26,9 @@ from spatial_attn.evaluate import (
     ratio,
     write_cards,
 )
-from spatial_attn.eye_attention import collapsed, eye_cells, follows, measure, variants
+from spatial_attn.faces.eye_attention import collapsed, eye_cells, follows, measure, variants
+from spatial_attn.faces.sample_eval import coverage, eye_traits, locate_eyes
 from spatial_attn.models import BundledModel, Prepared
-from spatial_attn.sample_eval import coverage, eye_traits, locate_eyes
 
 
 class ColourMatch(nn.Module):
@@ -188,7 +188,7 @@ def test_a_diffusion_model_is_measured_at_every_noise_level_layer_by_layer(monke
         asked.append(timestep)
         return {"down": _figs(timestep or 1, 0.5), "up": _figs(1.0, 0.5)}
 
-    monkeypatch.setattr("spatial_attn.evaluate.measure", fake_measure)
+    monkeypatch.setattr("spatial_attn.faces.evaluate.measure", fake_measure)
     ddpm = Wrapped("toy", "ddpm", True, nn.Identity(), num_timesteps=1000)
     assert noise_levels(ddpm) == (100, 250, 500)
     (figs,) = pooled_figures(ddpm, (3,), 2, noise_levels(ddpm))
@@ -200,7 +200,7 @@ def test_a_diffusion_model_is_measured_at_every_noise_level_layer_by_layer(monke
 
 
 def test_the_readme_block_is_replaced_and_nothing_else(tmp_path, monkeypatch):
-    monkeypatch.setattr("spatial_attn.evaluate.NAMES", ())
+    monkeypatch.setattr("spatial_attn.faces.evaluate.NAMES", ())
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{README_BEGIN}\nold table\n{README_END}\noutro\n")
     write_cards(tmp_path, "| new |", Report("heldout", [], []), readme=readme)

@@ -16,15 +16,15 @@ import pytest
 import torch
 from PIL import Image
 
+from spatial_attn.analysis.explore import Exploration, View
+from spatial_attn.analysis.export import export_zip
 from spatial_attn.cli import main
-from spatial_attn.explore import Exploration, View
-from spatial_attn.export import export_zip
 from spatial_attn.models import load_model
 
 
 @pytest.fixture(scope="module")
 def ddpm() -> Exploration:
-    from spatial_attn.app import default_image
+    from spatial_attn.app.blocks import default_image
 
     return Exploration(load_model("ddpm-faces"), default_image()[0], timestep=250, seed=0)
 
@@ -71,7 +71,7 @@ def test_only_the_formats_asked_for(ddpm):
 
 
 def test_exporting_loads_matplotlib_only_when_it_draws():
-    code = "import sys, spatial_attn.export, spatial_attn.cli; sys.exit('matplotlib' in sys.modules)"
+    code = "import sys, spatial_attn.analysis.export, spatial_attn.cli; sys.exit('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
@@ -109,8 +109,8 @@ def test_the_command_line_reaches_the_sagan_generator(tmp_path):
 
 
 def test_the_download_button_writes_the_zip(ddpm):
-    from spatial_attn.app import view_of
-    from spatial_attn.views.download import DownloadView
+    from spatial_attn.app.blocks import view_of
+    from spatial_attn.app.views.download import DownloadView
 
     controls = (
         "head 1",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import spatial_attn as sa
-from spatial_attn.grid import TokenLayout, grid_layout, pooled_grid
+from spatial_attn.engine.grid import TokenLayout, grid_layout, pooled_grid
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spatial_attn import images
-from spatial_attn.images import ImageError, load_image
+from spatial_attn.app import images
+from spatial_attn.app.images import ImageError, load_image
 
 
 def _save(tmp_path: Path, image: Image.Image, name: str, **kwargs) -> Path:
@@ -194,7 +194,7 @@ def test_large_images_are_reduced_before_conversion(tmp_path):
 
 _PEAK = """
 import resource, sys
-from spatial_attn.images import load_image
+from spatial_attn.app.images import load_image
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 load_image(sys.argv[1])
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)

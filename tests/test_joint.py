@@ -160,7 +160,7 @@ def test_text_first_with_only_the_image_half_observable_is_still_checked(monkeyp
     """Text first and no text output (a context_pre_only block, or a text half whose projection is
     not observed): only image queries can be checked, and sequence position i is the image
     output's i - (text tokens). AuraFlow with its text output's tap withheld."""
-    from spatial_attn.adapters.diffusers import DiffusersAdapter
+    from spatial_attn.engine.adapters.diffusers import DiffusersAdapter
 
     taps = DiffusersAdapter.taps
     monkeypatch.setattr(

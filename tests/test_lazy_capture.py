@@ -16,7 +16,7 @@ from conftest import assert_rows_match, reference_probs
 from torch import nn
 
 import spatial_attn as sa
-from spatial_attn.layer import AttentionLayer, Verification
+from spatial_attn.engine.layer import AttentionLayer, Verification
 
 
 class SdpaBlock(nn.Module):

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from spatial_attn import mechanics
-from spatial_attn.explore import Exploration
+from spatial_attn.analysis import mechanics
+from spatial_attn.analysis.explore import Exploration
 from spatial_attn.models import load_model
 
 
 @pytest.fixture(scope="module")
 def ddpm() -> Exploration:
-    from spatial_attn.app import default_image
+    from spatial_attn.app.blocks import default_image
 
     return Exploration(load_model("ddpm-faces"), default_image()[0], timestep=250, seed=0)
 
@@ -113,7 +113,7 @@ def _session(ex: Exploration, point: tuple[int, int]) -> SimpleNamespace:
 
 
 def test_the_tab_shows_every_step_for_the_pinned_pixel_and_follows_the_temperature(ddpm):
-    from spatial_attn.views.mechanics import MechanicsView
+    from spatial_attn.app.views.mechanics import MechanicsView
 
     layer_choice, head_choice, body = MechanicsView.show(_session(ddpm, (13, 9)), None, None, 1.0)
     assert layer_choice.value == ddpm.layers[0].name and head_choice.choices == [("0", "0")]
@@ -128,8 +128,8 @@ def test_a_click_with_the_tab_open_does_not_recompute_the_matrix_thumbnail(ddpm,
     """The thumbnail takes every row of the layer: once per run, layer and head, not per click."""
     import weakref
 
-    from spatial_attn.views import mechanics as tab
-    from spatial_attn.views.mechanics import MechanicsView
+    from spatial_attn.app.views import mechanics as tab
+    from spatial_attn.app.views.mechanics import MechanicsView
 
     made = []
     thumbnail = mechanics.matrix_thumbnail
@@ -150,13 +150,13 @@ def test_a_click_with_the_tab_open_does_not_recompute_the_matrix_thumbnail(ddpm,
 
 
 def test_the_tab_gives_a_sagan_its_gate_and_a_vit_its_cls_key():
-    from spatial_attn.views.mechanics import MechanicsView
+    from spatial_attn.app.views.mechanics import MechanicsView
 
     sagan = Exploration(load_model("sagan-faces"), None, seed=3)
     _, _, body = MechanicsView.show(_session(sagan, (10, 10)), None, None, 1.0)
     gamma = float(sagan.model.module.generator.attn.gamma.detach())
     assert f"γ = {gamma:.3f}" in body and "at your cell" in body
-    from spatial_attn.app import default_image
+    from spatial_attn.app.blocks import default_image
 
     vit = Exploration(load_model("vit-faces"), default_image()[0])
     _, _, body = MechanicsView.show(_session(vit, (13, 9)), None, None, 1.0)
@@ -181,7 +181,7 @@ def test_the_flattened_input_is_the_feature_map_row_by_row(ddpm):
 
 
 def test_the_flattened_input_of_a_vit_block_keeps_its_cls_token():
-    from spatial_attn.app import default_image
+    from spatial_attn.app.blocks import default_image
 
     vit = load_model("vit-faces")
     prepared = vit.prepare(default_image()[0])

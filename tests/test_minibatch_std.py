@@ -59,9 +59,9 @@ def test_in_eval_the_discriminator_judges_each_image_alone(group):
 
 def test_training_marks_the_real_batch_and_only_it(monkeypatch):
     from spatial_attn.data import make_faces
+    from spatial_attn.faces.train.common import Settings, batch_seed, to_tensor
+    from spatial_attn.faces.train.sagan import SAGANTrainer
     from spatial_attn.models.sagan import Discriminator
-    from spatial_attn.train.common import Settings, batch_seed, to_tensor
-    from spatial_attn.train.sagan import SAGANTrainer
 
     seen: list[tuple[torch.Tensor, bool]] = []
     judge = Discriminator.forward

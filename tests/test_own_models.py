@@ -79,7 +79,7 @@ def served(folders):
     """``spatial-attn serve --model ...`` for every kind at once; ``launch`` kept from blocking."""
     import huggingface_hub
 
-    import spatial_attn.app as app
+    import spatial_attn.app.blocks as app
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -375,9 +375,9 @@ def test_clicks_land_on_the_pixel_the_model_saw_through_crop_and_pad():
 def test_prompt_view_bars_and_token_maps_equal_the_cross_attention(folders):
     import re
 
-    from spatial_attn.app import Handlers, Library, run
-    from spatial_attn.text import PromptTokens, token_map
-    from spatial_attn.views import prompt as view
+    from spatial_attn.analysis.text import PromptTokens, token_map
+    from spatial_attn.app.blocks import Handlers, Library, run
+    from spatial_attn.app.views import prompt as view
 
     library = Library(["vit-faces"])
     library.add(open_model(str(folders["sd"])))
@@ -420,8 +420,8 @@ def test_prompt_view_bars_and_token_maps_equal_the_cross_attention(folders):
 
 
 def test_a_pixel_of_an_input_larger_than_the_display_is_still_outlined():
-    from spatial_attn import render
-    from spatial_attn.app import DISPLAY
+    from spatial_attn.analysis import render
+    from spatial_attn.app.blocks import DISPLAY
 
     shown = Image.new("RGB", (DISPLAY, DISPLAY))
     for pixel in ((0, 0), (511, 511), (200, 301)):  # a 512 px input: a pixel is 0.75 display px
@@ -433,7 +433,8 @@ def test_the_loaders_and_the_text_reading_import_no_ui_and_no_model_library():
     import subprocess
 
     code = (
-        "import sys, spatial_attn.text, spatial_attn.models.sources, spatial_attn.models.preprocess; "
+        "import sys, spatial_attn.analysis.text, spatial_attn.models.sources, "
+        "spatial_attn.models.preprocess; "
         "print(sorted({'gradio', 'matplotlib', 'transformers', 'timm'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -443,7 +444,7 @@ def test_the_loaders_and_the_text_reading_import_no_ui_and_no_model_library():
 def test_a_transformers_backbone_opens_and_its_attention_is_captured(tmp_path):
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
-    from spatial_attn.explore import Exploration
+    from spatial_attn.analysis.explore import Exploration
 
     torch.manual_seed(0)
     config = ViTConfig(
@@ -461,7 +462,7 @@ def test_sd3_joint_rows_equal_softmax_over_image_and_text_and_the_bars_read_the_
     from diffusers.models.attention_processor import Attention
 
     import spatial_attn as sa
-    from spatial_attn.text import PromptTokens, token_bars
+    from spatial_attn.analysis.text import PromptTokens, token_bars
 
     rows = _attend(client, folders, "sd3", PROMPT)
     model = open_model(str(folders["sd3"]))
@@ -508,7 +509,7 @@ def test_a_masked_text_encoder_hides_the_padding_from_the_encoder_and_the_cross_
     from diffusers import DDPMScheduler, PixArtTransformer2DModel
     from transformers import CLIPTextModel
 
-    from spatial_attn.explore import Exploration
+    from spatial_attn.analysis.explore import Exploration
     from spatial_attn.models.own import DiffusionModel, TextEncoder
 
     tok = tiny_models.tokenizer(tmp_path / "tok")
@@ -548,8 +549,8 @@ def test_a_masked_text_encoder_hides_the_padding_from_the_encoder_and_the_cross_
 def test_a_token_across_timesteps_is_its_column_at_each_step(folders):
     import re
 
-    from spatial_attn.app import Library, run
-    from spatial_attn.views import prompt as view
+    from spatial_attn.app.blocks import Library, run
+    from spatial_attn.app.views import prompt as view
 
     library = Library(["vit-faces"])
     library.add(open_model(str(folders["sd"])))

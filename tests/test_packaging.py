@@ -104,7 +104,7 @@ def test_an_installed_wheel_finds_its_models_and_faces_outside_the_checkout(tmp_
     helped = subprocess.run([env_dir / "bin" / "spatial-attn", "--help"], **run).stdout
     assert "usage: spatial-attn" in helped
     probe = (
-        "import spatial_attn, spatial_attn.app as app\n"
+        "import spatial_attn, spatial_attn.app.blocks as app\n"
         "print(spatial_attn.__file__)\n"
         "print(spatial_attn.load_model('vit-faces').name, len(app.examples()))\n"
     )

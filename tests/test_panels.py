@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from spatial_attn import payload, render
-from spatial_attn.explore import Exploration, View
+from spatial_attn.analysis import payload, render
+from spatial_attn.analysis.explore import Exploration, View
 from spatial_attn.models import load_model
 
 
@@ -21,7 +21,7 @@ def _decode(text: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _face() -> Image.Image:
-    from spatial_attn.app import default_image
+    from spatial_attn.app.blocks import default_image
 
     return default_image()[0]
 
@@ -109,7 +109,7 @@ def test_the_browser_data_names_every_layer_and_its_tokens():
 
 
 def test_first_click_lands_on_an_eye_of_a_face_and_the_centre_otherwise(ddpm):
-    from spatial_attn.sample_eval import locate_eyes
+    from spatial_attn.faces.sample_eval import locate_eyes
 
     eyes, _ = locate_eyes(ddpm.image)
     y, x = ddpm.first_point()
@@ -128,8 +128,8 @@ def test_max_caption_says_its_entropy_is_the_means_and_one_head_layers_are_not_d
 
 
 def test_masked_causal_and_probability_only_layers_are_drawn_for_clicks_only():
-    from spatial_attn.grid import TokenLayout
-    from spatial_attn.layer import AttentionLayer, QKScores, StoredProbs
+    from spatial_attn.engine.grid import TokenLayout
+    from spatial_attn.engine.layer import AttentionLayer, QKScores, StoredProbs
 
     grid = TokenLayout(16, (4, 4))
     q, k = torch.randn(1, 2, 16, 8), torch.randn(1, 2, 16, 8)
@@ -153,7 +153,7 @@ def test_masked_causal_and_probability_only_layers_are_drawn_for_clicks_only():
 def test_a_sagan_opens_on_its_generator_unless_given_an_image():
     import gradio as gr
 
-    from spatial_attn.app import Handlers, Library
+    from spatial_attn.app.blocks import Handlers, Library
 
     handlers = Handlers(Library(["sagan-faces", "vit-faces"]))
     view = ("mean", "row: where it looks", "viridis", "× uniform", "nearest", 0.65, "per layer", "image")

@@ -14,8 +14,8 @@ from conftest import assert_rows_match, reference_probs
 from torch import nn
 
 import spatial_attn as sa
-from spatial_attn.explore import LayerClick
-from spatial_attn.model_grids import stated_grids
+from spatial_attn.analysis.explore import LayerClick
+from spatial_attn.engine.model_grids import stated_grids
 
 
 class FusedAttention(nn.Module):

@@ -49,7 +49,7 @@ def test_launch_example_runs_and_serves_the_model(monkeypatch):
 
     from gradio_client import Client
 
-    import spatial_attn.app as app
+    import spatial_attn.app.blocks as app
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

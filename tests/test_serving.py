@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from spatial_attn.serving import Explorations, Tickets, number, whole
+from spatial_attn.app.serving import Explorations, Tickets, number, whole
 
 
 def test_the_cache_is_bounded_by_count_and_by_bytes_least_recent_first():
@@ -55,7 +55,7 @@ def test_a_click_is_one_event_and_carries_no_picture():
     """Each event costs the server its own handling, and a crowd of sessions clicking waits on the
     sum: the tabs that follow the click are drawn by the click's own event, the panels' redraw sets
     off nothing, and the answer carries no image (the page outlines the pinned pixel itself)."""
-    from spatial_attn.app import Library, build_demo
+    from spatial_attn.app.blocks import Library, build_demo
 
     demo = build_demo("vit-faces", Library(["vit-faces"]))
     ids = {getattr(block, "elem_id", None): i for i, block in demo.blocks.items()}
@@ -75,7 +75,7 @@ def test_gradios_queue_does_not_summarise_every_event_it_ever_served():
     import sys
 
     code = (
-        "from spatial_attn.app import Library, build_demo; "
+        "from spatial_attn.app.blocks import Library, build_demo; "
         "q = build_demo('vit-faces', Library(['vit-faces']))._queue; "
         "print(q.ANALYTICS_MAX_EVENTS, q.ANAYLTICS_CACHE_FREQUENCY)"
     )
@@ -85,7 +85,7 @@ def test_gradios_queue_does_not_summarise_every_event_it_ever_served():
 
 
 def test_the_image_click_is_sent_even_while_the_previous_one_is_pending():
-    from spatial_attn.app import Library, build_demo
+    from spatial_attn.app.blocks import Library, build_demo
 
     demo = build_demo("vit-faces", Library(["vit-faces"]))
     clicks = [fn for fn in demo.fns.values() if getattr(fn.fn, "__qualname__", "") == "Handlers.clicked"]

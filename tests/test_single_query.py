@@ -16,7 +16,7 @@ from conftest import reference_probs
 from torch import nn
 
 import spatial_attn as sa
-from spatial_attn.explore import LayerClick
+from spatial_attn.analysis.explore import LayerClick
 
 
 class ClassAttn(nn.Module):

@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 
 import spatial_attn as sa
-from spatial_attn import timesteps
-from spatial_attn.explore import Exploration
+from spatial_attn.analysis import timesteps
+from spatial_attn.analysis.explore import Exploration
 from spatial_attn.models import load_model
 
 
 def _face() -> Image.Image:
-    from spatial_attn.app import default_image
+    from spatial_attn.app.blocks import default_image
 
     return default_image()[0]
 
@@ -55,7 +55,7 @@ def test_models_without_timesteps_are_refused():
 
 
 def test_the_tab_draws_a_filmstrip_and_a_gif():
-    from spatial_attn.views.timesteps import TimestepsView
+    from spatial_attn.app.views.timesteps import TimestepsView
 
     ex = Exploration(load_model("ddpm-faces"), _face(), timestep=250, seed=0)
     session = SimpleNamespace(exploration=ex, point=(13, 9))

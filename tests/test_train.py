@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from spatial_attn.faces.train import TRAINERS
+from spatial_attn.faces.train.common import Settings, run
 from spatial_attn.models import load_model
-from spatial_attn.train import TRAINERS
-from spatial_attn.train.common import Settings, run
 
 
 def _train(model: str, tmp: Path, steps: int, resume: bool = False) -> dict[str, torch.Tensor]:

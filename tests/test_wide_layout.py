@@ -19,13 +19,13 @@ import pytest
 import test_data  # the standard layout's checks of kinds and metadata, run here on wide faces
 
 import spatial_attn.data.faces as faces_module
-import spatial_attn.train.common as common
-import spatial_attn.train.sagan as sagan
+import spatial_attn.faces.train.common as common
+import spatial_attn.faces.train.sagan as sagan
 from spatial_attn.cli import main
 from spatial_attn.data import KINDS, Edit, FaceBatch, make_faces, shape_masks
-from spatial_attn.models.cards import write_card
-from spatial_attn.train import TRAINERS
-from spatial_attn.train.common import Settings, run
+from spatial_attn.faces.cards import write_card
+from spatial_attn.faces.train import TRAINERS
+from spatial_attn.faces.train.common import Settings, run
 
 N = 2000
 REACH = 1.15  # the widest eye shape (a bar) reaches 1.15 r from its centre

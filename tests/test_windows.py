@@ -335,7 +335,7 @@ def test_vitdet_sam_padded_windows_and_global_block(batch: int, fused: bool) -> 
 def test_windows_folded_into_heads_are_regrouped_without_copying_during_the_forward(monkeypatch) -> None:
     """SAM runs (B*nW*h, a, d): regrouping it per window keeps q and k as the model made them until
     a row is asked for (the float32 copies cost the forward a fifth of its time in a ViT)."""
-    from spatial_attn.layer import QKScores
+    from spatial_attn.engine.layer import QKScores
 
     copied = []
     materialise = QKScores._materialise
@@ -444,7 +444,7 @@ def test_attention_in_a_windowed_block_that_is_not_windowed() -> None:
 def test_a_block_whose_sizes_are_not_plain_ints_is_not_read_as_windows() -> None:
     """Sizes held as tensors (transformers' Swin under tracing) or a mask where a size may be passed
     (SwinV2's attention module) say nothing the map can trust."""
-    from spatial_attn.windows import read_window
+    from spatial_attn.engine.windows import read_window
 
     tokens = torch.zeros(2, 64, 8)
     block = nn.Identity()

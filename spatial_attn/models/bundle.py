@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 
 from ..data.tensors import to_tensor, to_uint8
-from ..grid import cell_at
+from ..engine.grid import cell_at
 from ..resources import locate, searched
 from .sagan import SAGAN, SAGANConfig
 from .vit import ViT, ViTConfig

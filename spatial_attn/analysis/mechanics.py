@@ -1,0 +1,251 @@
+"""How one attention row is made, step by step, for the pixel a user clicked (the seed question).
+
+A feature map ``C x H x W`` is flattened to ``N = H*W`` tokens (token ``i = y*W + x``), each token
+projected to a query and a key of ``d`` numbers; the row of token ``i`` is
+``softmax(q_i . k_j)`` over the keys ``j`` (the layer's scale is folded into ``q``), and reshaped
+to the key grid it is the heatmap. :func:`row_steps` returns every intermediate of that recipe for
+one layer, head and cell, with a temperature ``T`` dividing the logits so a learner can watch the
+softmax sharpen (``T < 1``) or flatten (``T > 1``); ``T = 1`` is exactly what the model computed.
+
+:func:`matrix_thumbnail` shows the whole ``N x N'`` matrix, which is never held: it is computed
+in blocks of query rows, each reduced to block means before the next. :func:`module_io` reads what
+an attention module received and returned (on a private copy of the model): the feature map before
+it is flattened (:func:`flattened_input`), and how much a SAGAN branch (``gamma * o + x``) adds to
+its input (:func:`residual_share`). :func:`unet_levels` says where a DDPM layer sits in its UNet.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..engine.grid import Grid, TokenLayout
+from ..engine.layer import _BLOCK_BYTES, AttentionLayer, QKScores
+
+
+@dataclass(frozen=True)
+class RowSteps:
+    """Every step from the flattened map to the heatmap, for one query cell and head."""
+
+    layer: str
+    head: int
+    cell: tuple[int, int]  # (y, x) on the query grid
+    token: int  # i = start + y*W + x
+    query_grid: Grid
+    keys: TokenLayout
+    queries: np.ndarray  # (N, d): every token's query (scale folded in); row ``token`` is q_i
+    key_vectors: np.ndarray  # (N', d)
+    logits: np.ndarray  # (N',): q_i . k_j, what the model computed
+    temperature: float
+    probs: np.ndarray  # (N',): softmax(logits / temperature)
+
+    @property
+    def query(self) -> np.ndarray:
+        """q_i, ``(d,)``."""
+        return self.queries[self.token]
+
+    @property
+    def entropy(self) -> float:
+        """Entropy of the row at this temperature, in bits (log2 N' when uniform)."""
+        p = self.probs[self.probs > 0]
+        return float(-(p * np.log2(p)).sum())
+
+    @property
+    def row_map(self) -> np.ndarray | None:
+        """The probabilities on the key grid: the heatmap (None if the keys are not spatial)."""
+        if self.keys.grid is None:
+            return None
+        return self.probs[self.keys.grid_slice].reshape(self.keys.grid)
+
+    @property
+    def logit_map(self) -> np.ndarray | None:
+        """The logits on the key grid (None if the keys are not spatial)."""
+        if self.keys.grid is None:
+            return None
+        return self.logits[self.keys.grid_slice].reshape(self.keys.grid)
+
+
+def row_steps(
+    layer: AttentionLayer, cell: tuple[int, int], head: int, temperature: float = 1.0, batch: int = 0
+) -> RowSteps:
+    """The recipe of row ``cell`` of ``layer``'s head ``head``, softmax taken at ``temperature``."""
+    if not isinstance(layer.scores, QKScores):
+        raise ValueError(f"{layer.name} kept only the probabilities: its queries and keys are unknown")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0 <= head < layer.heads:
+        raise ValueError(f"{layer.name} has heads 0..{layer.heads - 1}; got {head}")
+    token = layer.queries.token(*cell)
+    logits = layer.logits(*cell, head=head, batch=batch).astype(np.float64)  # (N',)
+    scaled = logits / temperature
+    probs = np.exp(scaled - scaled.max())
+    return RowSteps(
+        layer=layer.name,
+        head=head,
+        cell=cell,
+        token=token,
+        query_grid=layer.query_grid,
+        keys=layer.keys,
+        queries=layer.scores.q[batch, head].numpy(),  # (N, d)
+        key_vectors=layer.scores.k[batch, head].numpy(),  # (N', d)
+        logits=logits,
+        temperature=float(temperature),
+        probs=probs / probs.sum(),
+    )
+
+
+def matrix_thumbnail(layer: AttentionLayer, head: int, size: int = 64, batch: int = 0) -> np.ndarray:
+    """The ``N x N'`` attention matrix of one head as block means, at most ``size x size``.
+
+    Rows are made a block of queries at a time (:data:`~spatial_attn.engine.layer._BLOCK_BYTES` of
+    probabilities at most) and each block is reduced before the next, so memory stays bounded for
+    any ``N`` (a 128 x 128 map's full matrix would be 1 GiB per head). Thumbnail row ``r`` averages
+    query tokens ``[r * gr, (r + 1) * gr)`` with ``gr = ceil(N / rows)``; columns likewise.
+    """
+    _, _, n, m = layer.scores.shape
+    group_rows, group_cols = math.ceil(n / min(size, n)), math.ceil(m / min(size, m))
+    rows, cols = math.ceil(n / group_rows), math.ceil(m / group_cols)
+    per_block = max(1, _BLOCK_BYTES // (4 * m * group_rows)) * group_rows  # query rows per block
+    out = np.zeros((rows, cols))
+    for start in range(0, n, per_block):
+        queries = torch.arange(start, min(n, start + per_block))
+        block = layer.scores.probs(batch, queries)[head].double().numpy()  # (s, N')
+        padded = np.zeros((math.ceil(len(queries) / group_rows) * group_rows, cols * group_cols))
+        padded[: len(queries), :m] = block
+        sums = padded.reshape(-1, group_rows, cols, group_cols).sum((1, 3))
+        counts = _counts(start, len(queries), n, group_rows)[:, None] * _counts(0, m, m, group_cols)[None]
+        out[start // group_rows : start // group_rows + len(sums)] = sums / counts
+    return out
+
+
+def thumbnail_row(token: int, n: int, size: int = 64) -> int:
+    """Which row of :func:`matrix_thumbnail` holds query ``token``."""
+    return token // math.ceil(n / min(size, n))
+
+
+def _counts(start: int, length: int, total: int, group: int) -> np.ndarray:
+    """How many real entries each group of ``group`` indices starting at ``start`` holds."""
+    firsts = np.arange(start, start + length, group)
+    return np.minimum(firsts + group, total) - firsts
+
+
+@dataclass(frozen=True)
+class ModuleIO:
+    """What one module received and returned in one forward (batch entry 0)."""
+
+    name: str
+    x: torch.Tensor | None  # the first positional input
+    out: torch.Tensor | None  # the output (the first element when it is a tuple)
+    sequence_first: bool  # a MultiheadAttention that is not batch-first: (N, B, C)
+
+
+def module_io(model: Any, prepared: Any, layer_name: str) -> ModuleIO:
+    """Re-run ``model`` on ``prepared`` once and read module ``layer_name``'s input and output.
+
+    The run is on a private copy of the model: a hook registered on the served model would also
+    fire for other users' runs, and registering hooks while another thread runs the same module
+    is not safe in torch (see the README's "How it works").
+    """
+    from .ablation import private_copy
+
+    private = private_copy(model)
+    module = private.module.get_submodule(layer_name)
+    seen: dict[str, Any] = {}
+
+    def hook(_module: torch.nn.Module, args: tuple, output: Any) -> None:
+        seen["x"] = args[0].detach() if args and isinstance(args[0], torch.Tensor) else None
+        seen["out"] = (output[0] if isinstance(output, tuple) else output).detach()
+
+    module.register_forward_hook(hook)
+    with torch.no_grad():
+        private.run(prepared)
+    first = isinstance(module, torch.nn.MultiheadAttention) and not module.batch_first
+    return ModuleIO(layer_name, seen.get("x"), seen.get("out"), first)
+
+
+def flattened_input(io: ModuleIO) -> np.ndarray | None:
+    """The feature map the module received, flattened to tokens: ``(N, C)``.
+
+    A ``(B, C, H, W)`` map becomes ``x[0].reshape(C, H*W).T`` (row i = pixel (i // W, i % W)),
+    exactly the reshape the layer makes; a token sequence ``(B, N, C)`` (or ``(N, B, C)``) is
+    returned as it is. None when the input is neither.
+    """
+    x = io.x
+    if x is None or x.ndim not in (3, 4):
+        return None
+    if x.ndim == 4:
+        c, h, w = x.shape[1:]
+        return x[0].reshape(c, h * w).T.float().numpy()  # (N, C): token i = y*W + x
+    return (x[:, 0] if io.sequence_first else x[0]).float().numpy()  # (N, C)
+
+
+@dataclass(frozen=True)
+class ResidualShare:
+    """SAGAN's ``out = gamma * o + x``: the learned gate and how much the branch moves its input."""
+
+    gamma: float
+    overall: float  # ||out - x|| / ||x|| over the whole map
+    at_cell: float  # the same at the clicked cell (all channels)
+
+
+def residual_share(model: Any, io: ModuleIO, cell: tuple[int, int]) -> ResidualShare:
+    """``gamma`` of SAGAN attention module ``io.name`` and ``||gamma * o|| / ||x||``, the branch's
+    share of what the block returns, overall and at ``cell``."""
+    module = model.module.get_submodule(io.name)
+    if not hasattr(module, "gamma"):
+        raise ValueError(f"{io.name} has no gamma: it is not a SAGAN attention block")
+    x, branch = io.x[0], (io.out - io.x)[0]  # (C, H, W)
+    y, xx = cell
+    return ResidualShare(
+        gamma=float(module.gamma.detach().reshape(-1)[0]),
+        overall=float(branch.norm() / x.norm().clamp_min(1e-12)),
+        at_cell=float(branch[:, y, xx].norm() / x[:, y, xx].norm().clamp_min(1e-12)),
+    )
+
+
+@dataclass(frozen=True)
+class UNetLevel:
+    """One stage of a diffusers UNet: its modules' name prefix, resolution, channels, attention."""
+
+    name: str  # "down_blocks.1", "mid_block", "up_blocks.0"
+    resolution: int
+    channels: int
+    attention: bool
+
+
+def unet_levels(config: dict) -> list[UNetLevel]:
+    """The stages of a ``UNet2DModel`` from its config, in the order data flows: down, mid, up.
+
+    Down block ``i`` works at ``sample_size / 2**i`` (each but the last halves it on the way out);
+    the mid block at the smallest size; up block ``j`` mirrors down block ``n - 1 - j``.
+    """
+    size, channels = config["sample_size"], list(config["block_out_channels"])
+    size = size[0] if isinstance(size, list | tuple) else size
+    n = len(channels)
+    levels = [
+        UNetLevel(f"down_blocks.{i}", size // 2**i, channels[i], "Attn" in kind)
+        for i, kind in enumerate(config["down_block_types"])
+    ]
+    mid = config.get("mid_block_type") or "UNetMidBlock2D"
+    levels.append(
+        UNetLevel(
+            "mid_block",
+            size // 2 ** (n - 1),
+            channels[-1],
+            config.get("add_attention", True) and "Mid" in mid,
+        )
+    )
+    levels += [
+        UNetLevel(f"up_blocks.{j}", size // 2 ** (n - 1 - j), channels[n - 1 - j], "Attn" in kind)
+        for j, kind in enumerate(config["up_block_types"])
+    ]
+    return levels
+
+
+def level_of(levels: list[UNetLevel], layer_name: str) -> UNetLevel | None:
+    """The stage a layer belongs to, by its name prefix."""
+    return next((lv for lv in levels if layer_name.startswith(lv.name + ".")), None)

@@ -1,0 +1,251 @@
+"""The "how a row is made" tab: the seed question answered on the user's own click.
+
+For the pinned pixel, one layer and one head, it shows each step of :func:`spatial_attn.analysis.mechanics.
+row_steps` as a picture: the queries (the flattened map, token i outlined), q_i against every key,
+the logits on the key grid, the softmax at a temperature the learner chooses, the row as a heatmap,
+and the whole N x N' matrix as a thumbnail with row i outlined. A SAGAN layer adds its gate gamma
+and how much the branch adds to the input; a DDPM layer, where it sits in the UNet.
+"""
+
+from __future__ import annotations
+
+import html
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from ...analysis import mechanics, render
+from ...engine.grid import cell_at
+from ..serving import RUN_EVENTS
+from ..state import Follower
+
+STYLE = """
+.sa-steps { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
+.sa-step { margin: 0; max-width: 230px; font-size: 12px; line-height: 1.35; }
+.sa-step img { display: block; image-rendering: pixelated; border-radius: 3px; margin: 4px 0; }
+.sa-step b { font-size: 13px; }
+.sa-unet { border-collapse: collapse; font-size: 12px; margin-top: 8px; }
+.sa-unet td, .sa-unet th { border: 1px solid #ccc; padding: 2px 8px; text-align: center; }
+.sa-unet .sa-here { background: #fde68a; font-weight: 600; }
+"""
+SIDE = 192  # px of every picture's longer side
+#: What each run's steps need that a click does not change (a layer's input and output, its matrix
+#: thumbnails), made once and kept as long as the run is.
+_KEPT: weakref.WeakKeyDictionary[Any, dict[tuple, Any]] = weakref.WeakKeyDictionary()
+
+
+class MechanicsView:
+    """The tab's widgets (built where it is constructed, inside a ``gr.Tab``) and its handler."""
+
+    def __init__(self) -> None:
+        with gr.Row():
+            self.layer = gr.Dropdown([], label="layer", elem_id="mech-layer", scale=3)
+            self.head = gr.Dropdown(["0"], value="0", label="head", elem_id="mech-head", scale=1)
+            self.temperature = gr.Slider(
+                0.1, 5.0, value=1.0, step=0.05, label="temperature T (logits / T)", elem_id="mech-temperature"
+            )
+        self.html = gr.HTML(elem_id="mechanics", css_template=STYLE, js_on_load=None)
+
+    def wire(self, state: gr.State, tab: gr.Tab) -> None:
+        """Filled when the tab is opened; then it follows every new run (here), every click and
+        redraw (:meth:`follower`) and its own controls. Until opened, clicks cost it nothing."""
+        inputs = [state, self.layer, self.head, self.temperature]
+        outputs = [self.layer, self.head, self.html]
+        quiet = {"api_name": False, "show_progress": "hidden", "trigger_mode": "always_last"}
+        tab.select(self.show, inputs, outputs, **quiet, **RUN_EVENTS)  # a forward, once per run
+        state.change(self.follow, inputs, outputs, **quiet, **RUN_EVENTS)  # a new run: a forward
+        for control in (self.layer, self.head, self.temperature):
+            control.input(self.show, inputs, outputs, **quiet, **RUN_EVENTS)
+
+    def follower(self) -> Any:
+        """What a click or a redraw of the panels also draws (see :class:`~spatial_attn.app.state.Follower`):
+        the steps for the new pinned pixel (same run, so the same layer and head lists)."""
+
+        def draw(session: Any, view: Any, layer_name: str | None, head: str | None, t: float) -> tuple:
+            if layer_name is None and session is not None and self._kept_queries(session):
+                return ("",)  # never opened: the tab stays as it is, empty
+            return self.show(session, layer_name, head, t)[2:]
+
+        return Follower([self.layer, self.head, self.temperature], [self.html], draw)
+
+    def follow(self, session: Any, layer_name: str | None, head: str | None, temperature: float) -> tuple:
+        """A new run: its layers and the steps, once the tab has been opened; nothing before."""
+        if layer_name is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        return self.show(session, layer_name, head, temperature)
+
+    @staticmethod
+    def _kept_queries(session: Any) -> list[Any]:
+        """The layers whose steps can be shown: those that kept their queries."""
+        return [layer for layer in session.exploration.layers if layer.q is not None]
+
+    @staticmethod
+    def show(session: Any, layer_name: str | None, head: str | None, temperature: float) -> tuple:
+        """The steps for the session's pinned pixel in the chosen layer and head."""
+        if session is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        ex = session.exploration
+        layers = MechanicsView._kept_queries(session)
+        if not layers:
+            return (
+                gr.Dropdown([], value=None),
+                gr.Dropdown([]),
+                "<p>No layer of this model kept its queries.</p>",
+            )
+        layer = next((la for la in layers if la.name == layer_name), layers[0])
+        heads = [str(h) for h in range(layer.heads)]
+        chosen = head if head in heads else "0"
+        cell = cell_at(session.point, ex.image_hw, layer.query_grid)
+        steps = mechanics.row_steps(layer, cell, int(chosen), float(temperature))
+        io = _module_io(ex, layer.name)
+        features = mechanics.flattened_input(io)
+        body = _steps_html(steps, layer, ex.image, features, _thumbnail(ex, layer, steps.head))
+        body += _extras_html(ex, layer, io, session.point)
+        return (
+            gr.Dropdown([la.name for la in layers], value=layer.name),
+            gr.Dropdown(heads, value=chosen),
+            body,
+        )
+
+
+def _figure(title: str, image: Any, text: str) -> str:
+    return (
+        f'<figure class="sa-step"><b>{title}</b>'
+        f'<img src="{render.png_data_uri(image)}" width="{image.width}" height="{image.height}"'
+        f' alt="{title}">'
+        f"{text}</figure>"
+    )
+
+
+def _once(ex: Any, key: tuple, make: Callable[[], Any]) -> Any:
+    """``make()``, made once per run ``ex`` and ``key``."""
+    kept = _KEPT.setdefault(ex, {})
+    if key not in kept:
+        kept[key] = make()
+    return kept[key]
+
+
+def _module_io(ex: Any, layer_name: str) -> mechanics.ModuleIO:
+    """The layer's input and output in this run, read once per run and layer (one extra forward)."""
+    return _once(ex, ("io", layer_name), lambda: mechanics.module_io(ex.model, ex.prepared, layer_name))
+
+
+def _thumbnail(ex: Any, layer: Any, head: int) -> np.ndarray:
+    """The layer's N x N' thumbnail for one head, made once per run: every click with the tab open
+    draws it, and a large layer's takes all its rows (in blocks)."""
+    return _once(ex, ("thumbnail", layer.name, head), lambda: mechanics.matrix_thumbnail(layer, head))
+
+
+def _steps_html(
+    steps: mechanics.RowSteps,
+    layer: Any,
+    picture: np.ndarray,
+    features: np.ndarray | None,
+    thumb: np.ndarray,
+) -> str:
+    (h, w), (y, x), i = steps.query_grid, steps.cell, steps.token
+    n, d = steps.queries.shape
+    m = steps.key_vectors.shape[0]
+    tall = lambda rows: (min(SIDE * 2, max(SIDE, rows)), 96)  # noqa: E731  rows of a matrix, px
+    spread = float(np.abs(np.concatenate([steps.queries.ravel(), steps.key_vectors.ravel()])).max())
+    pair = {"cmap": "viridis", "low": -spread, "high": spread}
+    figures = []
+    if features is not None and features.shape[0] == n:
+        c = features.shape[1]
+        figures.append(
+            _figure(
+                "0 · the feature map, flattened",
+                render.matrix_image(features, tall(n), cmap="cividis", row=i),
+                f"What the layer receives: C = {c} channels on the {h}×{w} grid, flattened row by row to "
+                f"N = {n} tokens of {c} numbers (rows). Your cell (y, x) = ({y}, {x}) is token "
+                f"i = {y}·{w} + {x} = <b>{i}</b> (outlined).",
+            )
+        )
+    figures += [
+        _figure(
+            "1 · queries",
+            render.matrix_image(steps.queries, tall(n), row=i, **pair),
+            f"Each token's {d}-number query, made from its row alone (a 1×1 convolution or a linear map). "
+            f"Your cell (y, x) = ({y}, {x}) is token i = {y}·{w} + {x} = <b>{i}</b> (outlined).",
+        ),
+        _figure(
+            "2 · q_i against every key",
+            render.stacked(
+                [
+                    render.matrix_image(steps.query[None], (10, 96), **pair),
+                    render.matrix_image(steps.key_vectors, tall(m), **pair),
+                ]
+            ),
+            f"q_i (the strip on top) and the {m} keys k_j (rows below): each key is compared with q_i "
+            "by a dot product, logit_j = q_i · k_j (the layer's scale is already in q).",
+        ),
+    ]
+    if steps.logit_map is not None:
+        kh, kw = steps.keys.grid
+        side = render.panel_size([(kh, kw)], (kh, kw))
+        logits = steps.logit_map
+        figures.append(
+            _figure(
+                "3 · logits on the key grid",
+                render.matrix_image(logits, (side, side)),
+                f"The {m} logits put back on the {kh}×{kw} key grid: "
+                f"from {logits.min():.2f} (dark) to {logits.max():.2f} (bright).",
+            )
+        )
+        base = render.upscale(picture, (side, side))
+        scale = render.ColourScale(True, tokens=layer.keys.count)
+        heat = render.panel(base, steps.row_map, scale=scale, outline=(steps.cell, steps.query_grid))
+        top = steps.probs.max()
+        figures.append(
+            _figure(
+                f"4 · softmax(logits / {steps.temperature:g}) → row {i}",
+                heat,
+                f"p_j = exp(logit_j / T) / Σ exp(logit_j′ / T). The largest p is {top:.3f} "
+                f"({top * m:.1f}× uniform), entropy {steps.entropy:.2f} of {np.log2(m):.2f} bits. "
+                "T = 1 is what the model computed; smaller T sharpens, larger flattens. "
+                "Reshaped to the key grid, this row is the heatmap.",
+            )
+        )
+    row = mechanics.thumbnail_row(i, n, 64)
+    figures.append(
+        _figure(
+            f"5 · the {n} × {m} matrix",
+            render.matrix_image(thumb, (SIDE, SIDE), low=0.0, row=row),
+            f"Every row is some token's softmax; row {i} is yours (outlined). Computed in blocks of "
+            f"rows and shown as block means ({thumb.shape[0]}×{thumb.shape[1]}); "
+            "the full matrix is never held.",
+        )
+    )
+    return '<div class="sa-steps">' + "".join(figures) + "</div>"
+
+
+def _extras_html(ex: Any, layer: Any, io: mechanics.ModuleIO, point: tuple[int, int]) -> str:
+    """SAGAN: the gate and the branch's share. DDPM: the UNet's stages, this layer's highlighted."""
+    if layer.family == "sagan":
+        cell = cell_at(point, ex.image_hw, layer.query_grid)
+        share = mechanics.residual_share(ex.model, io, cell)
+        return (
+            f"<p><b>SAGAN's gate.</b> The block returns γ · (attention output) + x with a learned γ = "
+            f"{share.gamma:.3f} (0 at initialisation: the network starts purely convolutional). "
+            f"The attention branch changes the feature map by {share.overall:.1%} of its size overall, "
+            f"and by {share.at_cell:.1%} at your cell.</p>"
+        )
+    config = getattr(ex.model, "config", {}) or {}
+    if ex.model.kind != "ddpm" or "block_out_channels" not in config:
+        return ""
+    levels = mechanics.unet_levels(config)
+    here = mechanics.level_of(levels, layer.name)
+    cells = "".join(
+        f'<td class="{"sa-here" if lv is here else ""}">{html.escape(lv.name)}'
+        f"<br>{lv.resolution}×{lv.resolution}<br>{lv.channels} ch"
+        f"{'<br>attention' if lv.attention else ''}</td>"
+        for lv in levels
+    )
+    return (
+        "<p><b>Where this layer sits in the UNet</b> (down the encoder, through the middle, up the decoder; "
+        "the highlighted stage holds this layer):</p>"
+        f'<table class="sa-unet"><tr>{cells}</tr></table>'
+    )

@@ -1,0 +1,494 @@
+"""``sa.capture(model)``: record every attention call of one forward, exactly, and leave no trace.
+
+One :class:`Capture` owns every hook it makes (pytorch-grad-cam's lesson: leaks come from hooks
+registered anywhere else). Inside ``with``:
+
+* every module gets a pre- and post-hook that keep a stack of running modules, so a call can be named
+  after the module that made it and find the feature map it was flattened from;
+* modules that an adapter recognises (SAGAN, diffusers, MultiheadAttention, ...) are *claimed*: their
+  adapter reads queries and keys from the call, and while a claimed module runs nothing else inside it
+  is recorded, so one attention call yields exactly one layer;
+* a thread-local torch function mode watches ``scaled_dot_product_attention`` and ``softmax`` outside
+  claimed modules. It is lifted while a claimed module runs, because torch's fused fast paths
+  (``TransformerEncoderLayer`` in eval) turn themselves off under a mode, and capturing must not
+  change a single bit of the model's output.
+
+Many users share one model (the web app serves each model to everyone), so hooks are not the
+capture's own: one :class:`_ModelHooks` per model registers them when the model's first capture
+starts and removes them when its last one ends, and each call is dispatched to the captures of the
+thread that made it (never during a backward pass: gradient checkpointing re-runs forwards there).
+Why not a set of hooks per capture: torch reads a module's hooks and then, separately, which of
+them take keyword arguments, so a hook added or removed by another thread in between is called
+with the wrong arguments (``_exit() missing 'output'``). Here a capture's hooks cannot change while
+its own forward runs, and a forward of another thread that meets a registration in flight calls a
+hook that accepts both forms and has nothing to do. Hooks hold the captures weakly: a capture that
+is dropped without ``__exit__`` releases itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import threading
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode, _get_current_function_mode, _pop_mode, _push_mode
+
+from .adapters import FUNCTION_ADAPTERS, MODULE_ADAPTERS
+from .adapters.base import Call, Extracted, FunctionAdapter, ModuleAdapter, keep
+from .grid import (
+    Grid,
+    StatedGrid,
+    TokenLayout,
+    grid_layout,
+    infer_layout,
+    pooled_grid,
+    single_query_layout,
+    text_layout,
+)
+from .layer import AttentionLayer, LayerList, QKScores, StoredProbs, Verification
+from .model_grids import stated_grids
+from .windows import WindowLayout, read_window
+
+GridOverride = Grid | dict[str, Grid] | None
+
+
+@dataclass
+class _Frame:
+    """A module that is running right now."""
+
+    name: str
+    module: nn.Module
+    map_hw: Grid | None  # (H, W) of its input feature map, if its first tensor input is 4D
+    call: Call | None = None  # set when this module is a claimed attention call
+    inputs: tuple[tuple, dict] = ((), {})  # its forward's arguments (a windowed block's partition)
+
+
+class Capture:
+    """Records the attention layers of the forwards run inside its ``with`` block.
+
+    Use :func:`capture` to make one. After the block, ``layers`` holds one
+    :class:`~spatial_attn.engine.layer.AttentionLayer` per attention call, in call order, and ``problems``
+    lists calls that were seen but could not be read (with the reason).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        include: str | Iterable[str] | None = None,
+        exclude: str | Iterable[str] | None = None,
+        grid: GridOverride = None,
+    ) -> None:
+        self.model = model
+        self.layers = LayerList()
+        self.problems: list[str] = []
+        self._include = _patterns(include)
+        self._exclude = _patterns(exclude)
+        self._grid = grid
+        self._hooks: _ModelHooks | None = None
+        self._owners: dict[nn.Module, tuple[str, ModuleAdapter | None]] = {}
+        self._functions: list[FunctionAdapter] = []
+        self._mode: _Watch | None = None
+        self._lifted = False
+        self._thread: int | None = None
+        self._frames: list[_Frame] = []
+        self._claim: _Frame | None = None
+        self._input: tuple[int, Grid | None] | None = None  # (batch, (H, W)) of the outermost input
+        self._stated: list[StatedGrid] = []  # grids the model stated in this forward (model_grids.py)
+        self._counts: dict[str, int] = {}
+
+    # -- lifetime -------------------------------------------------------------------------------
+    def __enter__(self) -> Capture:
+        if self._thread is not None:
+            raise RuntimeError("this capture is already active; make a new one with sa.capture()")
+        self._thread = threading.get_ident()
+        try:
+            self._register()
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # a last resort, maybe during shutdown: never raise
+            self.release()
+
+    def release(self) -> None:
+        """Leave the model's hooks (the last capture removes them) and pop the function mode. Safe to
+        call twice, and from ``__del__``."""
+        if self._hooks is not None:
+            self._hooks.leave(self)
+            self._hooks = None
+        if self._mode is not None and threading.get_ident() == self._thread:
+            if self._lifted:
+                self._lifted = False
+            elif _get_current_function_mode() is self._mode:
+                _pop_mode()
+            else:
+                warnings.warn("another torch function mode was left above the capture's", stacklevel=2)
+        self._mode = None
+        self._frames.clear()
+        self._claim = None
+
+    def _register(self) -> None:
+        self._hooks = _ModelHooks.join(self.model, self)
+        self._owners = self._hooks.owners
+        self._functions = [cls() for cls in FUNCTION_ADAPTERS]
+        watched = frozenset().union(*(f.functions for f in self._functions))
+        self._mode = _Watch(weakref.ref(self), watched)
+        _push_mode(self._mode)
+
+    # -- events from the hooks ------------------------------------------------------------------
+    def _mine(self) -> bool:
+        """The function mode acts for the capturing thread only, and never while autograd runs a
+        backward."""
+        return threading.get_ident() == self._thread and _forward_pass()
+
+    def _on_enter(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        name, adapter = self._owners[module]
+        first = _first_tensor(args, kwargs)
+        map_hw = (first.shape[-2], first.shape[-1]) if first is not None and first.ndim == 4 else None
+        frame = _Frame(name, module, map_hw, inputs=(args, kwargs))
+        if not self._frames:
+            if first is not None and first.ndim >= 1:
+                self._input = (first.shape[0], map_hw)
+            self._stated = []
+        self._stated += stated_grids(name, module, map_hw, kwargs)
+        self._frames.append(frame)
+        if adapter is not None and self._claim is None:
+            frame.call = Call(module, args, kwargs)
+            self._claim = frame
+            self._lift_mode()
+
+    def _on_exit(self, module: nn.Module, output: Any) -> None:
+        while self._frames:
+            frame = self._frames.pop()
+            if frame.module is module:
+                break
+        else:
+            return
+        if frame is not self._claim:
+            return
+        try:  # the adapter runs while the claim holds, so its own math is not seen as attention
+            if output is not None:  # None: the forward raised, and the exception is on its way
+                call, adapter = frame.call, self._owners[module][1]
+                assert call is not None and adapter is not None
+                call.output = output
+                with _own_math():
+                    self._record(frame.name, adapter.family, lambda: adapter.extract(call))
+        finally:
+            self._claim = None
+            self._restore_mode()
+
+    def _on_tap(self, owner: nn.Module, role: str, tensor: torch.Tensor) -> None:
+        if self._claim is not None and self._claim.module is owner and self._claim.call is not None:
+            self._claim.call.taps[role] = keep(tensor)
+
+    def _on_function(self, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
+        if self._claim is not None:
+            return
+        batch = self._input[0] if self._input else None
+        for adapter in self._functions:
+            if func in adapter.functions:
+                extracted = adapter.on_call(func, args, kwargs, out, batch)
+                if extracted is not None:
+                    with _own_math():
+                        self._record(self._context_name(), adapter.family, lambda e=extracted: e)
+
+    # -- turning an extraction into a layer -----------------------------------------------------
+    def _record(self, base: str, family: str, extract: Callable[[], Extracted]) -> None:
+        """Make a layer, unless its name is filtered out. A call an adapter cannot read becomes a
+        problem report, never a crash of the user's forward. Excluded modules are still claimed, so
+        the attention inside them does not resurface as another layer."""
+        try:
+            extracted = extract()
+            base = base + extracted.name_suffix if base else family
+            if not self._wanted(base):
+                return
+            window = self._window(extracted)
+            if window is not None:  # one window per batch entry: placed on the grid below
+                queries = keys = window.local_layout()
+            else:
+                queries, keys = self._layouts(base, extracted)
+            if extracted.require_grid and queries.grid is None:
+                return
+            name = self._unique(base)
+            scores = (
+                StoredProbs(extracted.probs)
+                if extracted.probs is not None
+                else QKScores(extracted.q, extracted.k, extracted.mask, extracted.causal, extracted.scale)
+            )
+            layer = AttentionLayer(name, family, scores, queries, keys)
+            layer.verification = (
+                extracted.verify(layer) if extracted.verify else Verification(None, None, "no output")
+            )
+            if window is not None:
+                layer = window.place(layer)
+        except Exception as error:
+            message = f"{base or family} ({family}): could not be read: {error}"
+            self.problems.append(message)
+            warnings.warn(message, stacklevel=2)
+            return
+        self.layers.append(layer)  # verified when first asked: AttentionLayer.verification warns
+
+    def _layouts(self, name: str, ex: Extracted) -> tuple[TokenLayout, TokenLayout]:
+        shape = ex.shape
+        n, m = shape[2] - len(ex.query_prefix) - len(ex.query_suffix), shape[3]  # n: the map's queries
+        override = self._override(name)
+        hints = [f.map_hw for f in reversed(self._frames) if f.map_hw is not None]
+        infer = partial(
+            infer_layout,
+            hints=hints,
+            input_hw=self._input[1] if self._input else None,
+            override=override,
+            stated=self._stated,
+        )
+        if ex.query_grid is not None and override is None:
+            queries = grid_layout(ex.query_grid, n, "grid from the layer's feature map")
+        elif n == 1 < m:  # class attention, a pooling probe
+            queries = single_query_layout(m)
+        else:
+            queries = infer(n)
+        specials = len(ex.key_prefix) + len(ex.key_suffix)
+        kind = ex.keys
+        if kind == "auto":
+            kind = "self" if m == n else "pooled"
+        if kind == "self" and m - specials == n:
+            base = queries
+        elif kind == "pooled":
+            base = _key_layout(queries, m - specials, ex.key_grid, infer)
+        else:
+            base = text_layout(m - specials)
+        keys = base.with_special(ex.key_prefix, ex.key_suffix)
+        return queries.with_special(ex.query_prefix, ex.query_suffix), keys
+
+    def _window(self, ex: Extracted) -> WindowLayout | None:
+        """The window partition of the innermost running block that made this call's sequences."""
+        shape = ex.shape
+        for frame in reversed(self._frames):
+            window = read_window(frame.module, *frame.inputs, frame.name)
+            if window is not None and window.fits(shape):
+                return window
+        return None
+
+    def _override(self, name: str) -> Grid | None:
+        if isinstance(self._grid, dict):
+            return next((g for pat, g in self._grid.items() if fnmatch.fnmatchcase(name, pat)), None)
+        return self._grid
+
+    def _context_name(self) -> str:
+        """The module a functional call belongs to: the innermost running one, skipping a bare
+        ``nn.Softmax`` (the attention module is its parent)."""
+        for frame in reversed(self._frames):
+            if not isinstance(frame.module, nn.Softmax):
+                return frame.name
+        return ""
+
+    def _unique(self, name: str) -> str:
+        """``name`` for a module's first call, ``name#2``, ``name#3``, ... for later ones."""
+        self._counts[name] = self._counts.get(name, 0) + 1
+        count = self._counts[name]
+        return name if count == 1 else f"{name}#{count}"
+
+    def _wanted(self, name: str) -> bool:
+        if self._include and not any(fnmatch.fnmatchcase(name, p) for p in self._include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, p) for p in self._exclude)
+
+    # -- the function mode is lifted inside claimed modules (see module docstring) -------------
+    def _lift_mode(self) -> None:
+        if self._mode is not None and _get_current_function_mode() is self._mode:
+            _pop_mode()
+            self._lifted = True
+
+    def _restore_mode(self) -> None:
+        if self._lifted and self._mode is not None:
+            _push_mode(self._mode)
+            self._lifted = False
+
+
+def capture(
+    model: nn.Module,
+    *,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+    grid: GridOverride = None,
+) -> Capture:
+    """Capture the attention of every forward run inside ``with sa.capture(model) as cap:``.
+
+    ``include``/``exclude`` are glob patterns on layer names (``"up_blocks.*"``). ``grid`` overrides
+    grid inference: an ``(H, W)`` for every layer whose tokens it fits, or ``{pattern: (H, W)}``.
+    """
+    return Capture(model, include=include, exclude=exclude, grid=grid)
+
+
+class _Watch(TorchFunctionMode):
+    """The thread-local function mode: passes every call through, reports the watched ones."""
+
+    def __init__(self, ref: weakref.ref[Capture], functions: frozenset) -> None:
+        super().__init__()
+        self._ref = ref
+        self._functions = functions
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in self._functions:
+            cap = self._ref()
+            if cap is not None and cap._mine() and not _OWN_MATH.depth:
+                cap._on_function(func, args, kwargs, out)
+        return out
+
+
+class _ModelHooks:
+    """The one owner of the hooks on one model, shared by every capture active on it.
+
+    Registered when the model's first capture enters and removed when its last one leaves (see the
+    module docstring for why they are not per capture); in between each call is handed to the
+    captures of the calling thread. Captures are held weakly, so a forgotten one can still be
+    collected, and its ``__del__`` leaves.
+    """
+
+    _lock = threading.RLock()  # re-entrant: a capture collected inside join() leaves from there
+    _active: ClassVar[dict[int, _ModelHooks]] = {}  # id(model) -> its hooks, only while in use
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.owners: dict[nn.Module, tuple[str, ModuleAdapter | None]] = {}
+        self._captures: dict[int, list[weakref.ref[Capture]]] = {}  # thread id -> its captures
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        ref = weakref.ref(self)
+        adapters = [cls() for cls in MODULE_ADAPTERS]
+        for name, module in model.named_modules():
+            adapter = next((a for a in adapters if a.matches(module)), None)
+            self.owners[module] = (name, adapter)
+            self._handles += [
+                module.register_forward_pre_hook(partial(_enter, ref, module), with_kwargs=True),
+                module.register_forward_hook(partial(_exit, ref, module), with_kwargs=True, always_call=True),
+            ]
+            for role, (sub, where) in (adapter.taps(module) if adapter else {}).items():
+                self._handles.append(_tap(sub, where, partial(_on_tap, ref, module, role)))
+
+    @classmethod
+    def join(cls, model: nn.Module, capture: Capture) -> _ModelHooks:
+        """The model's hooks, registered now if no capture is using them; ``capture`` (entered on
+        this thread) receives this thread's calls from now on."""
+        with cls._lock:
+            hooks = cls._active.get(id(model))
+            if hooks is None:
+                hooks = cls._active[id(model)] = cls(model)
+            hooks._captures.setdefault(threading.get_ident(), []).append(weakref.ref(capture))
+            return hooks
+
+    def leave(self, capture: Capture) -> None:
+        """Stop sending calls to ``capture`` (and to captures already collected); the last one to
+        leave removes the hooks."""
+        with self._lock:
+            for thread, refs in list(self._captures.items()):
+                refs[:] = [r for r in refs if r() is not None and r() is not capture]
+                if not refs:
+                    del self._captures[thread]
+            if not self._captures and self._handles:
+                for handle in self._handles:
+                    handle.remove()
+                self._handles.clear()
+                del self._active[id(self.model)]
+
+    def receivers(self) -> list[Capture]:
+        """The captures of the calling thread (none during a backward pass)."""
+        refs = self._captures.get(threading.get_ident())
+        if not refs or not _forward_pass():
+            return []
+        return [cap for cap in (r() for r in refs) if cap is not None]
+
+
+class _Depth(threading.local):
+    depth = 0
+
+
+_OWN_MATH = _Depth()  # > 0 while a capture of this thread reads a call: its math is not the model's
+
+
+@contextlib.contextmanager
+def _own_math() -> Iterator[None]:
+    """Marks the library's own reading and verification of a call, so that another capture active
+    on the same thread (nested captures) does not record it as the model's attention."""
+    _OWN_MATH.depth += 1
+    try:
+        yield
+    finally:
+        _OWN_MATH.depth -= 1
+
+
+def _forward_pass() -> bool:
+    """False while autograd runs a backward (checkpointed forwards re-run there)."""
+    return torch._C._current_graph_task_id() == -1
+
+
+# Hook functions live at module level and reach the hooks' owner through a weak reference. Each
+# accepts both of torch's calling conventions (with and without kwargs): a forward of another thread
+# can meet a registration in flight and call it the other way, and then it has nothing to do.
+
+
+def _enter(
+    ref: weakref.ref[_ModelHooks], module: nn.Module, _: nn.Module, args: tuple, *kwargs: dict
+) -> None:
+    hooks = ref()
+    for cap in hooks.receivers() if hooks is not None else ():
+        cap._on_enter(module, args, kwargs[0] if kwargs else {})
+
+
+def _exit(ref: weakref.ref[_ModelHooks], module: nn.Module, _: nn.Module, args: tuple, *rest: Any) -> None:
+    hooks = ref()
+    for cap in hooks.receivers() if hooks is not None else ():
+        cap._on_exit(module, rest[-1])  # rest: (kwargs, output) or (output,)
+
+
+def _on_tap(ref: weakref.ref[_ModelHooks], owner: nn.Module, role: str, tensor: torch.Tensor) -> None:
+    hooks = ref()
+    for cap in hooks.receivers() if hooks is not None else ():
+        cap._on_tap(owner, role, tensor)
+
+
+def _tap(sub: nn.Module, where: str, record: Callable[[torch.Tensor], None]) -> Any:
+    """A hook on ``sub`` that records its first input or its output."""
+    if where == "in":
+        return sub.register_forward_pre_hook(lambda _m, args: record(args[0]))
+    return sub.register_forward_hook(lambda _m, _a, out: record(out))
+
+
+def _key_layout(
+    queries: TokenLayout, count: int, stated: Grid | None, infer: Callable[[int], TokenLayout]
+) -> TokenLayout:
+    """Keys that are not the queries: pooled from the query grid (BigGAN), or, when there are more
+    keys than queries (one class token or probe over the patches, LeViT's subsampled queries), on
+    their own grid, found as a query grid is; otherwise not spatial."""
+    if queries.grid is not None:
+        key_grid = stated or pooled_grid(queries.grid, count)
+        if key_grid is not None and key_grid[0] * key_grid[1] == count:
+            return grid_layout(key_grid, count, "keys pooled from the query grid")
+    if count > queries.count:
+        own = infer(count)
+        if own.grid is not None:
+            return own
+    return text_layout(count)
+
+
+def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    return next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+
+
+def _patterns(p: str | Iterable[str] | None) -> list[str]:
+    if p is None:
+        return []
+    return [p] if isinstance(p, str) else list(p)

@@ -1,0 +1,175 @@
+"""Model cards (``checkpoints/<name>/README.md``), written from what the run and the evaluation recorded.
+
+A card is generated, never edited by hand, so its numbers cannot drift from the weights next to it:
+the architecture line and parameter count come from the loaded model, the command, time and threads
+from ``training.json`` (written by the training run), the metrics from ``spatial-attn eval``.
+Free-form remarks go in ``notes.md`` beside it, which the card includes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..models.bundle import load_model
+
+ARCHITECTURE = {
+    "vit-faces": (
+        "Vision Transformer classifier (`spatial_attn/models/vit.py`): 4 x 4 patches of the 32 x 32 "
+        "image -> 8 x 8 tokens + CLS (token 0), learned positions, {depth} pre-norm "
+        "`nn.TransformerEncoderLayer` blocks (width {dim}, {heads} heads, MLP x{mlp_ratio}, GELU), linear "
+        "head on CLS over the {num_classes} kinds {labels}. Attention layers: `blocks.<i>.self_attn` "
+        "(`nn.MultiheadAttention`)."
+    ),
+    "ddpm-faces": (
+        "DDPM (Ho et al. 2020 layout) with a diffusers `UNet2DModel`: widths {block_out_channels} at "
+        "32 / 16 / 8 px, {layers_per_block} ResNet block(s) per level, self-attention at 16 x 16 and "
+        "8 x 8 ({attention_head_dim} channels per head) including the 8 x 8 mid block. Noise "
+        "prediction, `DDPMScheduler` with 1,000 cosine-schedule steps for training; DDIM "
+        "(50 steps, trailing spacing, eta 1) for sampling. Attention layers: "
+        "`down_blocks.1.attentions.0` (16 x 16), "
+        "`down_blocks.2.attentions.0`, `mid_block.attentions.0`, `up_blocks.0.attentions.*` (8 x 8), "
+        "`up_blocks.1.attentions.*` (16 x 16)."
+    ),
+    "sagan-faces": (
+        "SAGAN (Zhang et al. 2019) at 32 x 32 (`spatial_attn/models/sagan.py`): residual generator "
+        "z({z_dim}) -> 4 -> 8 -> 16 -> 32 px (widths {g4} / {g4} / {g2} / {g1}) with `SelfAttn` at "
+        "16 x 16; residual discriminator 32 -> 16 -> 8 -> 4 px (widths {d1} / {d2} / {d4}) with "
+        "`SelfAttn` at 16 x 16{mbstd}; spectral norm everywhere, hinge loss, BatchNorm in the generator. "
+        "`SelfAttn` is SAGAN's `Self_Attn`: 1x1 `query_conv` / `key_conv` (C/8 channels), "
+        "`value_conv`, `gamma` (initialised to 0). Attention layers: `generator.attn`, "
+        "`discriminator.attn`. The generator weights are an EMA (decay {ema_decay}) with re-measured "
+        "BatchNorm statistics."
+    ),
+}
+
+LOADING = {
+    "vit-faces": '`sa.load_model("vit-faces")` (safetensors + config.json; no pickle).',
+    "ddpm-faces": (
+        '`sa.load_model("ddpm-faces")`, or with plain diffusers '
+        '`DDPMPipeline.from_pretrained("checkpoints/ddpm-faces")` (safetensors; no pickle).'
+    ),
+    "sagan-faces": '`sa.load_model("sagan-faces")` (safetensors + config.json; no pickle).',
+}
+
+DATA = {
+    "vit-faces": (
+        "the kinds its `labels` list: valid faces 3 times as often as each broken kind (eye_color, "
+        "eye_shape, missing_eye, no_face, and the generators' mistakes eye_size, eye_offset, "
+        "extra_eye, eye_tint; a 5-label judge saw the first five in equal measure) and eye_shape "
+        "twice as often, the mistake generators make most; half of each "
+        "batch with Gaussian pixel noise up to 24/255, a quarter blurred (sigma up to 1.4 px)"
+    ),
+    "ddpm-faces": "valid faces only",
+    "sagan-faces": (
+        "valid faces as real; faces with mismatched eyes ({negative_kinds}) shown to the discriminator "
+        "as fake, half a batch per step (negative data augmentation){seeking}"
+    ),
+}
+
+
+def write_card(root: Path, name: str, table: str, results: list[dict]) -> Path:
+    """Write ``root/name/README.md`` with the full eval ``table`` and this model's own details."""
+    model_dir = root / name
+    run = json.loads((model_dir / "training.json").read_text())
+    bm = load_model(name, root=root)
+    params = sum(p.numel() for p in bm.module.parameters())
+    size = sum(f.stat().st_size for f in model_dir.rglob("*.safetensors")) / 2**20
+    wide = ', layout="wide"' if run.get("layout", "standard") == "wide" else ""  # older runs: standard
+    fields = _card_fields(name, bm.config)
+    lines = [
+        f"# {name}",
+        "",
+        ARCHITECTURE[name].format(**fields),
+        "",
+        f"- **Parameters:** {params:,} ({size:.1f} MiB of safetensors)",
+        f"- **Data:** procedural 32 x 32 faces (`spatial_attn/data/faces.py`), "
+        f"{DATA[name].format(**fields)}, drawn on the "
+        f"fly: step s uses `make_faces({run['batch_size']}, 10**12 + seed * 10**7 + s{wide})`, so no "
+        "training face is ever an evaluation face."
+        + (
+            " Wide layout: head centre +-5 px, head scale 0.75 to 1.1, eyes 8 to 18 px apart." if wide else ""
+        ),
+        f"- **Command:** `{run['command']}`",
+        f"- **Training:** {run['steps']:,} steps x {run['batch_size']} images ({run['images_seen']:,} "
+        f"images), peak lr {run['lr']:g}, {run['train_seconds'] / 60:.1f} min wall-clock on "
+        f"{run['threads']} CPU thread(s) ({run['machine']}; torch {run['torch']}, CPU shared with "
+        "other work)" + _final_logs(run["final_logs"]) + ".",
+        f"- **Deterministic settings:** seed {run['seed']} for initialisation, data and noise "
+        "(per-step generators, no global random state); same torch build and thread count -> "
+        "same weights.",
+        f"- **Loading:** {LOADING[name]}",
+        "",
+        "## Metrics (`spatial-attn eval --write-cards`, seeds never used in training)",
+        "",
+        table,
+        "",
+    ]
+    lines += _details(results)
+    notes = model_dir / "notes.md"
+    if notes.exists():
+        lines += ["## Notes", "", notes.read_text().strip(), ""]
+    path = model_dir / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _final_logs(logs: dict) -> str:
+    """The suffix ``; final logs loss 0.03, ...``, or nothing (a ``--resume`` export ran no step)."""
+    return "; final logs " + ", ".join(f"{k} {v}" for k, v in logs.items()) if logs else ""
+
+
+def _card_fields(name: str, config: dict) -> dict:
+    """What the ARCHITECTURE and DATA texts are formatted with: the config and the figures and
+    phrases derived from it."""
+    if name == "sagan-faces":
+        g, d = config["g_ch"], config["d_ch"]
+        seeking = config.get("mode_seeking")  # models trained before it have no such key
+        return {
+            **config,
+            "g1": g,
+            "g2": 2 * g,
+            "g4": 4 * g,
+            "d1": d,
+            "d2": 2 * d,
+            "d4": 4 * d,
+            "negative_kinds": ", ".join(config["negatives"]),
+            "mbstd": (
+                f" and a minibatch standard deviation over groups of {config['minibatch_std']} at 4 x 4"
+                if config.get("minibatch_std")
+                else ""
+            ),
+            "seeking": f"; a mode-seeking term (MSGAN, weight {seeking:g}) in G's loss" if seeking else "",
+        }
+    return {**config, "block_out_channels": " / ".join(map(str, config.get("block_out_channels", ())))}
+
+
+DETAILS = {
+    "per_kind": "Accuracy per kind",
+    "calls": "How vit-faces called the samples",
+    "colours": "Eye colours: share in samples / share in drawn faces (located eyes)",
+    "shapes": "Eye shapes: share in samples / share in drawn faces (located eyes)",
+}
+
+
+def _shares(value: float | list[float]) -> str:
+    """``12.5%``, or ``12.5% / 16.7%`` for a (samples, data) pair."""
+    return " / ".join(f"{100 * v:.1f}%" for v in (value if isinstance(value, list | tuple) else [value]))
+
+
+def _details(results: list[dict]) -> list[str]:
+    """Per-layer lifts and other breakdowns of this model's results."""
+    lines: list[str] = []
+    for r in results:
+        detail = r["detail"]
+        if "trained" in detail:
+            lines += [f"### Per layer: {r['metric']}", "", "| layer | trained | random twin |"]
+            lines.append("|---|---|---|")
+            twin = detail["twin"]
+            lines += [f"| `{k}` | {v:.2f} | {twin[k]:.2f} |" for k, v in detail["trained"].items()]
+            lines.append("")
+        for key, title in DETAILS.items():
+            if key in detail:
+                shares = " | ".join(f"{k} {_shares(v)}" for k, v in detail[key].items())
+                lines += [f"### {title}", "", shares, ""]
+    return lines

@@ -1,0 +1,494 @@
+"""``spatial-attn eval``: did the bundled models learn the faces, and does their attention show it?
+
+Every figure stands beside the control that says what it means, on faces and samples from seeds
+never used in training (training uses seeds >= 10**12):
+
+* **The judge** (vit-faces): the share of valid faces it calls valid, and the share of each kind
+  of broken face (probe) it *also* calls valid, blurred mismatches included; the untrained twin
+  beside each.
+* **The generators**: the share of their samples the judge calls valid (the twin's beside it), and
+  the *coverage* of every eye colour and shape (its share in samples over its share in drawn
+  faces, both read by the same eye reader).
+* **Attention, per layer**: the eye-to-eye lift on valid faces, on the same faces with the other
+  eye erased and on the background alone, their ratio (the *content lift*), and whether the peak
+  follows a moved eye, with its position-only and chance controls
+  (:mod:`spatial_attn.faces.eye_attention`), a diffusion model's at each of :data:`NOISE_LEVELS`; the
+  SAGAN generator's lift against position alone and its collapsed rows
+  (:mod:`spatial_attn.faces.sample_eval`).
+
+Figures pool several seeds and carry 95% bootstrap intervals over faces (or samples). The seeds
+are fixed here: :data:`DEV_SEEDS` were looked at while the evaluation and the models were being
+developed; :data:`HELDOUT_SEEDS` are what the table reports. The headline layer of each model is
+picked on the dev seeds by :func:`headline_rule`, fixed before the held-out seeds were first run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import KINDS, blur, make_faces
+from ..data.tensors import to_tensor
+from ..models import BundledModel, load_model
+from .eye_attention import COLLAPSE, Figures, measure, variants
+from .sample_eval import coverage, generator_figures
+
+DEV_SEEDS = (3, 4, 5)
+HELDOUT_SEEDS = (7919, 7927, 7933)
+SPLITS = {"dev": DEV_SEEDS, "heldout": HELDOUT_SEEDS}
+NAMES = ("vit-faces", "ddpm-faces", "sagan-faces")
+CONTENT_TARGET = 2.0  # valid / eye-erased lift
+FOLLOW_TARGET = 0.8  # share of moved-eye trials whose peak follows the eye
+PROBE_TARGET = 0.10  # most of a broken kind the judge may call valid
+BLUR_SIGMA = 1.2  # the blurred probes (the audit's)
+#: Where a diffusion model's layers are measured, as fractions of its schedule: little noise, a
+#: quarter (t = 250 of 1000 is where the app opens) and the middle (``prepare``'s default, the only
+#: level measured before). Added on the dev seeds, where the DDPM's ``down_blocks.1`` followed a
+#: moved eye in 53% of trials at the middle and in 83 to 86% at 0.1 to 0.25.
+NOISE_LEVELS = (0.1, 0.25, 0.5)
+COLLAPSE_REPORTED = 0.05  # share of collapsed rows from which a layer's collapse is spelled out
+Twins = tuple[BundledModel, BundledModel]  # (trained, random twin)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A figure and its 95% bootstrap interval."""
+
+    value: float
+    low: float
+    high: float
+
+    def show(self, percent: bool = False) -> str:
+        if np.isnan(self.value):
+            return "n/a"
+        fmt = (lambda v: f"{100 * v:.1f}%") if percent else _number
+        if np.isnan(self.low):  # a figure with no interval (coverage)
+            return fmt(self.value)
+        return f"{fmt(self.value)} [{fmt(self.low)}, {fmt(self.high)}]"
+
+
+NONE = Estimate(float("nan"), float("nan"), float("nan"))
+
+
+def _number(v: float) -> str:
+    """Two decimals, or two significant digits where two decimals would show 0.00 or a long run of
+    digits (a lift of 3e-5, or a ratio over such a lift)."""
+    return f"{v:.2f}" if v == 0 or 0.01 <= abs(v) < 1000 else f"{v:.2g}"
+
+
+def bootstrap(stat: Callable[..., np.ndarray], *columns: np.ndarray, n: int = 1000) -> Estimate:
+    """``stat`` of the columns (aligned per face) and its 2.5 / 97.5 percentiles over ``n`` resamples.
+
+    ``stat`` gets arrays shaped (resamples, faces) and reduces the last axis, so a ratio of means
+    (the content lift) is resampled face by face, numerator and denominator together.
+    """
+    m = len(columns[0])
+    if m == 0:
+        return NONE
+    idx = np.random.default_rng(0).integers(0, m, (n, m))  # fixed: the table does not jitter
+    boots = stat(*(c[idx] for c in columns))
+    value = float(stat(*(c[None] for c in columns))[0])
+    return Estimate(value, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)))
+
+
+def mean(x: np.ndarray) -> Estimate:
+    return bootstrap(lambda a: a.mean(-1), x)
+
+
+def ratio(a: np.ndarray, b: np.ndarray) -> Estimate:
+    return bootstrap(lambda p, q: p.mean(-1) / q.mean(-1), a, b)
+
+
+@dataclass
+class Row:
+    """One line of the summary table: a figure, its target, and its control."""
+
+    model: str
+    metric: str
+    target: str
+    trained: Estimate
+    control: str  # what the figure is read against, with its value
+    percent: bool = True
+    detail: dict = field(default_factory=dict)
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the figure reaches a ``>= x`` or ``<= x`` target; None where there is none."""
+        found = re.fullmatch(r"([<>]=) ([\d.]+)(%?)", self.target)
+        if not found or np.isnan(self.trained.value):
+            return None
+        goal = float(found[2]) / (100 if found[3] else 1)
+        return bool(self.trained.value >= goal if found[1] == ">=" else self.trained.value <= goal)
+
+    def cells(self) -> list[str]:
+        met = {True: "yes", False: "**no**", None: "-"}[self.met]
+        return [self.model, self.metric, self.target, self.trained.show(self.percent), met, self.control]
+
+
+@dataclass
+class LayerRow:
+    """One attention layer's figures with their controls, pooled over the seeds."""
+
+    model: str
+    layer: str
+    valid: Estimate
+    erased: Estimate
+    blank: Estimate
+    content: Estimate
+    follows: Estimate
+    stays: Estimate
+    chance: float
+    twin_content: Estimate
+    twin_follows: Estimate
+    collapsed: float
+    headline: bool = False
+    per_seed: dict = field(default_factory=dict)
+
+    @property
+    def met(self) -> bool | None:
+        if np.isnan(self.follows.value):
+            return None
+        return bool(self.content.value >= CONTENT_TARGET and self.follows.value >= FOLLOW_TARGET)
+
+    def cells(self) -> list[str]:
+        met = {True: "yes", False: "**no**", None: "-"}[self.met]
+        name = f"**`{self.layer}`** (headline)" if self.headline else f"`{self.layer}`"
+        follows = "n/a" if np.isnan(self.follows.value) else self.follows.show(True)
+        return [
+            self.model,
+            name,
+            self.valid.show(),
+            self.erased.show(),
+            self.blank.show(),
+            self.content.show(),
+            follows,
+            "n/a"
+            if np.isnan(self.stays.value)
+            else f"{100 * self.stays.value:.1f}% / {100 * self.chance:.1f}%",
+            f"{self.twin_content.value:.2f} / "
+            + ("n/a" if np.isnan(self.twin_follows.value) else f"{100 * self.twin_follows.value:.0f}%"),
+            f"{100 * self.collapsed:.0f}%",
+            met,
+        ]
+
+
+@dataclass
+class Report:
+    """Everything ``spatial-attn eval`` measured: the summary rows, the layer rows, the samples."""
+
+    split: str
+    rows: list[Row]
+    layers: list[LayerRow]
+    samples: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # model -> (n, 32, 32, 3)
+
+
+# -- the judge ------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict(vit: BundledModel, images: np.ndarray, batch: int = 500) -> np.ndarray:
+    """The ViT's predicted kind index for each uint8 image (n, 32, 32, 3)."""
+    x = to_tensor(images)  # (n, 3, 32, 32)
+    return torch.cat([vit.module(chunk).argmax(-1) for chunk in x.split(batch)]).numpy()
+
+
+def probes(seed: int, n: int) -> dict[str, np.ndarray]:
+    """``n`` images of every probe, from ``seed``: valid faces (clean and blurred, which the judge
+    must call valid), then every broken kind and blurred mismatches (which it must not)."""
+    sigma = np.full(n, BLUR_SIGMA)
+    out = {"valid": make_faces(n, seed).images, "valid, blurred": blur(make_faces(n, seed).images, sigma)}
+    for k, kind in enumerate(KINDS[1:], 1):
+        out[kind] = make_faces(n, seed + 100 * k, (kind,)).images
+    for k, kind in enumerate(("eye_shape", "eye_color", "eye_size"), 1):
+        out[f"{kind}, blurred"] = blur(make_faces(n, seed + 1000 * k, (kind,)).images, sigma)
+    return out
+
+
+def judge_rows(vit: Twins, seeds: tuple[int, ...], n: int) -> list[Row]:
+    """Share judged valid per probe, pooled over ``seeds``; the twin beside each."""
+    pooled: dict[str, list[np.ndarray]] = {}
+    for seed in seeds:
+        for name, images in probes(seed, n).items():
+            pooled.setdefault(name, []).append(images)
+    rows = []
+    for name, parts in pooled.items():
+        images = np.concatenate(parts)
+        said, twin = ((predict(m, images) == 0).astype(float) for m in vit)
+        good = name.startswith("valid")
+        rows.append(
+            Row(
+                "vit-faces",
+                f"{name}: judged valid, {len(images):,} images",
+                ">= 98%" if name == "valid" else ("-" if good else f"<= {100 * PROBE_TARGET:g}%"),
+                mean(said),
+                f"twin {100 * twin.mean():.1f}%",
+            )
+        )
+    return rows
+
+
+# -- the generators ---------------------------------------------------------------------------------
+def sample_rows(
+    gen: Twins, judge: BundledModel, seeds: tuple[int, ...], n: int
+) -> tuple[list[Row], np.ndarray]:
+    """Judged-valid share and coverage of ``gen``'s samples from ``seeds``; and the samples."""
+    samples = np.concatenate([gen[0].sample(s, n) for s in seeds])
+    twin = np.concatenate([gen[1].sample(s, n) for s in seeds])
+    pred = predict(judge, samples)
+    calls = {k: round(float((pred == i).mean()), 4) for i, k in enumerate(judge.labels or KINDS)}
+    drawn = np.concatenate([make_faces(n, s + 50).images for s in seeds])
+    cov = coverage(samples, drawn)
+    worst, share = cov.worst
+    name = gen[0].name
+    rows = [
+        Row(
+            name,
+            f"samples judged valid, {len(samples)} ({len(seeds)} seeds)",
+            ">= 80%",
+            mean((pred == 0).astype(float)),
+            f"twin {100 * (predict(judge, twin) == 0).mean():.1f}%",
+            detail={"calls": calls},
+        ),
+        Row(
+            name,
+            f"coverage: rarest eye colour or shape (`{worst}`), share in samples / in drawn faces",
+            ">= 50%"
+            if name == "sagan-faces"
+            else "-",  # issue 13 asks it of the SAGAN; the DDPM's is a control
+            Estimate(share, float("nan"), float("nan")),
+            f"eyes located in {cov.located[0]:.0%} of samples, {cov.located[1]:.0%} of drawn faces",
+            detail={"colours": cov.colours, "shapes": cov.shapes},
+        ),
+    ]
+    return rows, samples
+
+
+# -- attention --------------------------------------------------------------------------------------
+def pooled_figures(
+    bm: BundledModel, seeds: tuple[int, ...], n: int, timesteps: tuple[int | None, ...] = (None,)
+) -> list[Figures]:
+    """:func:`~spatial_attn.faces.eye_attention.measure` on each seed's faces (one entry per seed).
+
+    With several ``timesteps`` (a diffusion model), every layer comes once per noise level, named
+    ``layer @ t=T`` and listed layer by layer: how far a layer follows the eye depends on how much of
+    the eye the noise has left, so one noise level would answer only for itself.
+    """
+    out = []
+    for seed in seeds:
+        v = variants(n, seed)
+        by_t = {t: measure(bm, v, t) for t in timesteps}
+        first = by_t[timesteps[0]]
+        out.append(
+            {layer if t is None else f"{layer} @ t={t}": by_t[t][layer] for layer in first for t in timesteps}
+        )
+    return out
+
+
+def noise_levels(bm: BundledModel) -> tuple[int | None, ...]:
+    """The timesteps a model's layers are measured at: :data:`NOISE_LEVELS` of a diffusion model's
+    schedule, ``(None,)`` for a model without one."""
+    if not bm.num_timesteps:
+        return (None,)
+    return tuple(round(f * bm.num_timesteps) for f in NOISE_LEVELS)
+
+
+def _cat(per_seed: list[Figures], layer: str, key: str) -> np.ndarray:
+    return np.concatenate([f[layer][key] for f in per_seed])
+
+
+def headline_rule(per_seed: list[Figures]) -> str:
+    """The headline layer: the one closest to meeting both targets on the **dev** seeds, i.e. the
+    largest ``min(content lift / 2, follows / 0.8)`` (fixed before the held-out seeds were run)."""
+
+    def score(layer: str) -> float:
+        content = _cat(per_seed, layer, "valid").mean() / _cat(per_seed, layer, "erased").mean()
+        return min(content / CONTENT_TARGET, _cat(per_seed, layer, "follows").mean() / FOLLOW_TARGET)
+
+    return max(per_seed[0], key=score)
+
+
+def layer_rows(name: str, trained: list[Figures], twin: list[Figures], headline: str) -> list[LayerRow]:
+    """One row per layer (and, where there are special tokens, one with them kept)."""
+    rows = []
+    for layer, figs in trained[0].items():
+        rows.append(_layer_row(name, layer, "", trained, twin, layer == headline))
+        if "valid_cls" in figs:
+            rows.append(_layer_row(name, layer, "_cls", trained, twin, False))
+    return rows
+
+
+def _layer_row(
+    name: str, layer: str, suffix: str, trained: list[Figures], twin: list[Figures], headline: bool
+) -> LayerRow:
+    """A layer's row; ``suffix="_cls"`` takes the lifts with special tokens kept (the peak test
+    looks at the grid either way, so that row leaves it out)."""
+
+    def col(key: str, figs: list[Figures] = trained) -> np.ndarray:
+        return _cat(figs, layer, key + (suffix if key in ("valid", "erased", "blank") else ""))
+
+    kept = bool(suffix)
+    content = [float(f[layer]["valid" + suffix].mean() / f[layer]["erased" + suffix].mean()) for f in trained]
+    return LayerRow(
+        name,
+        layer + (" (CLS kept)" if kept else ""),
+        mean(col("valid")),
+        mean(col("erased")),
+        mean(col("blank")),
+        ratio(col("valid"), col("erased")),
+        NONE if kept else mean(col("follows")),
+        NONE if kept else mean(col("stays")),
+        float(col("chance").mean()),
+        ratio(col("valid", twin), col("erased", twin)),
+        NONE if kept else mean(col("follows", twin)),
+        float(col("collapsed").mean()),
+        headline=headline,
+        per_seed={"content": content, "follows": [float(f[layer]["follows"].mean()) for f in trained]},
+    )
+
+
+def generator_row(sagan: Twins, seeds: tuple[int, ...], n: int) -> LayerRow:
+    """The SAGAN generator's layer on its own samples: lift against position alone (no input to edit)."""
+    figs = [generator_figures(*sagan, [seed * 1000 + i for i in range(n)]) for seed in seeds]
+
+    def col(key: str) -> np.ndarray:
+        return np.concatenate([f[key] for f in figs])
+
+    located = col("located")
+    return LayerRow(
+        "sagan-faces",
+        f"generator.attn, {int(located.sum())} of {len(located)} samples with eyes located; "
+        "controls: lift at another sample's eyes (position only)",
+        mean(col("lift")),
+        mean(col("position")),
+        NONE,
+        ratio(col("lift"), col("position")),
+        NONE,
+        NONE,
+        float("nan"),
+        Estimate(float(col("twin").mean()), float("nan"), float("nan")),
+        NONE,
+        float(col("collapsed").mean()),
+        per_seed={"located": [float(f["located"].mean()) for f in figs]},
+    )
+
+
+# -- the whole evaluation -----------------------------------------------------------------------------
+def evaluate_all(
+    checkpoints: Path, split: str = "heldout", samples: int = 64, faces: int = 32, threads: int = 2
+) -> Report:
+    """Every figure of the tables on ``split``'s seeds: ``samples`` and ``faces`` per seed."""
+    torch.set_num_threads(threads)
+    seeds = SPLITS[split]
+    vit, ddpm, sagan = (
+        (load_model(n, True, root=checkpoints), load_model(n, False, root=checkpoints)) for n in NAMES
+    )
+    rows = judge_rows(vit, seeds, 4 * faces)
+    report = Report(split, rows, [])
+    for gen in (ddpm, sagan):
+        gen_rows, report.samples[gen[0].name] = sample_rows(gen, vit[0], seeds, samples)
+        rows += gen_rows
+    for models in (vit, ddpm, sagan):
+        timesteps = noise_levels(models[0])
+        trained = pooled_figures(models[0], seeds, faces, timesteps)
+        twin = pooled_figures(models[1], seeds, faces, timesteps)
+        dev = trained if split == "dev" else pooled_figures(models[0], DEV_SEEDS, faces, timesteps)
+        headline = headline_rule(dev)
+        report.layers += layer_rows(models[0].name, trained, twin, headline)
+    report.layers.append(generator_row(sagan, seeds, samples))
+    return report
+
+
+LAYER_HEADER = [
+    "model",
+    "layer",
+    "lift: valid faces",
+    "other eye erased",
+    "no face",
+    "content lift (valid / erased)",
+    "peak follows a moved eye",
+    "same cells, eye not moved / chance",
+    "twin: content lift / follows",
+    "rows collapsed",
+    "met",
+]
+
+
+def format_table(report: Report) -> str:
+    """Two Markdown tables (judge and samples; attention per layer) and what is met, per model."""
+    summary = [["model", "metric", "target", "trained [95% CI]", "met", "control"], ["---"] * 6]
+    summary += [r.cells() for r in report.rows]
+    layers = [LAYER_HEADER, ["---"] * len(LAYER_HEADER)] + [r.cells() for r in report.layers]
+    verdicts = [verdict(name, [r for r in report.layers if r.model == name]) for name in NAMES]
+    verdicts += [
+        f"- **collapse** in {r.model} `{r.layer.split(',')[0]}`: {r.collapsed:.0%} of eye queries put >= "
+        f"{COLLAPSE:.0%} of their mass on one grid row that misses the other eye"
+        for r in report.layers
+        if r.collapsed >= COLLAPSE_REPORTED
+    ]
+    seeds = ", ".join(map(str, SPLITS[report.split]))
+    return "\n".join(
+        [
+            f"Seeds: {report.split} ({seeds}). 95% bootstrap intervals in brackets.",
+            "",
+            *("| " + " | ".join(row) + " |" for row in summary),
+            "",
+            *("| " + " | ".join(row) + " |" for row in layers),
+            "",
+            *verdicts,
+        ]
+    )
+
+
+def verdict(name: str, rows: list[LayerRow]) -> str:
+    """Whether ``name`` meets item 2, read off its **headline** row alone: the one row picked on the
+    dev seeds before these were run. Any other row that meets both targets is named too, but as what
+    it is: with 7 layers at 3 noise levels some row may pass by chance where none was picked."""
+    targets = f"content lift >= {CONTENT_TARGET:g} and follows >= {100 * FOLLOW_TARGET:g}%"
+    head = next((r for r in rows if r.headline), None)
+    if head is None:
+        return f"- {name}: no headline layer measured"
+    met = "meets" if head.met else "**does not meet**"
+    line = f"- {name}: the headline layer `{head.layer}` (picked on the dev seeds) {met} {targets}"
+    others = [f"`{r.layer}`" for r in rows if r.met and not r.headline]
+    return line + (f"; also meeting them here, not picked in advance: {', '.join(others)}" if others else "")
+
+
+def write_grids(assets: Path, report: Report, count: int = 64) -> list[Path]:
+    """``samples-ddpm.png`` / ``samples-sagan.png``: the first ``count`` judged samples of each model."""
+    from .train.common import save_image_grid
+
+    paths = []
+    for name, samples in report.samples.items():
+        path = assets / f"samples-{name.split('-')[0]}.png"
+        save_image_grid(samples[:count], path)
+        paths.append(path)
+    return paths
+
+
+README_BEGIN = "<!-- eval table: written by `spatial-attn eval --write-cards`, do not edit -->"
+README_END = "<!-- end of eval table -->"
+
+
+def write_cards(checkpoints: Path, table: str, report: Report, readme: Path | None = None) -> None:
+    """Put the tables into every model card and ``readme``'s marked block, the numbers in metrics.json."""
+    from .cards import write_card
+
+    for name in NAMES:
+        mine = [_row_json(r) for r in report.rows + report.layers if r.model == name]
+        (checkpoints / name / "metrics.json").write_text(json.dumps(mine, indent=2, default=str) + "\n")
+        write_card(checkpoints, name, table, [r for r in mine if "detail" in r])
+    if readme is not None:
+        text = readme.read_text()
+        start, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
+        readme.write_text(text[:start] + "\n\n" + table + "\n\n" + text[end:])
+
+
+def _row_json(row: Row | LayerRow) -> dict:
+    out = {k: (v.__dict__ if isinstance(v, Estimate) else v) for k, v in row.__dict__.items()}
+    if isinstance(row, Row):
+        out["met"] = row.met
+    return out
