@@ -15,28 +15,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .engine.capture import Capture, capture
-from .engine.grid import TokenLayout, cell_at, cell_box
-from .engine.layer import AttentionLayer, LayerList, Row, Verification
+from . import engine
+from .engine import *  # noqa: F403 - the engine's public names are the package's
 
 if TYPE_CHECKING:
     from .models import BundledModel
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AttentionLayer",
-    "Capture",
-    "LayerList",
-    "Row",
-    "TokenLayout",
-    "Verification",
-    "capture",
-    "cell_at",
-    "cell_box",
-    "launch",
-    "load_model",
-]
+__all__ = [*engine.__all__, "launch", "load_model"]  # the engine's names, and two that open more
 
 
 def load_model(name: str, pretrained: bool = True) -> BundledModel:
