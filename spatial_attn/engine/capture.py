@@ -42,7 +42,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode, _get_current_function_mode, _pop_mode, _push_mode
 
 from .adapters import FUNCTION_ADAPTERS, MODULE_ADAPTERS
-from .adapters.base import Call, Extracted, FunctionAdapter, ModuleAdapter, keep
+from .adapters.base import Call, Declined, Extracted, FunctionAdapter, ModuleAdapter, keep
+from .axes import check_heads, check_token_axes, stated_heads
 from .grid import (
     Grid,
     StatedGrid,
@@ -200,7 +201,12 @@ class Capture:
         batch = self._input[0] if self._input else None
         for adapter in self._functions:
             if func in adapter.functions:
-                extracted = adapter.on_call(func, args, kwargs, out, batch)
+                try:
+                    extracted = adapter.on_call(func, args, kwargs, out, batch)
+                except Declined as why:
+                    name = self._context_name() or adapter.family
+                    self._problem(f"{name} ({adapter.family}): not shown: {why}")
+                    continue
                 if extracted is not None:
                     with _own_math():
                         self._record(self._context_name(), adapter.family, lambda e=extracted: e)
@@ -215,13 +221,15 @@ class Capture:
             base = base + extracted.name_suffix if base else family
             if not self._wanted(base):
                 return
+            check_token_axes(extracted, self._token_counts())
             window = self._window(extracted)
             if window is not None:  # one window per batch entry: placed on the grid below
                 queries = keys = window.local_layout()
             else:
+                check_heads(extracted, stated_heads(f.module for f in reversed(self._frames)))
                 queries, keys = self._layouts(base, extracted)
             if extracted.require_grid and queries.grid is None:
-                return
+                raise Declined(f"its {queries.count} tokens fit no grid ({queries.note})")
             name = self._unique(base)
             scores = (
                 StoredProbs(extracted.probs)
@@ -234,12 +242,24 @@ class Capture:
             )
             if window is not None:
                 layer = window.place(layer)
+        except Declined as why:
+            self._problem(f"{base or family} ({family}): not shown: {why}")
+            return
         except Exception as error:
-            message = f"{base or family} ({family}): could not be read: {error}"
-            self.problems.append(message)
-            warnings.warn(message, stacklevel=2)
+            self._problem(f"{base or family} ({family}): could not be read: {error}")
             return
         self.layers.append(layer)  # verified when first asked: AttentionLayer.verification warns
+
+    def _problem(self, message: str) -> None:
+        """A call seen and not shown: said in ``problems`` and warned, never dropped silently."""
+        self.problems.append(message)
+        warnings.warn(message, stacklevel=3)
+
+    def _token_counts(self) -> list[int]:
+        """Token counts of the maps the model is running on now: the innermost feature map and the
+        grid it stated last."""
+        hints = [f.map_hw for f in reversed(self._frames) if f.map_hw is not None][:1]
+        return [h * w for h, w in hints + [s.grid for s in self._stated[-1:]]]
 
     def _layouts(self, name: str, ex: Extracted) -> tuple[TokenLayout, TokenLayout]:
         shape = ex.shape
