@@ -43,7 +43,7 @@ from torch.overrides import TorchFunctionMode, _get_current_function_mode, _pop_
 
 from .adapters import FUNCTION_ADAPTERS, MODULE_ADAPTERS
 from .adapters.base import Call, Declined, Extracted, FunctionAdapter, ModuleAdapter, keep
-from .axes import check_heads, check_token_axes, stated_heads
+from .axes import check_heads, check_token_axes, check_token_order, stated_heads
 from .grid import (
     Grid,
     StatedGrid,
@@ -222,6 +222,7 @@ class Capture:
             if not self._wanted(base):
                 return
             check_token_axes(extracted, self._token_counts())
+            check_token_order(f.module for f in self._frames)
             window = self._window(extracted)
             if window is not None:  # one window per batch entry: placed on the grid below
                 queries = keys = window.local_layout()

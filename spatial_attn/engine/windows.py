@@ -1,4 +1,4 @@
-"""Windowed attention (Swin, SwinV2, ViTDet, SAM) placed back on the whole token grid.
+"""Windowed attention (Swin, SwinV2, ViTDet, SAM, Twins, MaxViT) placed back on the whole token grid.
 
 A windowed block cuts its ``H x W`` token map into ``wh x ww`` windows (after a cyclic shift, for
 Swin's shifted blocks, and zero padding up to a multiple of the window) and runs one small
@@ -203,15 +203,16 @@ def read_window(module: nn.Module, args: tuple, kwargs: dict, name: str) -> Wind
 
     Read when the attention call inside the block is recorded, so a size the block set in its own
     forward (transformers' Swin shrinks its window to a small map) is the one it used. Blocks are
-    recognised by what they hold: a ``window_size``, and a ``shift_size`` (Swin) or none (ViTDet,
-    SAM); or MaxViT's ``partition_size`` with ``partition_block`` (True: block attention, False: grid
-    attention) or a ``partition_type``. Their input is a ``(B, H, W, C)`` map (timm, SAM), a
-    ``(B, C, H, W)`` one (transformers' ViTDet; the block's own norm says which axis holds its
-    channels), or ``(B, H*W, C)`` tokens with the grid passed as ``input_dimensions`` (transformers'
-    Swin) or kept as ``input_resolution`` (older timm).
+    recognised by what they hold: a ``window_size`` (``ws`` in Twins' locally-grouped attention), and
+    a ``shift_size`` (Swin) or none (ViTDet, SAM, Twins); or MaxViT's ``partition_size`` with
+    ``partition_block`` (True: block attention, False: grid attention) or a ``partition_type``. Their
+    input is a ``(B, H, W, C)`` map (timm, SAM), a ``(B, C, H, W)`` one (transformers' ViTDet; the
+    block's own norm says which axis holds its channels), or ``(B, H*W, C)`` tokens with the grid
+    passed as ``input_dimensions`` (transformers' Swin) or ``size`` (Twins), or kept as
+    ``input_resolution`` (older timm).
     """
     attrs = vars(module)  # the block's own attributes (getattr would also ask a diffusers config)
-    window, shift = as_grid(attrs.get("window_size")), as_grid(attrs.get("shift_size", 0))
+    window, shift = as_grid(attrs.get("window_size", attrs.get("ws"))), as_grid(attrs.get("shift_size", 0))
     kind = "block"
     if window is None and "partition_size" in attrs:
         window, kind = as_grid(attrs["partition_size"]), _partition_kind(attrs)
@@ -221,7 +222,7 @@ def read_window(module: nn.Module, args: tuple, kwargs: dict, name: str) -> Wind
     if x.ndim == 4:
         grid = _map_grid(module, x)
     else:
-        grid = as_grid(args[1] if len(args) > 1 else kwargs.get("input_dimensions"))
+        grid = as_grid(args[1] if len(args) > 1 else kwargs.get("input_dimensions", kwargs.get("size")))
         grid = grid or as_grid(attrs.get("input_resolution"))
         if grid is None:
             return None
