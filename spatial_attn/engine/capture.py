@@ -55,7 +55,7 @@ from .grid import (
     text_layout,
 )
 from .layer import AttentionLayer, LayerList, QKScores, StoredProbs, Verification
-from .model_grids import stated_grids
+from .model_grids import Statement, stated_grids
 from .windows import WindowLayout, read_window
 
 GridOverride = Grid | dict[str, Grid] | None
@@ -102,7 +102,7 @@ class Capture:
         self._frames: list[_Frame] = []
         self._claim: _Frame | None = None
         self._input: tuple[int, Grid | None] | None = None  # (batch, (H, W)) of the outermost input
-        self._stated: list[StatedGrid] = []  # grids the model stated in this forward (model_grids.py)
+        self._stated: list[Statement] = []  # grids and queries the model stated in this forward
         self._counts: dict[str, int] = {}
 
     # -- lifetime -------------------------------------------------------------------------------
@@ -260,7 +260,8 @@ class Capture:
         """Token counts of the maps the model is running on now: the innermost feature map and the
         grid it stated last."""
         hints = [f.map_hw for f in reversed(self._frames) if f.map_hw is not None][:1]
-        return [h * w for h, w in hints + [s.grid for s in self._stated[-1:]]]
+        grids = [s.grid for s in self._stated if isinstance(s, StatedGrid)][-1:]
+        return [h * w for h, w in hints + grids]
 
     def _layouts(self, name: str, ex: Extracted) -> tuple[TokenLayout, TokenLayout]:
         shape = ex.shape
@@ -489,20 +490,19 @@ def _tap(sub: nn.Module, where: str, record: Callable[[torch.Tensor], None]) -> 
 
 
 def _key_layout(
-    queries: TokenLayout, count: int, stated: Grid | None, infer: Callable[[int], TokenLayout]
+    queries: TokenLayout, count: int, stated: Grid | None, infer: Callable[..., TokenLayout]
 ) -> TokenLayout:
     """Keys that are not the queries: pooled from the query grid (BigGAN), or, when there are more
-    keys than queries (one class token or probe over the patches, LeViT's subsampled queries), on
-    their own grid, found as a query grid is; otherwise not spatial."""
+    keys than queries (one class token or probe over the patches, LeViT's subsampled queries) or
+    the queries are learned ones (DETR's over the encoder's map), on their own grid, found as a query
+    grid is; keys pooled to a size the model states (PVTv2's 7x7 adaptive pooling) on that grid;
+    otherwise not spatial."""
     if queries.grid is not None:
         key_grid = stated or pooled_grid(queries.grid, count)
         if key_grid is not None and key_grid[0] * key_grid[1] == count:
             return grid_layout(key_grid, count, "keys pooled from the query grid")
-    if count > queries.count:
-        own = infer(count)
-        if own.grid is not None:
-            return own
-    return text_layout(count)
+    own = infer(count, guess=count > queries.count or bool(queries.labels))
+    return own if own.grid is not None else text_layout(count)
 
 
 def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
