@@ -492,16 +492,15 @@ def _tap(sub: nn.Module, where: str, record: Callable[[torch.Tensor], None]) -> 
 def _key_layout(
     queries: TokenLayout, count: int, stated: Grid | None, infer: Callable[..., TokenLayout]
 ) -> TokenLayout:
-    """Keys that are not the queries: pooled from the query grid (BigGAN), or, when there are more
-    keys than queries (one class token or probe over the patches, LeViT's subsampled queries) or
-    the queries are learned ones (DETR's over the encoder's map), on their own grid, found as a query
-    grid is; keys pooled to a size the model states (PVTv2's 7x7 adaptive pooling) on that grid;
-    otherwise not spatial."""
+    """Keys that are not the queries: pooled from the query grid (BigGAN); on a grid the model
+    stated (PVTv2's 7x7 adaptive pooling, the encoder's map under DETR's object queries); or, when
+    there are more keys than queries (one class token or probe over the patches, LeViT's subsampled
+    queries), on their own grid, found as a query grid is; otherwise not spatial."""
     if queries.grid is not None:
         key_grid = stated or pooled_grid(queries.grid, count)
         if key_grid is not None and key_grid[0] * key_grid[1] == count:
             return grid_layout(key_grid, count, "keys pooled from the query grid")
-    own = infer(count, guess=count > queries.count or bool(queries.labels))
+    own = infer(count, guess=count > queries.count)
     return own if own.grid is not None else text_layout(count)
 
 
