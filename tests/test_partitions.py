@@ -16,6 +16,7 @@ import importlib
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_rows_match, reference_probs
 from test_windows import check_layer, dense_reference, slots_of, softmax_outputs
 from torch import nn
 
@@ -324,3 +325,36 @@ def test_an_attention_call_that_fits_no_grid_is_reported() -> None:
         cap = captured(Unplaceable(), torch.randn(2, 3, 4, 5))
     assert cap.layers.names() == []
     assert len(cap.problems) == 1 and "its 10 tokens fit no grid" in cap.problems[0]
+
+
+# -- MobileViT: unfolded patches on the batch axis, said where the user looks ----------------------------
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_mobilevit_unfolded_patches_are_drawn_per_sequence_and_say_so(batch: int) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(3)
+    config = transformers.MobileViTConfig(
+        image_size=32,
+        hidden_sizes=[16, 20, 24],
+        neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 32],
+        num_attention_heads=2,
+    )
+    model = transformers.MobileViTModel(config).eval()
+    attention = model.encoder.layer[2].transformer.layer[0].attention.attention
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        getattr(attention, n).register_forward_hook(lambda _m, _a, out, n=n: seen.__setitem__(n, out))
+        for n in ("query", "key")
+    ]
+    image = torch.randn(batch, 3, 32, 32)
+    with torch.no_grad():
+        model(image)
+    for hook in hooks:
+        hook.remove()
+    cap = captured(model, image)
+    layer = cap.layers["encoder.layer.2.transformer.layer.0.attention.attention"]
+    q, k = (seen[n].reshape(batch * 4, 4, 2, -1).transpose(1, 2) for n in ("query", "key"))  # (B*4, h, 4, d)
+    assert layer.batch_size == batch * 4 and layer.query_grid == (2, 2)
+    assert layer.queries.ambiguous and "4 sequences per image" in layer.queries.note
+    assert_rows_match(layer, reference_probs(q, k, q.shape[-1] ** -0.5))

@@ -14,15 +14,20 @@ before a call becomes a layer:
 * :func:`check_heads`: a head axis that holds a multiple of the heads the block states has windows
   folded into it (VitDet, Twins, NesT, Hiera mask units). Averaging it would mix rows of different
   windows, so unless a window partition placed them (:mod:`.windows`), the call is declined.
+* :func:`per_sequence`: a batch axis that holds several sequences per image (windows or unfolded
+  patches a block cuts without stating how: MobileViT) is drawn per sequence, and the layout says
+  so where the user looks, never as if each were the whole image.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from torch import nn
 
 from .adapters.base import Declined, Extracted
+from .grid import TokenLayout
 
 #: Attributes that attention modules keep their head count in (timm, transformers, diffusers).
 _HEAD_ATTRIBUTES = ("num_heads", "num_attention_heads", "heads", "n_heads")
@@ -83,3 +88,16 @@ def check_heads(ex: Extracted, heads: int | None) -> None:
             "into the head axis, in a partition the running block does not state; averaging them as "
             "heads would mix different windows"
         )
+
+
+def per_sequence(layout: TokenLayout, ex: Extracted, batch: int | None) -> TokenLayout:
+    """``layout`` marked as one of several sequences per image when the call's batch axis is a
+    multiple ``k > 1`` of the model's input batch (MobileViT's unfolded patches: image x offset)."""
+    got = ex.shape[0]
+    if not batch or got == batch or got % batch:
+        return layout
+    note = (
+        f"{got // batch} sequences per image on the batch axis (windows or unfolded patches the block "
+        "does not state): each entry is one of them, drawn on its own grid, not the whole image"
+    )
+    return replace(layout, note=f"{layout.note}; {note}" if layout.note else note, ambiguous=True)

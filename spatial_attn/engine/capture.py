@@ -43,7 +43,7 @@ from torch.overrides import TorchFunctionMode, _get_current_function_mode, _pop_
 
 from .adapters import FUNCTION_ADAPTERS, MODULE_ADAPTERS
 from .adapters.base import Call, Declined, Extracted, FunctionAdapter, ModuleAdapter, keep
-from .axes import check_heads, check_token_axes, check_token_order, stated_heads
+from .axes import check_heads, check_token_axes, check_token_order, per_sequence, stated_heads
 from .grid import (
     Grid,
     StatedGrid,
@@ -229,6 +229,8 @@ class Capture:
             else:
                 check_heads(extracted, stated_heads(f.module for f in reversed(self._frames)))
                 queries, keys = self._layouts(base, extracted)
+                batch = self._input[0] if self._input else None
+                queries, keys = (per_sequence(t, extracted, batch) for t in (queries, keys))
             if extracted.require_grid and queries.grid is None:
                 raise Declined(f"its {queries.count} tokens fit no grid ({queries.note})")
             name = self._unique(base)
