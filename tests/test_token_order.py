@@ -22,13 +22,16 @@ from spatial_attn.engine.model_grids import stated_grids
 transformers = pytest.importorskip("transformers")
 
 
-def eager_then_capture(model: nn.Module, *args, **kwargs) -> tuple[object, sa.Capture]:
-    """The eager forward's outputs (attentions included), then a capture of an SDPA forward whose
-    output must be bit-identical to the same forward run plainly."""
+def eager_then_capture(
+    model: nn.Module, *args, implementation: str = "sdpa", **kwargs
+) -> tuple[object, sa.Capture]:
+    """The eager forward's outputs (attentions included), then a capture of a forward with the
+    given attention ``implementation`` whose output must be bit-identical to the same forward run
+    plainly."""
     model.config._attn_implementation = "eager"
     with torch.no_grad():
         reference = model(*args, output_attentions=True, **kwargs)
-        model.config._attn_implementation = "sdpa"
+        model.config._attn_implementation = implementation
         plain = model(*args, **kwargs)
         with sa.capture(model) as cap:
             again = model(*args, **kwargs)
@@ -124,10 +127,14 @@ def tiny_detr(queries: int) -> nn.Module:
 
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("queries", [9, 100])  # fewer and more queries than the 8 x 8 = 64 keys
-def test_detr_object_queries_are_a_query_axis_not_a_grid(batch: int, queries: int) -> None:
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_detr_object_queries_are_a_query_axis_not_a_grid(
+    batch: int, queries: int, implementation: str
+) -> None:
     torch.manual_seed(2)
     model = tiny_detr(queries)
-    reference, cap = eager_then_capture(model, torch.randn(batch, 3, 64, 64))
+    image = torch.randn(batch, 3, 64, 64)
+    reference, cap = eager_then_capture(model, image, implementation=implementation)
     encoder, self_attn, cross = (
         cap.layers[n]
         for n in ("encoder.layers.0.self_attn", "decoder.layers.0.self_attn", "decoder.layers.0.encoder_attn")
@@ -194,3 +201,43 @@ def test_a_patch_size_that_is_a_kernel_states_no_grid() -> None:
     assert stated_grids("embed", embed, (16, 20), {}) == []
     (said,) = stated_grids("embed.proj", embed.proj, (16, 20), {})
     assert said.grid == tuple(embed.proj(torch.zeros(1, 16, 16, 20)).shape[-2:]) == (8, 10)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_deformable_detr_sampling_weights_are_not_a_map_and_its_queries_are_labelled(batch: int) -> None:
+    """Deformable attention softmaxes learned weights over sampling points, ``(B, Q, heads, points)``:
+    no product of queries and keys, no map over tokens; the decoder's self-attention over its 30
+    object queries is exact."""
+    torch.manual_seed(4)
+    backbone = transformers.ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"]
+    )
+    config = transformers.DeformableDetrConfig(
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        backbone_config=backbone,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        num_queries=30,
+        num_feature_levels=1,
+        encoder_n_points=2,
+        decoder_n_points=2,
+    )
+    model = transformers.DeformableDetrModel(config).eval()
+    with pytest.warns(UserWarning, match="not made by a product"):
+        reference, cap = eager_then_capture(model, torch.randn(batch, 3, 64, 64), implementation="eager")
+    assert [p.split(" ")[0] for p in cap.problems] == [
+        "encoder.layers.0.self_attn",
+        "decoder.layers.0.encoder_attn",
+    ]
+    (layer,) = cap.layers
+    assert layer.query_grid is None and layer.queries.labels == tuple(f"query {i}" for i in range(30))
+    for b in range(batch):
+        for q in (0, 29):
+            expected = reference.decoder_attentions[0][b, :, q].mean(0).numpy()
+            np.testing.assert_allclose(layer.row_of_token(f"query {q}", batch=b), expected, atol=1e-5)

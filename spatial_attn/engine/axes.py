@@ -82,6 +82,11 @@ def check_heads(ex: Extracted, heads: int | None) -> None:
     """Decline a call whose head axis holds ``k > 1`` times the block's ``heads``: windows or mask
     units folded into the head axis that no window partition placed."""
     got = ex.shape[1]
+    if heads is not None and got != heads and got % heads == 0 and ex.summed is None:
+        raise Declined(  # Deformable DETR's softmax over sampling points, (B, Q, heads, points)
+            f"a softmax not made by a product of queries and keys, whose leading axes hold {got} = "
+            f"{got // heads} x {heads} heads: no map over tokens the running block states"
+        )
     if heads is not None and got != heads and got % heads == 0:
         raise Declined(
             f"its head axis holds {got} = {got // heads} x {heads} heads: windows (or mask units) folded "
