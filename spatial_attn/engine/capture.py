@@ -231,9 +231,7 @@ class Capture:
                 queries, keys = self._layouts(base, extracted)
                 batch = self._input[0] if self._input else None
                 queries, keys = (per_sequence(t, extracted, batch) for t in (queries, keys))
-            if (
-                extracted.require_grid and queries.grid is None and not queries.labels
-            ):  # labels: learned queries
+            if extracted.require_grid and queries.grid is None and not queries.labels:  # no learned queries
                 raise Declined(f"its {queries.count} tokens fit no grid ({queries.note})")
             name = self._unique(base)
             scores = (
