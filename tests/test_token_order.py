@@ -105,15 +105,16 @@ def test_mae_shuffled_tokens_are_declined_and_its_decoder_kept(mask_ratio: float
 # -- DETR: object queries over the encoder's map ---------------------------------------------------------
 
 
-def tiny_detr(queries: int) -> nn.Module:
+def tiny_detr(model_class: type, queries: int, **extra) -> nn.Module:
+    """A DETR-family model of one encoder and one decoder layer over a two-stage ResNet (8 x 8 map
+    of a 64 x 64 image), built from its config with no pretrained weights."""
     backbone = transformers.ResNetConfig(
         embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"]
     )
-    config = transformers.DetrConfig(
+    config = model_class.config_class(
         use_timm_backbone=False,
         use_pretrained_backbone=False,
         backbone_config=backbone,
-        d_model=16,
         encoder_layers=1,
         decoder_layers=1,
         encoder_attention_heads=2,
@@ -121,8 +122,9 @@ def tiny_detr(queries: int) -> nn.Module:
         encoder_ffn_dim=32,
         decoder_ffn_dim=32,
         num_queries=queries,
+        **extra,
     )
-    return transformers.DetrModel(config).eval()
+    return model_class(config).eval()
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -132,7 +134,7 @@ def test_detr_object_queries_are_a_query_axis_not_a_grid(
     batch: int, queries: int, implementation: str
 ) -> None:
     torch.manual_seed(2)
-    model = tiny_detr(queries)
+    model = tiny_detr(transformers.DetrModel, queries, d_model=16)
     image = torch.randn(batch, 3, 64, 64)
     reference, cap = eager_then_capture(model, image, implementation=implementation)
     encoder, self_attn, cross = (
@@ -209,26 +211,14 @@ def test_deformable_detr_sampling_weights_are_not_a_map_and_its_queries_are_labe
     no product of queries and keys, no map over tokens; the decoder's self-attention over its 30
     object queries is exact."""
     torch.manual_seed(4)
-    backbone = transformers.ResNetConfig(
-        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"]
-    )
-    config = transformers.DeformableDetrConfig(
-        use_timm_backbone=False,
-        use_pretrained_backbone=False,
-        backbone_config=backbone,
+    model = tiny_detr(  # d_model 32: its GroupNorm has 32 groups
+        transformers.DeformableDetrModel,
+        30,
         d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        num_queries=30,
         num_feature_levels=1,
         encoder_n_points=2,
         decoder_n_points=2,
     )
-    model = transformers.DeformableDetrModel(config).eval()
     with pytest.warns(UserWarning, match="not made by a product"):
         reference, cap = eager_then_capture(model, torch.randn(batch, 3, 64, 64), implementation="eager")
     assert [p.split(" ")[0] for p in cap.problems] == [

@@ -57,11 +57,13 @@ def _patch_grid(name: str, module: nn.Module, image_hw: Grid | None) -> StatedGr
         size = module.output_size
         h, w = (size, size) if isinstance(size, int) else size
         return StatedGrid((h or hi, w or wi), f"the output of `{name}` (adaptive pooling)")
-    conv = _strided_conv(module)
     suffix = _suffix(module)
+    patch = as_grid(vars(module).get("patch_size"))  # not getattr: diffusers warns on config keys
+    if not suffix and patch is None:
+        return None  # the common case, decided without walking the module's children
+    conv = _strided_conv(module)
     if suffix and conv is not None:
         return StatedGrid(_conv_out(conv, (hi, wi)), f"the patches `{name}` embeds", suffix=suffix)
-    patch = as_grid(vars(module).get("patch_size"))  # not getattr: diffusers warns on config keys
     if patch is not None and min(patch) > 0 and conv is None:
         grid = (hi // patch[0], wi // patch[1])
         return StatedGrid(grid, f"`{name}`: a {hi}x{wi} input in {_text(patch)} patches")
