@@ -96,6 +96,21 @@ class LayerClick:
         }
 
 
+def shown(layers: list[AttentionLayer]) -> tuple[list[AttentionLayer], list[str]]:
+    """The layers a view may draw, and a line for each one it must not: a layer whose own
+    verification says its rows do not reproduce the model's output (attention that is not what the
+    adapter took it for) is never drawn as if it held. Layers with no query grid have no map."""
+    drawn, refuted = [], []
+    for layer in layers:
+        if layer.query_grid is None:
+            continue
+        if layer.verification.ok is False:
+            refuted.append(f"{layer.name} ({layer.family}): not shown: {layer.verification.detail}")
+        else:
+            drawn.append(layer)
+    return drawn, refuted
+
+
 class Exploration:
     """A bundled model run once on one image under capture."""
 
@@ -106,8 +121,8 @@ class Exploration:
         self.prepared = model.prepare(image, timestep=timestep, seed=seed)
         with torch.no_grad(), capture(model.module) as cap:
             self.summary = model.run(self.prepared)
-        self.layers = [layer for layer in cap.layers if layer.query_grid is not None]
-        self.problems = cap.problems
+        self.layers, refuted = shown(cap.layers)
+        self.problems = cap.problems + refuted
         # what the user sees: the image exactly as the model's own resizing made it (or the sample)
         self.image = model.to_input(image)[1] if image is not None else self.prepared.display
         self.input = self.prepared.display  # what the model saw (x_t for the DDPM)
