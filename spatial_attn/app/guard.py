@@ -61,9 +61,10 @@ CLOSED = (
 class Refused(ValueError):
     """A request answered with ``status`` and a one-line message, before Gradio sees it."""
 
-    def __init__(self, message: str, status: int = 422) -> None:
+    def __init__(self, message: str, status: int = 422, field: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.field = field  # the value's name, for gradio_client's own message
 
 
 def route_of(method: str, path: str) -> str | None:
@@ -137,14 +138,14 @@ def check_value(
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             low, high = getattr(block, "minimum", None), getattr(block, "maximum", None)
             span = f" from {low:g} to {high:g}" if low is not None and high is not None else ""
-            raise Refused(f"{field} must be a number{span}; got {_shown(value)}")
+            raise Refused(f"{field} must be a number{span}, got {_shown(value)}", field=field)
     elif kind == "Checkbox" and not isinstance(value, bool):
-        raise Refused(f"{field} must be true or false; got {_shown(value)}")
+        raise Refused(f"{field} must be true or false; got {_shown(value)}", field=field)
     elif kind in _TEXTS and value is not None and not isinstance(value, str):
-        raise Refused(f"{field} must be text; got {_shown(value)}")
+        raise Refused(f"{field} must be text; got {_shown(value)}", field=field)
     for text in _texts(value):
         if len(text) > MAX_TEXT:
-            raise Refused(f"{field} is {len(text):,} characters long; the limit is {MAX_TEXT:,}", 413)
+            raise Refused(f"{field} is {len(text):,} characters long; the limit is {MAX_TEXT:,}", 413, field)
 
 
 def check_file(field: str, value: Any, upload_dir: str | Path, served: Iterable[Path] = ()) -> None:
@@ -153,11 +154,13 @@ def check_file(field: str, value: Any, upload_dir: str | Path, served: Iterable[
     if value is None:
         return
     path = value.get("path") if isinstance(value, dict) else None
+    where = "(POST /gradio_api/upload first)"
     if not isinstance(path, str) or "://" in path or path.startswith("data:") or not path:
-        raise Refused(f"{field}: {UPLOADED} (POST /gradio_api/upload first); got {_shown(value)}")
+        raise Refused(f"{field}: {UPLOADED} {where}; got {_shown(value)}", field=field)
     resolved = Path(path).resolve()
     if not (resolved.is_relative_to(Path(upload_dir).resolve()) or resolved in served):
-        raise Refused(f"{field}: {UPLOADED} (POST /gradio_api/upload first); got the server path {path!r}")
+        message = f"{field}: {UPLOADED} {where}; got the server path {path!r}"
+        raise Refused(message, field=field)
 
 
 def _texts(value: Any) -> Iterable[str]:
@@ -239,7 +242,7 @@ class Guard:
                 raise Refused("the server is stopping; try again when it is back", 503)
             body = await _read(scope, receive, limit_of(kind), chunked=kind != UPLOAD)
         except Refused as refusal:
-            await answer(send, refusal.status, str(refusal))
+            await answer(send, refusal.status, str(refusal), refusal.field)
             return
         if body is None:  # an upload: streamed to Gradio, its declared length checked
             await self.app(scope, receive, send)
@@ -250,7 +253,7 @@ class Guard:
                 name = match["name"] if match else None
                 check_event(self.blocks, body, name, self.upload_dir(), self.served)
         except Refused as refusal:
-            await answer(send, refusal.status, str(refusal))
+            await answer(send, refusal.status, str(refusal), refusal.field)
             return
         await self.app(scope, _replay(body, receive), send)
 
@@ -297,9 +300,14 @@ def _replay(body: bytes, original: Receive) -> Receive:
     return receive
 
 
-async def answer(send: Send, status: int, message: str) -> None:
-    """A JSON ``{"error": message}`` answer."""
-    payload = json.dumps({"error": message}).encode()
+async def answer(send: Send, status: int, message: str, field: str | None = None) -> None:
+    """A JSON ``{"error": message}`` answer; a 422 also in the form gradio_client reads and shows
+    (Gradio's own validation errors), so a script sees the sentence, not "400 Bad Request"."""
+    content: dict[str, Any] = {"error": message}
+    if status == 422:
+        check = {"__type__": "validate", "is_valid": False, "message": message}
+        content["detail"] = [{**check, "parameter_name": field or "request"}]
+    payload = json.dumps(content).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})

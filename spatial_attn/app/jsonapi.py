@@ -30,7 +30,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import serving
-from .guard import MAX_TEXT, Refused, parse_json
+from .guard import MAX_TEXT, UPLOADED, Refused, parse_json
 from .images import MAX_UPLOAD_MB
 
 PATH = "/api/v1/attend"
@@ -101,7 +101,10 @@ def decoded(text: Any) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise Refused("image must be base64 (the standard alphabet, padded with =)") from None
+        raise Refused(
+            f"image: {UPLOADED} as base64 (the standard alphabet, padded with =); "
+            "a URL or a server path is never fetched"
+        ) from None
 
 
 def parsed(body: bytes) -> dict[str, Any]:

@@ -60,9 +60,11 @@ def whole(value: Any, name: str, low: int, high: int) -> int:
     if value is None or isinstance(value, bool):
         raise ValueError(f"{name} is required: a whole number from {low} to {high}, got {value!r}")
     try:
-        out = number(value, name)
-    except ValueError:
-        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {_shown(value)}") from None
+        float(value)
+    except (TypeError, ValueError, OverflowError):
+        span = f"a whole number from {low} to {high}"
+        raise ValueError(f"{name} must be a number ({span}), got {_shown(value)}") from None
+    out = number(value, name)
     if out != int(out):
         raise ValueError(f"{name} must be a whole number from {low} to {high}, got {_shown(value)}")
     if not low <= out <= high:
@@ -89,10 +91,14 @@ def _bound(value: float | None) -> str:
 
 def pixel(value: Any, name: str, side: int) -> tuple[float, float]:
     """A click's ``[x, y]`` as sent by the page: two numbers within a ``side`` x ``side`` image."""
+    wanted = f"{name} must be [x, y], two numbers from 0 to {side - 1}; got {_shown(value)}"
     if not isinstance(value, list | tuple) or len(value) != 2:
-        raise ValueError(f"{name} must be [x, y], two numbers from 0 to {side - 1}; got {_shown(value)}")
-    x, y = (number(v, f"{name} {axis}", 0, side - 1) for v, axis in zip(value, "xy", strict=True))
-    return x, y
+        raise ValueError(wanted)
+    try:
+        x, y = (number(v, name) for v in value)
+    except ValueError:
+        raise ValueError(wanted) from None
+    return x, y  # a point outside the image is the grid's to refuse (it says where the image is)
 
 
 def file_digest(path: str | Path) -> str:
