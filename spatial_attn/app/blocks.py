@@ -562,7 +562,7 @@ def launch(
         state_session_capacity=256,
         max_file_size=f"{MAX_UPLOAD_MB:g}mb",
         footer_links=["api"],
-        app_kwargs=public.app_kwargs(demo, demo.attend, examples()),
+        app_kwargs=public.app_kwargs(demo, demo.attend),
         **kwargs,
     )
     if not kwargs.get("prevent_thread_lock"):  # Gradio's wait loop ended: Ctrl-C or SIGTERM

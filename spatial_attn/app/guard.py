@@ -85,9 +85,7 @@ def limit_of(kind: str) -> int:
     return {UPLOAD: MAX_UPLOAD_BODY, JSON_API: MAX_JSON_BODY}.get(kind, MAX_BODY)
 
 
-def check_event(
-    blocks: Any, body: bytes, api_name: str | None, upload_dir: str | Path, served: Iterable[Path] = ()
-) -> None:
+def check_event(blocks: Any, body: bytes, api_name: str | None, upload_dir: str | Path) -> None:
     """A ``queue/join`` body (``api_name`` None) or a ``call/NAME`` body, checked value by value."""
     request = parse_json(body)
     if api_name is not None:
@@ -103,7 +101,7 @@ def check_event(
         got = f"{len(data)}" if isinstance(data, list) else _shown(data)
         raise Refused(f"{_name(fn)} takes {len(fields)} values ({', '.join(fields)}); got {got}")
     for block, field, value in zip(fn.inputs, fields, data, strict=True):
-        check_value(type(block).__name__, field, value, block, upload_dir, served)
+        check_value(type(block).__name__, field, value, block, upload_dir)
     event = request.get("event_data")
     if event is not None and not isinstance(event, dict):
         raise Refused(f"event_data must be an object or null; got {_shown(event)}")
@@ -123,14 +121,12 @@ def parse_json(body: bytes) -> dict:
     return request
 
 
-def check_value(
-    kind: str, field: str, value: Any, block: Any, upload_dir: str | Path, served: Iterable[Path] = ()
-) -> None:
+def check_value(kind: str, field: str, value: Any, block: Any, upload_dir: str | Path) -> None:
     """One value for a component of class ``kind``: its type, the length of its texts, its files."""
     if kind == "State":
         return  # the server's own: Gradio ignores what is sent
     if kind in _FILES:
-        check_file(field, value, upload_dir, served)
+        check_file(field, value, upload_dir)
         return
     if kind in _NUMBERS:
         if kind == "Number" and value is None:
@@ -148,9 +144,10 @@ def check_value(
             raise Refused(f"{field} is {len(text):,} characters long; the limit is {MAX_TEXT:,}", 413, field)
 
 
-def check_file(field: str, value: Any, upload_dir: str | Path, served: Iterable[Path] = ()) -> None:
-    """An image slot holds nothing, or a file uploaded to this server (or one of the examples it
-    serves): a URL would be downloaded by Gradio, and any other path would read the server's disk."""
+def check_file(field: str, value: Any, upload_dir: str | Path) -> None:
+    """An image slot holds nothing, or a file in this server's upload folder: an upload, or an example
+    as the gallery serves it (Gradio's copy there). A URL would be downloaded by Gradio, and any
+    other path would read the server's disk."""
     if value is None:
         return
     path = value.get("path") if isinstance(value, dict) else None
@@ -158,7 +155,7 @@ def check_file(field: str, value: Any, upload_dir: str | Path, served: Iterable[
     if not isinstance(path, str) or "://" in path or path.startswith("data:") or not path:
         raise Refused(f"{field}: {UPLOADED} {where}; got {_shown(value)}", field=field)
     resolved = Path(path).resolve()
-    if not (resolved.is_relative_to(Path(upload_dir).resolve()) or resolved in served):
+    if not resolved.is_relative_to(Path(upload_dir).resolve()):
         message = f"{field}: {UPLOADED} {where}; got the server path {path!r}"
         raise Refused(message, field=field)
 
@@ -220,13 +217,11 @@ class Guard:
         app: Any,
         blocks: Any,
         upload_dir: Callable[[], str],
-        served: Iterable[Path] = (),
         stopping: Any = None,
     ) -> None:
         self.app = app
         self.blocks = blocks
         self.upload_dir = upload_dir
-        self.served = {Path(p).resolve() for p in served}
         self.stopping = stopping
 
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
@@ -251,7 +246,7 @@ class Guard:
             if kind in (EVENT, CALL):
                 match = _CALL.fullmatch(scope["path"].rstrip("/"))
                 name = match["name"] if match else None
-                check_event(self.blocks, body, name, self.upload_dir(), self.served)
+                check_event(self.blocks, body, name, self.upload_dir())
         except Refused as refusal:
             await answer(send, refusal.status, str(refusal), refusal.field)
             return

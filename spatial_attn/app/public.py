@@ -67,13 +67,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def app_kwargs(demo: Any, attend: Callable[..., tuple], examples: list[Path]) -> dict[str, Any]:
+def app_kwargs(demo: Any, attend: Callable[..., tuple]) -> dict[str, Any]:
     """Gradio's ``launch(app_kwargs=...)``: the guard in front of every route, and the JSON API.
-
-    ``attend`` is the app's ``attend`` with its library and cache bound; ``examples`` the images the
-    server itself serves (an image slot may name them)."""
+    ``attend`` is the app's ``attend`` with its library and cache bound."""
     folder = os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio")
-    guard = Middleware(Guard, blocks=demo, upload_dir=lambda: folder, served=examples, stopping=STOPPING)
+    guard = Middleware(Guard, blocks=demo, upload_dir=lambda: folder, stopping=STOPPING)
     return {"middleware": [guard], "routes": [jsonapi.route(attend, lambda: folder)]}
 
 
