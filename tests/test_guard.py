@@ -268,7 +268,7 @@ BAD = [
     (
         "timestep 'abc'",
         {"attend": _attend_with(2, "abc"), "json": {"timestep": "abc"}},
-        r"timestep must be a",
+        r"timestep.* must be a",
     ),
     ("seed None", {"attend": _attend_with(6, None), "json": {"seed": None}}, r"seed is required"),
     ("images 'yes'", {"attend": _attend_with(8, "yes")}, r"images must be true or false"),
