@@ -152,8 +152,10 @@ def check_file(field: str, value: Any, upload_dir: str | Path) -> None:
         return
     path = value.get("path") if isinstance(value, dict) else None
     where = "(POST /gradio_api/upload first)"
-    if not isinstance(path, str) or "://" in path or path.startswith("data:") or not path:
+    if not isinstance(path, str) or not path:
         raise Refused(f"{field}: {UPLOADED} {where}; got {_shown(value)}", field=field)
+    if "://" in path or path.startswith("data:"):
+        raise Refused(f"{field}: {UPLOADED} {where}; a URL is never fetched, got {_shown(path)}", field=field)
     resolved = Path(path).resolve()
     if not resolved.is_relative_to(Path(upload_dir).resolve()):
         message = f"{field}: {UPLOADED} {where}; got the server path {path!r}"
