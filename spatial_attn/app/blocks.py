@@ -548,6 +548,7 @@ def launch(
     ``GRADIO_SERVER_NAME`` if set (a Space sets it), else 127.0.0.1. Served behind the guard, with
     the JSON API, a temp folder of its own, and a clean stop on SIGTERM (see :mod:`.public`)."""
     folder = public.own_temp_folder()  # before the Blocks: Gradio's components read it when made
+    public.atomic_cache_writes()
     demo = build_demo(model)
     demo.queue(default_concurrency_limit=RUNS, api_open=False)  # no handler outside the queue
     theme = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])

@@ -5,6 +5,11 @@ routes, a temp folder of its own, and a clean stop.
   the machine and never emptied by a server that is killed. Each server here takes a folder of its
   own, ``<GRADIO_TEMP_DIR or the system's temp>/spatial-attn-<pid>``, removes it when it stops, and
   at start removes those of servers that no longer run (a ``kill -9`` leaves its folder behind).
+* Gradio names the images it sends by the hash of their bytes and rewrites the file each time one
+  is sent again (truncate, then write): a page still downloading it from another session got a
+  half-written image (``naturalWidth`` 0 under a crowd, "Too much data for declared
+  Content-Length" in the log). :func:`atomic_cache_writes` makes those writes whole: a temporary
+  name, then a rename, and a file that is already there is left alone (same hash, same bytes).
 * Stopping: SIGTERM (what ``docker stop``, systemd and a Space send) is handled as Ctrl-C: requests
   that arrive from then on are answered 503, the server stops accepting, the queue is closed, and
   the folder is removed; the process then exits with status 0.
@@ -24,7 +29,7 @@ from typing import Any
 
 from starlette.middleware import Middleware
 
-from . import jsonapi
+from . import jsonapi, serving
 from .guard import Guard
 
 PREFIX = "spatial-attn-"
@@ -72,6 +77,30 @@ def app_kwargs(demo: Any, attend: Callable[..., tuple]) -> dict[str, Any]:
     folder = os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio")
     guard = Middleware(Guard, blocks=demo, upload_dir=lambda: folder, stopping=STOPPING)
     return {"middleware": [guard], "routes": [jsonapi.route(attend, lambda: folder)]}
+
+
+def atomic_cache_writes() -> None:
+    """Replace Gradio's two writers of content-hashed files (images it sends, bytes it caches) with
+    ones that write to a temporary name and rename; each is looked up on its module when called."""
+    from gradio import processing_utils as gradio_files
+
+    if getattr(gradio_files.save_pil_to_cache, "atomic", False):
+        return
+
+    def save_pil_to_cache(img: Any, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+        data = gradio_files.encode_pil_to_bytes(img, format)
+        path = Path(cache_dir) / gradio_files.hash_bytes(data) / f"{name}.{format}"
+        return str(serving.atomic_write(path, data).resolve())
+
+    def save_bytes_to_cache(data: bytes, file_name: str, cache_dir: str) -> str:
+        if not Path(file_name).suffix:
+            file_name += gradio_files.detect_audio_format(data)
+        path = Path(cache_dir) / gradio_files.hash_bytes(data) / Path(file_name).name
+        return str(serving.atomic_write(path, data).resolve())
+
+    for writer in (save_pil_to_cache, save_bytes_to_cache):
+        writer.atomic = True  # type: ignore[attr-defined]
+        setattr(gradio_files, writer.__name__, writer)
 
 
 def stop_on_sigterm() -> None:
