@@ -525,9 +525,8 @@ async def _click_sessions(
 def _ms(times: list[float], q: int) -> str:
     if not times:
         return "-"
-    return (
-        f"{np.percentile(times, q) * 1e3:.0f} ms" if q != 50 else f"{statistics.median(times) * 1e3:.0f} ms"
-    )
+    value = (np.percentile(times, q) if q != 50 else statistics.median(times)) * 1e3
+    return f"{value:.1f} ms" if value < 10 else f"{value:.0f} ms"
 
 
 if __name__ == "__main__":
