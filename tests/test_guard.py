@@ -133,7 +133,8 @@ class Loopback:
 #: route a newer Gradio adds fails this test until it is classified here.
 THROUGH_THE_QUEUE = {"/gradio_api/queue/join", "/gradio_api/call/{api_name}"}
 THROUGH_THE_LANE = {"/api/v1/attend"}
-NO_MODEL = {"/gradio_api/upload", "/gradio_api/cancel", "/gradio_api/reset"}  # files, cancelling
+#: files, cancelling, the panels' hover data (a server function reading stored queries and keys)
+NO_MODEL = {"/gradio_api/upload", "/gradio_api/cancel", "/gradio_api/reset", "/gradio_api/component_server"}
 
 
 class Runs:
@@ -193,6 +194,20 @@ def test_no_route_runs_a_model_outside_the_queue_and_the_lane(served, runs):
     # a private event by its name, through the queue's own route
     status, message = called_named(url, "false_3")
     assert status == 404 and "this server's API is /attend" in message
+
+
+def test_only_the_pages_own_server_functions_can_be_called(served):
+    demo, url = served
+    heatmaps = next(i for i, b in demo.blocks.items() if getattr(b, "elem_id", None) == "heatmaps")
+    asked = {"component_id": heatmaps, "fn_name": "hover_data", "data": ["no-such-run"], "session_hash": "sf"}
+    answer = httpx.post(url + "gradio_api/component_server", json=asked, timeout=30)
+    assert answer.status_code == 200 and answer.json() is None  # a run it does not hold: nothing
+    for bad, words in (
+        ({"fn_name": "__init__"}, "fn_name must be one of hover_data"),
+        ({"component_id": 10**6}, "has no server functions"),
+    ):
+        answer = httpx.post(url + "gradio_api/component_server", json=asked | bad, timeout=30)
+        assert answer.status_code == 404 and words in _one_line(answer.json()["error"])
 
 
 def called_named(url: str, name: str) -> tuple[int, str]:

@@ -5,7 +5,8 @@ Gradio's own routes are many, and some skip what the page goes through: ``/gradi
 ``/gradio_api/api/NAME`` call a handler outside the queue (and so outside its lanes), by its API name
 or by any ``fn_index``, private events included (``/run/false_3``). Rather than close the ones known
 to be open, this is an allowlist: a request that is not a GET may only reach the queue (``queue/join``,
-``call/attend``), the upload route, the page's cancel and reset, and the JSON API; anything else is
+``call/attend``), the upload route, the page's cancel and reset, the panels' server function (their
+hover data: no model runs) and the JSON API; anything else is
 answered 404 with a sentence saying where to go. A route added by a later Gradio is closed until it is
 listed here (``tests/test_guard.py`` enumerates the app's routes and fails on one it does not know).
 
@@ -40,9 +41,10 @@ MAX_JSON_BODY = int(images.MAX_UPLOAD_MB * 2**20 * 4 / 3) + 64 * 2**10
 UPLOADED = "images must be uploaded"  # the one answer to a URL or a server path in an image slot
 PREFIX = "/gradio_api"
 #: The POST routes a request may reach: what they are for is in the test of the routes.
-EVENT, CALL, UPLOAD, SMALL, JSON_API = "event", "call", "upload", "small", "json"
+EVENT, CALL, UPLOAD, SMALL, JSON_API, SERVER_FN = "event", "call", "upload", "small", "json", "server_fn"
 ROUTES = {
     f"{PREFIX}/queue/join": EVENT,
+    f"{PREFIX}/component_server": SERVER_FN,  # a component's own function (the panels' hover data)
     f"{PREFIX}/upload": UPLOAD,
     f"{PREFIX}/cancel": SMALL,
     f"{PREFIX}/reset": SMALL,
@@ -108,6 +110,25 @@ def check_event(blocks: Any, body: bytes, api_name: str | None, upload_dir: str 
     selection = api_name is None and any(kind == "select" for _, kind in fn.targets)
     if selection and (not isinstance(event, dict) or "index" not in event):
         raise Refused(f"{_name(fn)} is a selection: event_data must hold its index; got {_shown(event)}")
+
+
+def check_server_fn(blocks: Any, body: bytes) -> None:
+    """A call of a component's server function (``gr.HTML(server_functions=...)``): the component
+    must be one of the page's and the function one it declares; its arguments short texts."""
+    request = parse_json(body)
+    block = (
+        blocks.blocks.get(request.get("component_id"))
+        if isinstance(request.get("component_id"), int)
+        else None
+    )
+    names = [fn.__name__ for fn in getattr(block, "server_fns", None) or []]
+    if not names:
+        raise Refused(f"component_id {_shown(request.get('component_id'))} has no server functions", 404)
+    if request.get("fn_name") not in names:
+        raise Refused(f"fn_name must be one of {', '.join(names)}; got {_shown(request.get('fn_name'))}", 404)
+    for text in _texts(request.get("data")):
+        if len(text) > MAX_TEXT:
+            raise Refused(f"data is {len(text):,} characters long; the limit is {MAX_TEXT:,}", 413)
 
 
 def parse_json(body: bytes) -> dict:
@@ -245,6 +266,8 @@ class Guard:
             await self.app(scope, receive, send)
             return
         try:
+            if kind == SERVER_FN:
+                check_server_fn(self.blocks, body)
             if kind in (EVENT, CALL):
                 match = _CALL.fullmatch(scope["path"].rstrip("/"))
                 name = match["name"] if match else None
