@@ -550,7 +550,8 @@ def launch(
     folder = public.own_temp_folder()  # before the Blocks: Gradio's components read it when made
     public.atomic_cache_writes()
     demo = build_demo(model)
-    demo.queue(default_concurrency_limit=RUNS, api_open=False)  # no handler outside the queue
+    # no handler outside the queue, and a bounded one: past 256 waiting events, "queue full" (503)
+    demo.queue(default_concurrency_limit=RUNS, api_open=False, max_size=256)
     theme = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     if not kwargs.get("prevent_thread_lock"):
         public.stop_on_sigterm()
