@@ -57,8 +57,9 @@ def _seed() -> None:
 
 
 @pytest.fixture(scope="session")
-def app_url():
-    """The real app, served on a free local port for the whole session (closed at the end)."""
+def served():
+    """The real app, served on a free local port for the whole session (closed at the end): the
+    running Blocks and its address."""
     import socket
 
     from spatial_attn.app.blocks import launch
@@ -67,5 +68,11 @@ def app_url():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo = launch("ddpm-faces", host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
+    yield demo, f"http://127.0.0.1:{port}/"
     demo.close()
+
+
+@pytest.fixture(scope="session")
+def app_url(served):
+    """The address of the real app (see ``served``)."""
+    return served[1]

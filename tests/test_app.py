@@ -257,7 +257,7 @@ BAD_ATTEND = [
     ({"timestep": float("nan")}, "timestep must be a finite number"),
     ({"timestep": 10**400}, "timestep must be a number"),
     ({"seed": 2**64}, "seed must be from 0 to 4294967295"),
-    ({"seed": "abc"}, "seed must be a number, got 'abc'"),
+    ({"seed": "abc"}, "seed must be a number"),
     ({"x": None}, "x is required"),
     ({"x": 1e400}, "x must be a finite number"),
     ({"x": 32}, "x must be from 0 to"),

@@ -4,6 +4,7 @@ click event's trigger mode (a click made while one is pending must be sent, not 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,43 @@ def test_the_image_click_is_sent_even_while_the_previous_one_is_pending():
     demo = build_demo("vit-faces", Library(["vit-faces"]))
     clicks = [fn for fn in demo.fns.values() if getattr(fn.fn, "__qualname__", "") == "Handlers.clicked"]
     assert [fn.trigger_mode for fn in clicks] == ["always_last"]
+
+
+@pytest.mark.parametrize("writer", ["save_pil_to_cache", "save_bytes_to_cache"])
+def test_a_content_hashed_file_is_never_seen_half_written(tmp_path, writer):
+    """One thread sends the same image again and again (Gradio rewrites its content-hashed file each
+    time), another reads the file as a page downloading it would: every read is the whole image."""
+    import threading
+
+    import numpy as np
+    from gradio import processing_utils
+    from PIL import Image
+
+    from spatial_attn.app import public
+
+    public.atomic_cache_writes()
+    pixels = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    if writer == "save_pil_to_cache":  # BMP: no compression, so the writes, not the encoding, dominate
+        args = (Image.fromarray(pixels), str(tmp_path), "image", "bmp")
+    else:
+        args = (pixels.tobytes(), "image.raw", str(tmp_path))
+    write = getattr(processing_utils, writer)
+    path = Path(write(*args))
+    whole = path.read_bytes()
+    done = threading.Event()
+    short: list[int] = []
+
+    def reader() -> None:
+        while not done.is_set():
+            got = path.read_bytes()
+            if got != whole:
+                short.append(len(got))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for _ in range(100):
+        assert write(*args) == str(path)
+    done.set()
+    thread.join()
+    assert not short, f"{len(short)} reads saw a partial file, e.g. {short[:3]} of {len(whole)} bytes"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left

@@ -304,6 +304,8 @@ def explain(
 
 def head_index(choice: str) -> int | str | None:
     """ "mean" -> None, "max" -> "max", "head k" -> k; anything else is the user's mistake, said plainly."""
+    if not isinstance(choice, str):
+        raise ValueError(f"head must be 'mean', 'max' or 'head k' with k = 0, 1, ...; got {choice!r}")
     if choice in ("mean", "max"):
         return None if choice == "mean" else "max"
     word, _, k = choice.partition(" ")

@@ -33,7 +33,7 @@ from ..analysis import render
 from ..analysis.explore import Exploration, View, cell_of, explain, head_index
 from ..engine.grid import cell_at
 from ..resources import locate, searched
-from . import serving
+from . import public, serving
 from .images import MAX_UPLOAD_MB, ImageError, load_image
 from .serving import RUN_EVENTS, RUNS, Explorations
 from .state import UNTRAINED, Follower, Library, Session, checked_run
@@ -172,22 +172,26 @@ def attend(
     prompt: str = "",
     images: bool = False,
     cache: Explorations | None = None,
+    mode: str = "row",
 ) -> tuple[list[tuple[Image.Image, str]], dict]:
     """The HTTP API: every layer's attention row for pixel ``(x, y)`` of ``image``.
 
     ``image`` is a file path (None: what the app opens on, the default example face, or for a SAGAN
     its generator's sample from ``seed``, whose attention is then shown); ``x``/``y`` are pixels of
     that image, whatever its size: mapped through the model's own resize and crop. ``prompt`` is for
-    text-conditioned models ("": the model's default). Returns the panels (only if ``images``: each
+    text-conditioned models ("": the model's default); ``mode`` "column" gives who looks at the
+    pixel instead of where it looks. Returns the panels (only if ``images``: each
     one is a file written for the caller) and, per layer, its grids, the head shown, the query cell
     and the row (over the prompt's ``tokens`` in cross-attention layers). Every parameter is checked
-    first; the capture is kept in ``cache`` by (model, image bytes, timestep, seed, prompt), so asking
-    again about the same image costs a click, not a forward.
+    first; the capture is kept in ``cache`` by (model, image bytes, timestep, seed, prompt if the model
+    reads one), so asking again about the same image costs a click, not a forward.
     """
     name, t, s = checked_run(library, model, timestep, seed)
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be text, got {prompt!r}")
     k = head_index(head)  # the form of it ("mean", "max", "head k"); its range once the layers are known
+    mode = serving.one_of(mode, "mode", ("row", "column"))
+    prompt = prompt if library[name].takes_prompt else ""  # ignored by the model: neither run nor kept
     key = (name, serving.file_digest(image) if image else None, t, s, prompt)
 
     def capture() -> tuple[Session, list[str], tuple[int, int]]:
@@ -210,7 +214,7 @@ def attend(
     if isinstance(k, int) and k >= heads:
         raise ValueError(f"{head}: the layers of {name} have at most {heads} heads (0 to {heads - 1})")
     pixel = ex.model.input_pixel(point, hw)
-    clicks = ex.click(pixel, ex.image_hw, View(head=head), draw=images)
+    clicks = ex.click(pixel, ex.image_hw, View(head=head, mode=mode), draw=images)
     return [(c.panel, c.caption()) for c in clicks] if images else [], {
         "model": name,
         "timestep": ex.timestep,
@@ -320,7 +324,7 @@ class Handlers:
     ) -> tuple:
         """An example from the gallery."""
         name, t, s = checked_run(self.library, name, t, s)
-        path = self.example_paths[evt.index]
+        path = self.example_paths[serving.whole(evt.index, "gallery index", 0, len(self.example_paths) - 1)]
         source = Image.open(path).convert("RGB")
         fresh = run(self.library, name, t, s, source, f"example {path.name}")
         return self._after_run(fresh, *view, previous=session)
@@ -347,7 +351,7 @@ class Handlers:
         if session is None:
             raise ValueError("the image is still loading; click again in a moment")
         ticket = session.tickets.take()
-        x, y = evt.index
+        x, y = serving.pixel(evt.index, "click index", DISPLAY)
         session.point = cell_at((y, x), (DISPLAY, DISPLAY), session.exploration.image_hw)
         return self._shown(session, ticket, args)
 
@@ -527,6 +531,8 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
         compare_view.wire(state, view_inputs, view_of)
         ablation_view.wire(state)
         prompt_view.wire(state, head, cmap, on, run, run_inputs, reran, guarded)
+    serving.share_lane(demo)  # the JSON API's runs and these take turns in one lane
+    demo.attend = functools.partial(attend, library, cache=on.explorations)  # for the JSON API
     return demo
 
 
@@ -539,10 +545,16 @@ def launch(
 ) -> gr.Blocks:
     """Build the app and serve it. Blocks until stopped, unless ``prevent_thread_lock=True`` is passed;
     then returns the running app (``.close()`` stops it). ``host=None`` is Gradio's own choice:
-    ``GRADIO_SERVER_NAME`` if set (a Space sets it), else 127.0.0.1."""
+    ``GRADIO_SERVER_NAME`` if set (a Space sets it), else 127.0.0.1. Served behind the guard, with
+    the JSON API, a temp folder of its own, and a clean stop on SIGTERM (see :mod:`.public`)."""
+    folder = public.own_temp_folder()  # before the Blocks: Gradio's components read it when made
+    public.atomic_cache_writes()
     demo = build_demo(model)
-    demo.queue(default_concurrency_limit=RUNS)
+    # no handler outside the queue, and a bounded one: past 256 waiting events, "queue full" (503)
+    demo.queue(default_concurrency_limit=RUNS, api_open=False, max_size=256)
     theme = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+    if not kwargs.get("prevent_thread_lock"):
+        public.stop_on_sigterm()
     demo.launch(
         server_name=host,
         server_port=port,
@@ -552,6 +564,9 @@ def launch(
         state_session_capacity=256,
         max_file_size=f"{MAX_UPLOAD_MB:g}mb",
         footer_links=["api"],
+        app_kwargs=public.app_kwargs(demo, demo.attend),
         **kwargs,
     )
+    if not kwargs.get("prevent_thread_lock"):  # Gradio's wait loop ended: Ctrl-C or SIGTERM
+        public.stopped(demo, folder)
     return demo

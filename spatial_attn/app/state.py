@@ -64,6 +64,8 @@ def checked_run(library: Library, model: Any, timestep: Any, seed: Any) -> tuple
     name = serving.one_of(model, "model", library.choices())
     steps = library[name].num_timesteps
     t = serving.whole(timestep, "timestep", 0, steps - 1) if steps else None
+    if not steps and timestep is not None:  # a model without timesteps ignores it, but not garbage
+        serving.number(timestep, "timestep (ignored by this model)")
     return name, t, serving.whole(seed, "seed", 0, serving.SEED_MAX)
 
 
