@@ -200,3 +200,42 @@ def test_registers_stand_out_in_what_keys_receive():
     assert list(share) == list(layer.keys.labels) and len(share) == 5
     np.testing.assert_allclose(list(share.values()), received[:5], atol=1e-6)
     _check_stats(stats, _expected_stats(dense, 5, (6, 6)))
+
+
+# -- the app's tab shows what the analysis computes ------------------------------------------------
+@pytest.fixture(scope="module")
+def vit_session():
+    from types import SimpleNamespace
+
+    from spatial_attn.analysis.explore import Exploration
+    from spatial_attn.app.blocks import default_image
+    from spatial_attn.models import load_model
+
+    return SimpleNamespace(exploration=Exploration(load_model("vit-faces"), default_image()[0]), point=(9, 20))
+
+
+def _no_progress(*args, **kwargs) -> None:
+    pass
+
+
+def test_the_tab_draws_each_view_and_says_the_analysis_numbers(vit_session):
+    from spatial_attn.app.views import modelwide as tab
+
+    ex = vit_session.exploration
+    stats = modelwide.model_stats(ex.layers, ex.image_hw)
+    image, note = tab.ModelWideView.show(vit_session, tab.DEPTH, None, _no_progress)
+    assert image.width > 200
+    for depth, name, distances in modelwide.distance_by_depth(stats):
+        assert f"| {depth} | `{name}` | " + ", ".join(f"{d:.1f}" for d in distances) + " |" in note
+    image, note = tab.ModelWideView.show(vit_session, tab.RECEIVED, None, _no_progress)
+    for s in stats:
+        assert f"`{s.name}`" in note and f"{s.special_share()['CLS']:.1%} |" in note
+    (group,) = modelwide.rollout_groups(ex.layers)
+    label = tab._choices(ex.layers, tab.ROLLOUT_ROW)[0]
+    assert label == "blocks.0.self_attn … blocks.3.self_attn (4 layers, 8×8)"
+    image, note = tab.ModelWideView.show(vit_session, tab.ROLLOUT_ROW, label, _no_progress)
+    assert "Pixel (y, x) = (9, 20), cell (2, 5) of 8×8" in note and image.width > 2 * 192
+    image, note = tab.ModelWideView.show(vit_session, tab.MAPS, "blocks.2.self_attn", _no_progress)
+    assert note.startswith("`blocks.2.self_attn`") and image.height > 2 * 192
+    with pytest.raises(Exception, match="view must be one of"):
+        tab.ModelWideView.show(vit_session, "everything", None, _no_progress)

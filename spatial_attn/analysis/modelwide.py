@@ -270,3 +270,27 @@ def _times(layer: AttentionLayer, vectors: torch.Tensor, mode: str, batch: int) 
         else:
             out[:, rows] = vectors @ block.T  # (k, N') @ (N', s)
     return out
+
+
+# -- the depth plot --------------------------------------------------------------------------------
+def depth_figure(points: list[tuple[int, str, np.ndarray]], image_hw: tuple[int, int]) -> bytes:
+    """Dosovitskiy et al.'s Fig. 7 as a PNG: each head's mean attention distance (input pixels) against
+    the layer's depth, one dot per head. matplotlib is imported here, on first use, and only its object
+    API is used (no pyplot state shared between sessions)."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    for depth, _, distances in points:
+        ax.scatter(np.full(len(distances), depth), distances, s=18, alpha=0.8)
+    ax.set_xticks([depth for depth, _, _ in points], [str(depth) for depth, _, _ in points])
+    ax.set_xlabel("layer (call order)")
+    ax.set_ylabel("mean attention distance (input px)")
+    highest = max((float(np.nanmax(d)) for _, _, d in points), default=0.0)
+    ax.set_ylim(0, max(float(np.hypot(*image_hw)) / 2, 1.05 * highest))
+    ax.set_title(f"each dot a head; input {image_hw[0]}×{image_hw[1]} px", fontsize=9)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()

@@ -42,6 +42,7 @@ from .views.ablation import AblationView
 from .views.compare import CompareView
 from .views.download import DownloadView
 from .views.mechanics import MechanicsView
+from .views.modelwide import ModelWideView
 from .views.prompt import PromptView
 from .views.timesteps import TimestepsView
 
@@ -473,6 +474,8 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                         compare_view = CompareView(library, UNTRAINED)
                     with gr.Tab("ablation", id="ablation"):
                         ablation_view = AblationView(library)
+                    with gr.Tab("whole model", id="modelwide"):
+                        modelwide_view = ModelWideView()
                 prompt_view = PromptView()  # text-conditioned models only
 
         view_inputs = [head, mode, cmap, scale, upsampling, opacity, layout, over]
@@ -526,6 +529,7 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
         timesteps_view.wire(state)
         compare_view.wire(state, view_inputs, view_of)
         ablation_view.wire(state)
+        modelwide_view.wire(state)
         prompt_view.wire(state, head, cmap, on, run, run_inputs, reran, guarded)
     return demo
 
