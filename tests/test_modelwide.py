@@ -211,7 +211,9 @@ def vit_session():
     from spatial_attn.app.blocks import default_image
     from spatial_attn.models import load_model
 
-    return SimpleNamespace(exploration=Exploration(load_model("vit-faces"), default_image()[0]), point=(9, 20))
+    return SimpleNamespace(
+        exploration=Exploration(load_model("vit-faces"), default_image()[0]), point=(9, 20)
+    )
 
 
 def _no_progress(*args, **kwargs) -> None:
@@ -230,7 +232,7 @@ def test_the_tab_draws_each_view_and_says_the_analysis_numbers(vit_session):
     image, note = tab.ModelWideView.show(vit_session, tab.RECEIVED, None, _no_progress)
     for s in stats:
         assert f"`{s.name}`" in note and f"{s.special_share()['CLS']:.1%} |" in note
-    (group,) = modelwide.rollout_groups(ex.layers)
+    assert len(modelwide.rollout_groups(ex.layers)) == 1
     label = tab._choices(ex.layers, tab.ROLLOUT_ROW)[0]
     assert label == "blocks.0.self_attn … blocks.3.self_attn (4 layers, 8×8)"
     image, note = tab.ModelWideView.show(vit_session, tab.ROLLOUT_ROW, label, _no_progress)
