@@ -46,7 +46,11 @@ def _open(data: bytes) -> zipfile.ZipFile:
 def test_the_zip_holds_the_figure_and_every_layers_row(ddpm):
     archive = _open(export_zip(ddpm, (13, 9), View()))
     names = archive.namelist()
-    assert names[:2] == ["figure.png", "figure.svg"] and names[-3:] == ["input.png", "rows.json", "index.html"]
+    assert names[:2] == ["figure.png", "figure.svg"] and names[-3:] == [
+        "input.png",
+        "rows.json",
+        "index.html",
+    ]
     described = json.loads(archive.read("rows.json"))
     assert described["pixel"] == [13, 9] and len(described["layers"]) == len(ddpm.layers)
     for layer, entry in zip(ddpm.layers, described["layers"], strict=True):
