@@ -32,6 +32,7 @@ from PIL import Image
 from ..analysis import render
 from ..analysis.explore import Exploration, View, cell_of, explain, head_index
 from ..engine.grid import cell_at
+from ..models.bundle import FITS
 from ..resources import locate, searched
 from . import serving
 from .images import MAX_UPLOAD_MB, ImageError, load_image
@@ -95,10 +96,11 @@ def run(
     source: Image.Image | None,
     note: str,
     prompt: str | None = None,
+    fit: str = "crop",
 ) -> Session:
     """Run ``model`` once on ``source`` (None: generate from ``seed``) under capture; a text-conditioned
-    model on ``prompt`` (None: its default)."""
-    bundled = library[model]
+    model on ``prompt`` (None: its default); an image that is not square made square by ``fit``."""
+    bundled = library[model].with_fit(fit)
     if prompt is not None and bundled.takes_prompt:
         bundled = bundled.with_prompt(prompt)  # a copy holding this user's prompt, same modules
     t = int(timestep) if bundled.num_timesteps else None
@@ -109,7 +111,7 @@ def run(
         source.thumbnail((bundled.max_source,) * 2)
         note = " · ".join(filter(None, [note, f"kept at {source.width}×{source.height} for this session"]))
     exploration = Exploration(bundled, source, timestep=t, seed=int(seed))
-    return Session(exploration, source, note, point=exploration.first_point())
+    return Session(exploration, source, note, point=exploration.first_point(), fit=fit)
 
 
 def draw(session: Session, view: View) -> tuple[str, str]:
@@ -220,6 +222,7 @@ def attend(
         "point": list(point),
         "model_pixel": list(pixel),
         "notes": notes,
+        "input_note": ex.prepared.note,  # what was done to the image: resized, cropped or padded, noised
         "tokens": list(ex.prepared.tokens),
         "layers": [c.to_json() for c in clicks],
     }
@@ -295,7 +298,7 @@ class Handlers:
             source, note = default_image()  # a generated face is gone; this model needs an image
         source, note = opening_input(self.library[name], source, note, s)
         prompt = getattr(session.exploration.model, "default_prompt", None)  # the user's, kept
-        fresh = run(self.library, name, t, s, source, note, prompt)
+        fresh = run(self.library, name, t, s, source, note, prompt, session.fit)
         h, w = fresh.exploration.image_hw
         y, x = session.point  # the same click, kept inside the new model's input
         kept = replace(fresh, point=(min(y, h - 1), min(x, w - 1)))
@@ -312,8 +315,16 @@ class Handlers:
         source, notes = load_image(path)
         size = self.library[name].image_size
         text = f"upload {Path(path).name} ({source.width}×{source.height}; model input {size}×{size})"
-        fresh = run(self.library, name, t, s, source, " · ".join([text, *notes]))
+        fit = session.fit if session is not None else "crop"
+        fresh = run(self.library, name, t, s, source, " · ".join([text, *notes]), fit=fit)
         return self._after_run(fresh, *view, previous=session)
+
+    @guarded
+    def refit(self, session: Session | None, fit: str, *args: Any) -> tuple:
+        """The upload fit changed: the same image made square the new way (the next uploads too)."""
+        if session is None:
+            return (gr.skip(),) * len(self.RERAN)
+        return self.rerun(replace(session, fit=serving.one_of(fit, "fit", FITS)), *args)
 
     @guarded
     def picked(
@@ -436,6 +447,7 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                 with gr.Row():
                     sample = gr.Button("new sample from seed", elem_id="new-sample")
                     upload = gr.UploadButton("upload an image", file_types=["image"], elem_id="upload")
+                    fit = gr.Radio(list(FITS), value="crop", label="upload fit", elem_id="fit", min_width=200)
                 with gr.Row(equal_height=False):
                     note = gr.Markdown(elem_id="input-note")
                     with gr.Column(scale=0, min_width=140):
@@ -497,6 +509,7 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
         timestep.change(on.rerun, [state, *run_inputs], reran, trigger_mode="always_last", **runs)
         seed.submit(on.rerun, [state, *run_inputs], reran, **runs)
         upload.upload(on.uploaded, [state, upload, *run_inputs], reran, **runs)
+        fit.change(on.refit, [state, fit, *run_inputs], reran, **runs)
         gallery.select(on.picked, [state, *run_inputs], reran, **runs)
         sample.click(on.generated, [state, *run_inputs], reran, **runs)
         # The tabs that follow the pinned pixel are drawn by the click's own event (Follower).
