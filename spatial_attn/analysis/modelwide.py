@@ -20,6 +20,7 @@ included, as the panels' ``entropy``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -97,7 +98,7 @@ def layer_stats(layer: AttentionLayer, image_hw: tuple[int, int], batch: int = 0
     distance = np.full(qh * qw, np.nan, dtype=np.float32) if spatial else None
     start = layer.queries.start
     for rows, probs in query_blocks(layer.scores, layer._batch(batch)):  # probs: (h, s, N')
-        received += probs.sum(1, dtype=torch.float64)
+        received += probs.sum(1).double()
         # the block's pixel queries: tokens start .. start + qh*qw - 1, as cells 0 .. qh*qw - 1
         first, last = max(rows.start, start), min(rows.stop, start + qh * qw)
         if first >= last:
@@ -147,17 +148,16 @@ def distance_by_depth(stats: list[LayerStats]) -> list[tuple[int, str, np.ndarra
 
 
 def _entropy_bits(p: torch.Tensor) -> np.ndarray:
-    """Entropy in bits of each row of ``p`` over its last axis (zeros contribute nothing)."""
-    p = p.double()
-    return -(p * torch.log2(torch.where(p > 0, p, 1.0))).sum(-1).float().numpy()
+    """Entropy in bits of each row of ``p`` over its last axis (``entr`` counts zeros as nothing)."""
+    return (torch.special.entr(p).sum(-1) / math.log(2)).numpy()
 
 
 def _weighted_mean(p: torch.Tensor, d: np.ndarray) -> np.ndarray:
-    """``sum_j p_ij d_ij / sum_j p_ij``: ``p`` is ``(..., s, M)`` over key cells, ``d`` is ``(s, M)``."""
-    p = p.double()
+    """``sum_j p_ij d_ij / sum_j p_ij``: ``p`` is ``(..., s, M)`` over key cells, ``d`` is ``(s, M)``;
+    NaN where a row puts nothing on the key cells."""
     total = p.sum(-1)
-    weighted = (p * torch.from_numpy(d).double()).sum(-1)
-    return torch.where(total > 0, weighted / total.clamp_min(1e-300), torch.nan).float().numpy()
+    weighted = (p * torch.from_numpy(d)).sum(-1)
+    return torch.where(total > 0, weighted / total.clamp_min(1e-30), torch.nan).numpy()
 
 
 def _cell_distances(
@@ -169,7 +169,7 @@ def _cell_distances(
     qy, qx = (cells // qw + 0.5) * hi / qh, (cells % qw + 0.5) * wi / qw
     ky = np.repeat((np.arange(kh) + 0.5) * hi / kh, kw)
     kx = np.tile((np.arange(kw) + 0.5) * wi / kw, kh)
-    return np.hypot(qy[:, None] - ky[None], qx[:, None] - kx[None])
+    return np.hypot(qy[:, None] - ky[None], qx[:, None] - kx[None]).astype(np.float32)
 
 
 # -- attention rollout --------------------------------------------------------------------------------
