@@ -153,3 +153,10 @@ def test_show_on_a_model_or_a_run_titles_the_page_as_the_export(ddpm, tmp_path):
         sa.show(ddpm, pixel=(32, 0))
     with pytest.raises(ValueError, match="pass image="):
         sa.show([layer for layer in ddpm.layers])
+
+
+def test_a_capture_is_drawn_only_over_the_picture_its_forward_saw(ddpm):
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        Exploration.captured(ddpm.layers, np.zeros((32, 32, 3), np.float32))
+    with pytest.raises(ValueError, match="show takes a model run, a bundled model or a capture"):
+        sa.show("ddpm-faces")

@@ -138,8 +138,6 @@ def show(
     view = View(head=head, mode=mode, cmap=cmap, scale=render.scale_named(scale))
     h, w = explored.image_hw
     point = pixel if pixel is not None else (explored.first_point() if explored.model else (h // 2, w // 2))
-    if not (0 <= point[0] < h and 0 <= point[1] < w):
-        raise ValueError(f"pixel {tuple(point)} is outside the {h}x{w} image (y, x)")
     if explored.model is not None:
         heading = title(provenance(explored, point, view))
     else:
