@@ -14,7 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from browser import CHROMIUM_ARGS, WAIT_PIXEL, find_chromium
+from browser import CHROMIUM_ARGS, WAIT_PIXEL
 from PIL import Image
 
 import spatial_attn as sa
@@ -52,14 +52,6 @@ def _reference_row(layer, cell) -> np.ndarray:
     q, k = layer.q[0].double(), layer.k[0].double()
     i = layer.queries.token(*cell)
     return torch.softmax(torch.einsum("hd,hnd->hn", q[:, i], k), -1).mean(0).numpy()
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = find_chromium()
-    if path is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    return path
 
 
 def _open_offline(p, chromium: str, url: str):
