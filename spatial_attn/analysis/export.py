@@ -29,6 +29,7 @@ import numpy as np
 
 from ..engine.grid import cell_box
 from . import render
+from .provenance import provenance, title
 
 if TYPE_CHECKING:
     from .explore import Exploration, LayerClick, View
@@ -67,50 +68,6 @@ def maps_of(clicks: list[LayerClick], view: View) -> list[Map]:
             scale = render.colour_scale(c.values, view.scale, layer.keys.count, shared)
             out.append(Map(title, c.values, scale, outline))
     return out
-
-
-def provenance(exploration: Exploration, point: tuple[int, int], view: View) -> dict[str, Any]:
-    """What made a click's maps: enough to make them again (``rows.json``, the figure's title, the page)."""
-    model = exploration.model
-    return {
-        "model": model.name,
-        "pretrained": model.pretrained,
-        "timestep": exploration.timestep,
-        "seed": exploration.seed,
-        "pixel": [int(point[0]), int(point[1])],  # (y, x) in the model's input
-        "head": view.head,
-        "mode": view.mode,
-        "version": version(),
-        "input": "input.png",
-        "input_note": exploration.prepared.note,
-    }
-
-
-def title(described: dict[str, Any]) -> str:
-    """One line saying what a figure shows, from :func:`provenance`."""
-    y, x = described["pixel"]
-    parts = [described["model"] + ("" if described["pretrained"] else " (untrained)")]
-    if described["timestep"] is not None:
-        parts.append(f"t = {described['timestep']}")
-    parts += [
-        f"seed {described['seed']}",
-        f"pixel (y, x) = ({y}, {x})",
-        f"head {described['head']}" if described["head"] in ("mean", "max") else described["head"],
-        "row: where it looks" if described["mode"] == "row" else "column: who looks at it",
-        f"spatial-attn {described['version']}",
-    ]
-    return " · ".join(parts)
-
-
-def version() -> str:
-    """The installed spatial-attn's version ("unknown" when run from a checkout never installed)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed
-
-    try:
-        return installed("spatial-attn")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def figure_bytes(

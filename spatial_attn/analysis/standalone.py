@@ -120,7 +120,7 @@ def show(
     """The hover panels of ``run`` for a notebook (see :func:`spatial_attn.show`)."""
     from ..models.bundle import BundledModel
     from .explore import Exploration, View, head_index
-    from .export import provenance, title, version
+    from .provenance import provenance, title, version
 
     head_index(head)  # its form, said before any work
     if isinstance(run, Exploration):
