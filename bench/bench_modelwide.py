@@ -88,7 +88,28 @@ def bundled(name: str) -> list[tuple[str, str, str, str]]:
     model = load_model(name)
     image = None if model.kind == "sagan" else default_image()[0]
     took, ex = timed(lambda: Exploration(model, image, timestep=250 if model.num_timesteps else None))
-    return views(name, ex.layers, ex.image_hw, took)
+    return views(name, ex.layers, ex.image_hw, took) + tab(name, ex, took)
+
+
+def tab(name: str, explored: Any, forward: float) -> list[tuple[str, str, str, str]]:
+    """Each view as the app's tab gives it (computed and drawn), the layer statistics not yet kept."""
+    from types import SimpleNamespace
+
+    from spatial_attn.app.views import modelwide as view
+
+    session = SimpleNamespace(exploration=explored, point=explored.first_point())
+    rows = []
+    for shown in view.VIEWS:
+
+        def press(shown: str = shown) -> Any:
+            view._STATS.clear()  # as the first press after a model run
+            return view.ModelWideView.show(session, shown, None, lambda *a, **k: None)
+
+        took, _ = timed(press, REPEAT)
+        rows.append(
+            (f"{name}, app tab: {shown}", f"{took * 1e3:.1f} ms", f"model run {forward * 1e3:.0f} ms", "")
+        )
+    return rows
 
 
 def sd15_unet(latent: int) -> list[tuple[str, str, str, str]]:
