@@ -57,6 +57,19 @@ def _seed() -> None:
 
 
 @pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium for the browser tests (skipped where it is not installed)."""
+    from browser import find_chromium
+
+    path = find_chromium()
+    if path is None:
+        pytest.skip(
+            "Debian's chromium is not installed (apt-get install chromium); under CI=true it is installed"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
 def served():
     """The real app, served on a free local port for the whole session (closed at the end): the
     running Blocks and its address."""

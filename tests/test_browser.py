@@ -19,7 +19,6 @@ from browser import (
     PANELS,
     click_and_wait,
     clicked_pixel,
-    find_chromium,
     hover_and_wait,
     image_pixel,
     open_app,
@@ -36,16 +35,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 OPACITY = 0.65  # the app's default heatmap opacity
 DEFAULT_FACE = ASSETS / "faces" / "valid-0.png"  # the app opens on the first valid example
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = find_chromium()
-    if path is None:
-        pytest.skip(
-            "Debian's chromium is not installed (apt-get install chromium); under CI=true it is installed"
-        )
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -129,6 +129,21 @@ class Exploration:
         self.timestep = timestep
         self.seed = seed  # of the noise (DDPM) or z (SAGAN generator)
 
+    @classmethod
+    def captured(cls, layers: list[AttentionLayer], image: np.ndarray) -> Exploration:
+        """Layers the caller captured (``sa.capture``) from a forward on ``image``, the ``(H, W, 3)``
+        uint8 picture that forward saw: an exploration with no model behind it (no provenance, no
+        re-run), enough to draw and follow the panels (``sa.show``)."""
+        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3):
+            raise ValueError("the image must be the (H, W, 3) uint8 picture the model saw")
+        explored = cls.__new__(cls)
+        explored.model, explored.prepared, explored.summary = None, None, None
+        explored.layers = [layer for layer in layers if layer.query_grid is not None]
+        explored.problems = []
+        explored.image = explored.input = image
+        explored.timestep, explored.seed = None, None
+        return explored
+
     @property
     def image_hw(self) -> tuple[int, int]:
         """Size of the model's input, in pixels."""

@@ -32,6 +32,7 @@ from PIL import Image
 from ..analysis import render
 from ..analysis.explore import Exploration, View, cell_of, explain, head_index
 from ..engine.grid import cell_at
+from ..models.bundle import FITS
 from ..resources import locate, searched
 from . import public, serving
 from .images import MAX_UPLOAD_MB, ImageError, load_image
@@ -42,6 +43,7 @@ from .views.ablation import AblationView
 from .views.compare import CompareView
 from .views.download import DownloadView
 from .views.mechanics import MechanicsView
+from .views.modelwide import ModelWideView
 from .views.prompt import PromptView
 from .views.timesteps import TimestepsView
 
@@ -94,10 +96,11 @@ def run(
     source: Image.Image | None,
     note: str,
     prompt: str | None = None,
+    fit: str = "crop",
 ) -> Session:
     """Run ``model`` once on ``source`` (None: generate from ``seed``) under capture; a text-conditioned
-    model on ``prompt`` (None: its default)."""
-    bundled = library[model]
+    model on ``prompt`` (None: its default); an image that is not square made square by ``fit``."""
+    bundled = library[model].with_fit(fit)
     if prompt is not None and bundled.takes_prompt:
         bundled = bundled.with_prompt(prompt)  # a copy holding this user's prompt, same modules
     t = int(timestep) if bundled.num_timesteps else None
@@ -108,7 +111,7 @@ def run(
         source.thumbnail((bundled.max_source,) * 2)
         note = " · ".join(filter(None, [note, f"kept at {source.width}×{source.height} for this session"]))
     exploration = Exploration(bundled, source, timestep=t, seed=int(seed))
-    return Session(exploration, source, note, point=exploration.first_point())
+    return Session(exploration, source, note, point=exploration.first_point(), fit=fit)
 
 
 def draw(session: Session, view: View) -> tuple[str, str]:
@@ -223,6 +226,7 @@ def attend(
         "point": list(point),
         "model_pixel": list(pixel),
         "notes": notes,
+        "input_note": ex.prepared.note,  # what was done to the image: resized, cropped or padded, noised
         "tokens": list(ex.prepared.tokens),
         "layers": [c.to_json() for c in clicks],
     }
@@ -298,7 +302,7 @@ class Handlers:
             source, note = default_image()  # a generated face is gone; this model needs an image
         source, note = opening_input(self.library[name], source, note, s)
         prompt = getattr(session.exploration.model, "default_prompt", None)  # the user's, kept
-        fresh = run(self.library, name, t, s, source, note, prompt)
+        fresh = run(self.library, name, t, s, source, note, prompt, session.fit)
         h, w = fresh.exploration.image_hw
         y, x = session.point  # the same click, kept inside the new model's input
         kept = replace(fresh, point=(min(y, h - 1), min(x, w - 1)))
@@ -315,8 +319,16 @@ class Handlers:
         source, notes = load_image(path)
         size = self.library[name].image_size
         text = f"upload {Path(path).name} ({source.width}×{source.height}; model input {size}×{size})"
-        fresh = run(self.library, name, t, s, source, " · ".join([text, *notes]))
+        fit = session.fit if session is not None else "crop"
+        fresh = run(self.library, name, t, s, source, " · ".join([text, *notes]), fit=fit)
         return self._after_run(fresh, *view, previous=session)
+
+    @guarded
+    def refit(self, session: Session | None, fit: str, *args: Any) -> tuple:
+        """The upload fit changed: the same image made square the new way (the next uploads too)."""
+        if session is None:
+            return (gr.skip(),) * len(self.RERAN)
+        return self.rerun(replace(session, fit=serving.one_of(fit, "fit", FITS)), *args)
 
     @guarded
     def picked(
@@ -439,6 +451,7 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                 with gr.Row():
                     sample = gr.Button("new sample from seed", elem_id="new-sample")
                     upload = gr.UploadButton("upload an image", file_types=["image"], elem_id="upload")
+                    fit = gr.Radio(list(FITS), value="crop", label="upload fit", elem_id="fit", min_width=200)
                 with gr.Row(equal_height=False):
                     note = gr.Markdown(elem_id="input-note")
                     with gr.Column(scale=0, min_width=140):
@@ -477,6 +490,8 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                         compare_view = CompareView(library, UNTRAINED)
                     with gr.Tab("ablation", id="ablation"):
                         ablation_view = AblationView(library)
+                    with gr.Tab("whole model", id="modelwide"):
+                        modelwide_view = ModelWideView()
                 prompt_view = PromptView()  # text-conditioned models only
 
         view_inputs = [head, mode, cmap, scale, upsampling, opacity, layout, over]
@@ -498,6 +513,7 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
         timestep.change(on.rerun, [state, *run_inputs], reran, trigger_mode="always_last", **runs)
         seed.submit(on.rerun, [state, *run_inputs], reran, **runs)
         upload.upload(on.uploaded, [state, upload, *run_inputs], reran, **runs)
+        fit.change(on.refit, [state, fit, *run_inputs], reran, **runs)
         gallery.select(on.picked, [state, *run_inputs], reran, **runs)
         sample.click(on.generated, [state, *run_inputs], reran, **runs)
         # The tabs that follow the pinned pixel are drawn by the click's own event (Follower).
@@ -530,6 +546,7 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
         timesteps_view.wire(state)
         compare_view.wire(state, view_inputs, view_of)
         ablation_view.wire(state)
+        modelwide_view.wire(state)
         prompt_view.wire(state, head, cmap, on, run, run_inputs, reran, guarded)
     serving.share_lane(demo)  # the JSON API's runs and these take turns in one lane
     demo.attend = functools.partial(attend, library, cache=on.explorations)  # for the JSON API

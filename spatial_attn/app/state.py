@@ -56,6 +56,7 @@ class Session:
     note: str
     point: tuple[int, int] = (0, 0)  # (y, x) in model-input pixels: the click, updated in place
     tickets: Tickets = field(default_factory=Tickets)  # orders its clicks; retired when replaced
+    fit: str = "crop"  # how an image that is not square was made square (models.bundle.FITS)
 
 
 def checked_run(library: Library, model: Any, timestep: Any, seed: Any) -> tuple[str, int | None, int]:
