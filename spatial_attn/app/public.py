@@ -72,6 +72,7 @@ def own_temp_folder() -> Path:
     base = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
     if base.name.startswith(PREFIX):  # already ours (a second launch in one process)
         base = base.parent
+    remove_stale(base)
     folder = base / f"{PREFIX}{os.getpid()}"
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["GRADIO_TEMP_DIR"] = str(folder)
