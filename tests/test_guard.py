@@ -485,3 +485,11 @@ def test_the_json_apis_uploads_are_bounded_least_recent_first(tmp_path):
     assert sorted(p.name for p in (tmp_path / "api").iterdir()) == sorted([ids[1], ids[3]])
     with pytest.raises(guard.Refused, match="not on this server"):
         uploads.get(ids[0])
+
+
+def test_sessions_and_waiting_events_are_bounded(served):
+    """Gradio keeps each session's state (its exploration, its components' updates): at most 256
+    sessions are kept, the oldest dropped; and at most 256 events wait in the queue (then 503)."""
+    demo, _ = served
+    assert demo.state_session_capacity == 256 and demo.app.state_holder.capacity == 256
+    assert demo._queue.max_size == 256
