@@ -473,3 +473,23 @@ def test_an_oversize_body_is_refused_before_it_is_read(served):
     body = {"data": _attend_with(7, "x" * (guard.MAX_BODY + 10)), "fn_index": 0, "session_hash": "big"}
     answer = httpx.post(url + "gradio_api/queue/join", json=body, timeout=30)
     assert answer.status_code == 413 and "the limit here is" in answer.json()["error"]
+
+
+def test_the_json_apis_uploads_are_bounded_least_recent_first(tmp_path):
+    from spatial_attn.app.jsonapi import Uploads
+
+    uploads = Uploads(lambda: str(tmp_path), max_files=2)
+    ids = [uploads.put(bytes([i]) * 10)[0] for i in range(3)]
+    uploads.get(ids[1])  # used again: kept over the newer one
+    ids.append(uploads.put(b"\4" * 10)[0])
+    assert sorted(p.name for p in (tmp_path / "api").iterdir()) == sorted([ids[1], ids[3]])
+    with pytest.raises(guard.Refused, match="not on this server"):
+        uploads.get(ids[0])
+
+
+def test_sessions_and_waiting_events_are_bounded(served):
+    """Gradio keeps each session's state (its exploration, its components' updates): at most 256
+    sessions are kept, the oldest dropped; and at most 256 events wait in the queue (then 503)."""
+    demo, _ = served
+    assert demo.state_session_capacity == 256 and demo.app.state_holder.capacity == 256
+    assert demo._queue.max_size == 256

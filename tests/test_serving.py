@@ -131,3 +131,39 @@ def test_a_content_hashed_file_is_never_seen_half_written(tmp_path, writer):
     thread.join()
     assert not short, f"{len(short)} reads saw a partial file, e.g. {short[:3]} of {len(whole)} bytes"
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
+
+
+def test_the_lane_runs_size_at_once_and_tells_the_rest_it_is_busy():
+    """RUNS at once; ``waiting`` more wait their turn; beyond them, Busy (the JSON API's 503)."""
+    import threading
+    import time
+
+    from spatial_attn.app.serving import Busy, Lane
+
+    lane = Lane(size=1, waiting=1)
+    release, entered = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def first() -> None:
+        with lane.held():
+            entered.set()
+            release.wait(10)
+            order.append("first")
+
+    def then(name: str, bounded: bool) -> None:
+        with lane.held(bounded):
+            order.append(name)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=then, args=("second", True))]
+    threads[0].start()
+    entered.wait(10)
+    threads[1].start()
+    time.sleep(0.2)  # the second is waiting now
+    with pytest.raises(Busy, match="busy"), lane.held():
+        pass
+    threads.append(threading.Thread(target=then, args=("gradio's", False)))  # its queue bounds it: waits
+    threads[-1].start()
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert order[0] == "first" and sorted(order[1:]) == ["gradio's", "second"]

@@ -23,6 +23,7 @@ Pure ASGI, so no body is read twice and nothing here imports more than Starlette
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -233,7 +234,8 @@ class Guard:
 
     ``blocks`` is the app's ``gr.Blocks``; ``upload_dir`` a callable giving Gradio's upload folder (it
     is read per request: the server may set ``GRADIO_TEMP_DIR`` after this is made). ``stopping`` is
-    set while the server shuts down: requests then get 503 instead of starting work."""
+    set while the server shuts down: requests then get 503 instead of starting work; ``in_flight``
+    counts the requests past the door that have not been answered yet (the stop waits for them)."""
 
     def __init__(
         self,
@@ -241,11 +243,13 @@ class Guard:
         blocks: Any,
         upload_dir: Callable[[], str],
         stopping: Any = None,
+        in_flight: Any = None,
     ) -> None:
         self.app = app
         self.blocks = blocks
         self.upload_dir = upload_dir
         self.stopping = stopping
+        self.in_flight = in_flight if in_flight is not None else contextlib.nullcontext()
 
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -263,7 +267,8 @@ class Guard:
             await answer(send, refusal.status, str(refusal), refusal.field)
             return
         if body is None:  # an upload: streamed to Gradio, its declared length checked
-            await self.app(scope, receive, send)
+            with self.in_flight:
+                await self.app(scope, receive, send)
             return
         try:
             if kind == SERVER_FN:
@@ -275,7 +280,8 @@ class Guard:
         except Refused as refusal:
             await answer(send, refusal.status, str(refusal), refusal.field)
             return
-        await self.app(scope, _replay(body, receive), send)
+        with self.in_flight:
+            await self.app(scope, _replay(body, receive), send)
 
 
 async def _read(scope: dict, receive: Receive, limit: int, chunked: bool) -> bytes | None:

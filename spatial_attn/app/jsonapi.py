@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -74,19 +76,30 @@ class Uploads:
         if not isinstance(upload, str) or not _ID.fullmatch(upload):
             raise Refused(f"upload must be the 64-hex-digit id an earlier answer gave; got {upload!r:.60}")
         path = self._root() / upload / "image"
-        if not path.is_file():
-            raise Refused(f"upload {upload} is not on this server (any more): send the image as base64", 404)
-        path.touch()
+        try:
+            os.utime(path)  # the most recently used; fails if it was never kept, or was pruned
+        except FileNotFoundError:
+            raise Refused(
+                f"upload {upload} is not on this server (any more): send the image as base64", 404
+            ) from None
         return path
 
     def _root(self) -> Path:
         return Path(self.folder()) / "api"
 
     def _prune(self) -> None:
-        kept = sorted(self._root().glob("*/image"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in kept[self.max_files :]:
+        kept = sorted(self._root().glob("*/image"), key=_mtime, reverse=True)
+        for old in kept[self.max_files :]:  # another request may be pruning the same ones
             old.unlink(missing_ok=True)
-            old.parent.rmdir()
+            with contextlib.suppress(OSError):
+                old.parent.rmdir()
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # pruned meanwhile by another request
+        return 0.0
 
 
 def decoded(text: Any) -> bytes:

@@ -23,6 +23,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,34 @@ from .guard import Guard
 
 PREFIX = "spatial-attn-"
 STOPPING = threading.Event()  #: set once the server is stopping: the guard answers 503
+DRAIN_S = 30  #: how long a stop waits for the requests already being served
+
+
+class InFlight:
+    """The requests past the guard and not answered yet: a stop waits for them before it removes
+    the files they may still write (Gradio's own wait for its server gives up after 5 s)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.count -= 1
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Whether every request was answered within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not self.count
+
+
+IN_FLIGHT = InFlight()
 
 
 def own_temp_folder() -> Path:
@@ -43,6 +72,7 @@ def own_temp_folder() -> Path:
     base = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
     if base.name.startswith(PREFIX):  # already ours (a second launch in one process)
         base = base.parent
+    remove_stale(base)
     folder = base / f"{PREFIX}{os.getpid()}"
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["GRADIO_TEMP_DIR"] = str(folder)
@@ -75,7 +105,7 @@ def app_kwargs(demo: Any, attend: Callable[..., tuple]) -> dict[str, Any]:
     """Gradio's ``launch(app_kwargs=...)``: the guard in front of every route, and the JSON API.
     ``attend`` is the app's ``attend`` with its library and cache bound."""
     folder = os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio")
-    guard = Middleware(Guard, blocks=demo, upload_dir=lambda: folder, stopping=STOPPING)
+    guard = Middleware(Guard, blocks=demo, upload_dir=lambda: folder, stopping=STOPPING, in_flight=IN_FLIGHT)
     return {"middleware": [guard], "routes": [jsonapi.route(attend, lambda: folder)]}
 
 
@@ -117,7 +147,9 @@ def stop_on_sigterm() -> None:
 
 
 def stopped(demo: Any, folder: Path) -> None:
-    """After Gradio's wait loop ends: close the queue and the server, remove the temp folder."""
+    """After Gradio's wait loop ends: new requests are refused (503), those already being served are
+    answered (up to ``DRAIN_S``), then the queue and the server close and the temp folder goes."""
     STOPPING.set()
+    IN_FLIGHT.wait_idle(DRAIN_S)
     demo.close()
     shutil.rmtree(folder, ignore_errors=True)

@@ -170,6 +170,8 @@ class Lane:
                 return fn(*args, **kwargs)
 
         in_lane.in_lane = True  # type: ignore[attr-defined]
+        if not hasattr(fn, "__name__"):  # a functools.partial: named after its function
+            in_lane.__name__ = getattr(getattr(fn, "func", None), "__name__", "in_lane")
         return in_lane
 
 
