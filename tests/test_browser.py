@@ -250,7 +250,8 @@ def test_export_button_downloads_the_zip(app_url, chromium, tmp_path):
         path = tmp_path / "export.zip"
         download.value.save_as(path)
         names = zipfile.ZipFile(path).namelist()
-        assert {"figure.png", "figure.svg", "rows.json"} <= set(names) and len(names) == 3 + 7
+        expected = {"figure.png", "figure.svg", "rows.json", "input.png", "index.html"}
+        assert expected <= set(names) and len(names) == len(expected) + 7
 
 
 def test_timesteps_tab_shows_a_filmstrip(app_url, chromium, shots):

@@ -241,3 +241,23 @@ def test_the_tab_draws_each_view_and_says_the_analysis_numbers(vit_session):
     assert note.startswith("`blocks.2.self_attn`") and image.height > 2 * 192
     with pytest.raises(Exception, match="view must be one of"):
         tab.ModelWideView.show(vit_session, "everything", None, _no_progress)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_tab_in_the_page_computes_and_draws(app_url, chromium):
+    """In the real app: the tab lists the DDPM's runs of layers, and compute draws the rollout of the
+    pinned pixel, its note naming the run (the handler's own text, checked above)."""
+    from browser import open_app
+
+    with open_app(app_url, chromium) as page:
+        page.get_by_role("tab", name="whole model").click()
+        page.locator("#mw-run").click()
+        note = page.locator("#mw-note")
+        note.get_by_text("Rollout (Abnar & Zuidema 2020)").wait_for(timeout=60_000)
+        text = note.inner_text()  # the markdown rendered: code spans without their backticks
+        assert "through 2 layer(s) up_blocks.1.attentions.0 … up_blocks.1.attentions.1" in text
+        assert page.locator("#mw-image img").count() == 1
+        page.get_by_label("attention received (every layer)").check()
+        page.locator("#mw-run").click()
+        note.get_by_text("special tokens' share").wait_for(timeout=60_000)
