@@ -17,6 +17,7 @@ from conftest import assert_rows_match
 from torch import nn
 
 import spatial_attn as sa
+from spatial_attn.analysis.explore import shown
 from spatial_attn.engine.model_grids import stated_grids
 
 transformers = pytest.importorskip("transformers")
@@ -161,6 +162,8 @@ def test_detr_object_queries_are_a_query_axis_not_a_grid(
             np.testing.assert_allclose(self_attn.row_of_token(f"query {q}", batch=b), among, atol=1e-5)
         column = cross.column(3, 5, batch=b)  # who among the queries looks at pixel (3, 5)
         np.testing.assert_allclose(column, probs[b, :, :, 3 * 8 + 5].mean(0), atol=1e-5)
+    drawn, lines = shown(cap.layers)  # the app: no panel for queries that are no pixels, and it says so
+    assert drawn == [encoder] and [line.split(":")[0] for line in lines] == [self_attn.name, cross.name]
 
 
 # -- PVTv2: overlapping patch embeddings and linear mode's pooled keys ---------------------------------
