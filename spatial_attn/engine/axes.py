@@ -97,7 +97,9 @@ def check_heads(ex: Extracted, heads: int | None) -> None:
 
 def per_sequence(layout: TokenLayout, ex: Extracted, batch: int | None) -> TokenLayout:
     """``layout`` marked as one of several sequences per image when the call's batch axis is a
-    multiple ``k > 1`` of the model's input batch (MobileViT's unfolded patches: image x offset)."""
+    multiple ``k > 1`` of the number of images the model was given (MobileViT's unfolded patches:
+    image x offset). ``batch`` is None when the model's input is no batch of images (a video, whose
+    frames fold into the batch as whole images, or tokens)."""
     got = ex.shape[0]
     if not batch or got == batch or got % batch:
         return layout
