@@ -234,3 +234,33 @@ def test_deformable_detr_sampling_weights_are_not_a_map_and_its_queries_are_labe
         for q in (0, 29):
             expected = reference.decoder_attentions[0][b, :, q].mean(0).numpy()
             np.testing.assert_allclose(layer.row_of_token(f"query {q}", batch=b), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_perceiver_latents_are_labelled_queries(batch: int) -> None:
+    """Perceiver's latents are learned queries: its cross-attention (latents over the inputs) and its
+    latent self-attention are read through the softmax and labelled ``query i``, rows exact."""
+    torch.manual_seed(5)
+    config = transformers.PerceiverConfig(
+        num_latents=8,
+        d_latents=16,
+        d_model=16,
+        num_blocks=1,
+        num_self_attends_per_block=1,
+        num_self_attention_heads=2,
+        num_cross_attention_heads=1,
+    )
+    model = transformers.PerceiverModel(config).eval()
+    inputs = torch.randn(batch, 12, 16)
+    with torch.no_grad():
+        reference = model(inputs=inputs, output_attentions=True)
+        with sa.capture(model) as cap:
+            model(inputs=inputs)
+    cross, latent = cap.layers
+    names = tuple(f"query {i}" for i in range(8))
+    assert cross.queries.labels == latent.queries.labels == names and not cap.problems
+    for layer, probs in ((cross, reference.cross_attentions[0]), (latent, reference.attentions[0])):
+        for b in range(batch):
+            for q in (0, 5):
+                expected = probs[b, :, q].mean(0).numpy()
+                np.testing.assert_allclose(layer.row_of_token(f"query {q}", batch=b), expected, atol=1e-5)
