@@ -358,3 +358,23 @@ def test_mobilevit_unfolded_patches_are_drawn_per_sequence_and_say_so(batch: int
     assert layer.batch_size == batch * 4 and layer.query_grid == (2, 2)
     assert layer.queries.ambiguous and "4 sequences per image" in layer.queries.note
     assert_rows_match(layer, reference_probs(q, k, q.shape[-1] ** -0.5))
+
+
+class FrameAttention(nn.Module):
+    """A video model's spatial attention: frames fold into the batch as whole images (UNet3D-style)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, 8, kernel_size=2, stride=2)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = video.shape
+        frames = video.transpose(1, 2).reshape(b * f, c, h, w)  # (B*F, C, H, W)
+        x = self.patch_embed(frames).flatten(2).transpose(1, 2).unsqueeze(1)  # (B*F, 1, N, 8)
+        return F.scaled_dot_product_attention(x, x, x)
+
+
+def test_video_frames_on_the_batch_axis_are_whole_images_not_flagged() -> None:
+    cap = captured(FrameAttention(), torch.randn(2, 3, 4, 8, 8))
+    (layer,) = cap.layers
+    assert layer.batch_size == 8 and layer.query_grid == (4, 4) and not layer.queries.ambiguous

@@ -17,6 +17,7 @@ from conftest import assert_rows_match
 from torch import nn
 
 import spatial_attn as sa
+from spatial_attn.analysis.explore import shown
 from spatial_attn.engine.model_grids import stated_grids
 
 transformers = pytest.importorskip("transformers")
@@ -161,6 +162,8 @@ def test_detr_object_queries_are_a_query_axis_not_a_grid(
             np.testing.assert_allclose(self_attn.row_of_token(f"query {q}", batch=b), among, atol=1e-5)
         column = cross.column(3, 5, batch=b)  # who among the queries looks at pixel (3, 5)
         np.testing.assert_allclose(column, probs[b, :, :, 3 * 8 + 5].mean(0), atol=1e-5)
+    drawn, lines = shown(cap.layers)  # the app: no panel for queries that are no pixels, and it says so
+    assert drawn == [encoder] and [line.split(":")[0] for line in lines] == [self_attn.name, cross.name]
 
 
 # -- PVTv2: overlapping patch embeddings and linear mode's pooled keys ---------------------------------
@@ -231,3 +234,33 @@ def test_deformable_detr_sampling_weights_are_not_a_map_and_its_queries_are_labe
         for q in (0, 29):
             expected = reference.decoder_attentions[0][b, :, q].mean(0).numpy()
             np.testing.assert_allclose(layer.row_of_token(f"query {q}", batch=b), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_perceiver_latents_are_labelled_queries(batch: int) -> None:
+    """Perceiver's latents are learned queries: its cross-attention (latents over the inputs) and its
+    latent self-attention are read through the softmax and labelled ``query i``, rows exact."""
+    torch.manual_seed(5)
+    config = transformers.PerceiverConfig(
+        num_latents=8,
+        d_latents=16,
+        d_model=16,
+        num_blocks=1,
+        num_self_attends_per_block=1,
+        num_self_attention_heads=2,
+        num_cross_attention_heads=1,
+    )
+    model = transformers.PerceiverModel(config).eval()
+    inputs = torch.randn(batch, 12, 16)
+    with torch.no_grad():
+        reference = model(inputs=inputs, output_attentions=True)
+        with sa.capture(model) as cap:
+            model(inputs=inputs)
+    cross, latent = cap.layers
+    names = tuple(f"query {i}" for i in range(8))
+    assert cross.queries.labels == latent.queries.labels == names and not cap.problems
+    for layer, probs in ((cross, reference.cross_attentions[0]), (latent, reference.attentions[0])):
+        for b in range(batch):
+            for q in (0, 5):
+                expected = probs[b, :, q].mean(0).numpy()
+                np.testing.assert_allclose(layer.row_of_token(f"query {q}", batch=b), expected, atol=1e-5)

@@ -99,10 +99,16 @@ class LayerClick:
 def shown(layers: list[AttentionLayer]) -> tuple[list[AttentionLayer], list[str]]:
     """The layers a view may draw, and a line for each one it must not: a layer whose own
     verification says its rows do not reproduce the model's output (attention that is not what the
-    adapter took it for) is never drawn as if it held. Layers with no query grid have no map."""
+    adapter took it for) is never drawn as if it held. Layers with no query grid have no map to click;
+    those whose queries are the model's learned queries (DETR) are named, so they are not lost."""
     drawn, refuted = [], []
     for layer in layers:
         if layer.query_grid is None:
+            if layer.queries.labels:
+                refuted.append(
+                    f"{layer.name}: its {layer.queries.count} queries are learned queries, not pixels: no "
+                    f"panel; from Python, layer.row_of_token({layer.queries.labels[0]!r}) is one's map"
+                )
             continue
         if layer.verification.ok is False:
             refuted.append(f"{layer.name} ({layer.family}): not shown: {layer.verification.detail}")

@@ -3,8 +3,8 @@
 A call arrives as ``(B', h', N, N')`` scores (or ``q``/``k`` of that shape) and nothing in the shape
 says which leading axis holds heads and which holds windows, nor whether the softmax runs over
 tokens at all. The blocks that make the call say it: a ``num_heads`` on the attention module, the
-token count of the map the model last stated. Two guards live here, each a rule the capture applies
-before a call becomes a layer:
+token count of the map the model last stated. The capture applies these rules to each call before
+it becomes a layer:
 
 * :func:`check_token_axes`: a product that contracts over the tokens and leaves channels on both
   axes (XCiT's cross-covariance attention, ``softmax(q^T k)`` of ``d x d``) is channel attention, not
@@ -97,7 +97,9 @@ def check_heads(ex: Extracted, heads: int | None) -> None:
 
 def per_sequence(layout: TokenLayout, ex: Extracted, batch: int | None) -> TokenLayout:
     """``layout`` marked as one of several sequences per image when the call's batch axis is a
-    multiple ``k > 1`` of the model's input batch (MobileViT's unfolded patches: image x offset)."""
+    multiple ``k > 1`` of the number of images the model was given (MobileViT's unfolded patches:
+    image x offset). ``batch`` is None when the model's input is no batch of images (a video, whose
+    frames fold into the batch as whole images, or tokens)."""
     got = ex.shape[0]
     if not batch or got == batch or got % batch:
         return layout

@@ -229,8 +229,8 @@ class Capture:
             else:
                 check_heads(extracted, stated_heads(f.module for f in reversed(self._frames)))
                 queries, keys = self._layouts(base, extracted)
-                batch = self._input[0] if self._input else None
-                queries, keys = (per_sequence(t, extracted, batch) for t in (queries, keys))
+                images = self._input[0] if self._input and self._input[1] else None  # a 4D input: images
+                queries, keys = (per_sequence(t, extracted, images) for t in (queries, keys))
             if extracted.require_grid and queries.grid is None and not queries.labels:  # no learned queries
                 raise Declined(f"its {queries.count} tokens fit no grid ({queries.note})")
             name = self._unique(base)
