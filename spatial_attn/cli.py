@@ -118,12 +118,29 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="the models' folder")
     p.add_argument(
         "--split",
-        choices=("heldout", "dev"),
-        default="heldout",
-        help="seeds to measure on: the held-out ones the tables report, or the ones used while developing",
+        choices=("dev", "spent"),
+        default="dev",
+        help="development seeds: dev, or spent (the earlier held-out seeds, consulted while developing)",
     )
-    p.add_argument("--samples", type=int, default=64, help="generated samples judged per model and seed")
-    p.add_argument("--faces", type=int, default=32, help="real faces per seed for the attention figures")
+    p.add_argument(
+        "--sealed",
+        action="store_true",
+        help="run the sealed seeds of spatial_attn/faces/protocol.py: once, at the protocol's sizes, "
+        "leaving CHECKPOINTS/sealed-run.json",
+    )
+    p.add_argument("--force", action="store_true", help="with --sealed: run them again (the record says so)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=64,
+        help="generated samples judged per model and seed (--sealed: the protocol's)",
+    )
+    p.add_argument(
+        "--faces",
+        type=int,
+        default=32,
+        help="real faces per seed for the attention figures (--sealed: the protocol's)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument(
         "--write-cards", action="store_true", help="put the tables into each model card and README.md"
@@ -135,11 +152,14 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .faces.evaluate import evaluate_all, format_table, write_cards, write_grids
+    from .faces.evaluate import evaluate_all, format_table, sealed_run, write_cards, write_grids
 
-    results = evaluate_all(
-        args.checkpoints, split=args.split, samples=args.samples, faces=args.faces, threads=args.threads
-    )
+    if args.sealed:
+        results = sealed_run(args.checkpoints, force=args.force, threads=args.threads)
+    else:
+        results = evaluate_all(
+            args.checkpoints, split=args.split, samples=args.samples, faces=args.faces, threads=args.threads
+        )
     table = format_table(results)
     print(table)
     if args.write_cards:

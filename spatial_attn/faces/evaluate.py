@@ -16,16 +16,18 @@ never used in training (training uses seeds >= 10**12):
   SAGAN generator's lift against position alone and its collapsed rows
   (:mod:`spatial_attn.faces.sample_eval`).
 
-Figures pool several seeds and carry 95% bootstrap intervals over faces (or samples). The seeds
-are fixed here: :data:`DEV_SEEDS` were looked at while the evaluation and the models were being
-developed; :data:`HELDOUT_SEEDS` are what the table reports. The headline layer of each model is
-picked on the dev seeds by :func:`headline_rule`, fixed before the held-out seeds were first run.
+Figures pool several seeds and carry 95% bootstrap intervals over faces (or samples). Seeds,
+targets, the headline rule and the verdict rule come from :mod:`spatial_attn.faces.protocol`, fixed
+before its sealed seeds were run; :func:`sealed_run` runs those once and leaves a record.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,17 +38,22 @@ import torch
 from ..data import KINDS, blur, make_faces
 from ..data.tensors import to_tensor
 from ..models import BundledModel, load_model
+from . import protocol
 from .eye_attention import COLLAPSE, Figures, measure, variants
+from .protocol import (
+    BLUR_SIGMA,
+    CONTENT_TARGET,
+    DEV_SEEDS,
+    FOLLOW_TARGET,
+    PROBE_TARGET,
+    SEALED_RECORD,
+    SEALED_SEEDS,
+    SPENT_SEEDS,
+)
 from .sample_eval import coverage, generator_figures
 
-DEV_SEEDS = (3, 4, 5)
-HELDOUT_SEEDS = (7919, 7927, 7933)
-SPLITS = {"dev": DEV_SEEDS, "heldout": HELDOUT_SEEDS}
+SPLITS = {"dev": DEV_SEEDS, "spent": SPENT_SEEDS, "sealed": SEALED_SEEDS}
 NAMES = ("vit-faces", "ddpm-faces", "sagan-faces")
-CONTENT_TARGET = 2.0  # valid / eye-erased lift
-FOLLOW_TARGET = 0.8  # share of moved-eye trials whose peak follows the eye
-PROBE_TARGET = 0.10  # most of a broken kind the judge may call valid
-BLUR_SIGMA = 1.2  # the blurred probes (the audit's)
 #: Where a diffusion model's layers are measured, as fractions of its schedule: little noise, a
 #: quarter (t = 250 of 1000 is where the app opens) and the middle (``prepare``'s default, the only
 #: level measured before). Added on the dev seeds, where the DDPM's ``down_blocks.1`` followed a
@@ -74,6 +81,16 @@ class Estimate:
 
 
 NONE = Estimate(float("nan"), float("nan"), float("nan"))
+
+
+def at_least(e: Estimate, goal: float) -> bool:
+    """The verdict rule for ``>= goal``: the interval's lower bound (the value if it has none)."""
+    return bool((e.value if np.isnan(e.low) else e.low) >= goal)
+
+
+def at_most(e: Estimate, goal: float) -> bool:
+    """The verdict rule for ``<= goal``: the interval's upper bound (the value if it has none)."""
+    return bool((e.value if np.isnan(e.high) else e.high) <= goal)
 
 
 def _number(v: float) -> str:
@@ -119,12 +136,14 @@ class Row:
 
     @property
     def met(self) -> bool | None:
-        """Whether the figure reaches a ``>= x`` or ``<= x`` target; None where there is none."""
+        """Whether the figure reaches a ``>= x`` or ``<= x`` target by the protocol's verdict rule
+        (the interval's lower or upper bound; the value where there is no interval); None where
+        there is no target."""
         found = re.fullmatch(r"([<>]=) ([\d.]+)(%?)", self.target)
         if not found or np.isnan(self.trained.value):
             return None
         goal = float(found[2]) / (100 if found[3] else 1)
-        return bool(self.trained.value >= goal if found[1] == ">=" else self.trained.value <= goal)
+        return at_least(self.trained, goal) if found[1] == ">=" else at_most(self.trained, goal)
 
     def cells(self) -> list[str]:
         met = {True: "yes", False: "**no**", None: "-"}[self.met]
@@ -378,7 +397,11 @@ def generator_row(sagan: Twins, seeds: tuple[int, ...], n: int) -> LayerRow:
 
 # -- the whole evaluation -----------------------------------------------------------------------------
 def evaluate_all(
-    checkpoints: Path, split: str = "heldout", samples: int = 64, faces: int = 32, threads: int = 2
+    checkpoints: Path,
+    split: str = "dev",
+    samples: int = protocol.SAMPLES_PER_SEED,
+    faces: int = protocol.FACES_PER_SEED,
+    threads: int = 2,
 ) -> Report:
     """Every figure of the tables on ``split``'s seeds: ``samples`` and ``faces`` per seed."""
     torch.set_num_threads(threads)
@@ -400,6 +423,63 @@ def evaluate_all(
         report.layers += layer_rows(models[0].name, trained, twin, headline)
     report.layers.append(generator_row(sagan, seeds, samples))
     return report
+
+
+def sealed_run(checkpoints: Path, force: bool = False, threads: int = 2) -> Report:
+    """The one run of the protocol's sealed seeds, at the protocol's sizes.
+
+    The record (``checkpoints/``:data:`~spatial_attn.faces.protocol.SEALED_RECORD`) is written
+    *before* the run, with the commit and the protocol's digest, so a run that crashes half-way has
+    still been run; its table is added when it ends. While a record exists the run is refused,
+    unless ``force``, and then the record lists the second run, marked forced.
+    """
+    path = checkpoints / SEALED_RECORD
+    runs = json.loads(path.read_text())["runs"] if path.exists() else []
+    if runs and not force:
+        raise SystemExit(
+            f"the sealed seeds were already run ({path}, started {runs[0]['started']}): a second run "
+            "is not the protocol's; --force runs them again and the record will say so"
+        )
+    entry = {
+        "started": _now(),
+        "commit": _git("rev-parse", "HEAD"),
+        "uncommitted changes": bool(_git("status", "--porcelain")),
+        "protocol_sha256": protocol_digest(),
+        "seeds": list(SEALED_SEEDS),
+        "forced": bool(runs),
+    }
+    runs.append(entry)
+    _write_record(path, runs)
+    report = evaluate_all(
+        checkpoints, "sealed", protocol.SAMPLES_PER_SEED, protocol.FACES_PER_SEED, threads=threads
+    )
+    entry.update(finished=_now(), table=format_table(report))
+    _write_record(path, runs)
+    return report
+
+
+def protocol_digest() -> str:
+    """SHA-256 of the protocol file's bytes: the sealed run records which protocol it ran under."""
+    return hashlib.sha256(Path(protocol.__file__).read_bytes()).hexdigest()
+
+
+def _write_record(path: Path, runs: list[dict]) -> None:
+    path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+
+def _git(*args: str) -> str | None:
+    """A git command's output in the package's checkout, or None outside one (an installed copy)."""
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=30, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
 
 
 LAYER_HEADER = [
