@@ -27,6 +27,9 @@ interval (coverage, collapsed rows) are read at their value. A model meets the a
 target when its headline row meets all four of: content lift, follows, cheek share and decoy share.
 Another row meeting them is named in the verdict, not counted.
 
+The measures themselves (lifts, the moved-eye test, probes) are those of ``evaluate.py``,
+``eye_attention.py`` and ``sample_eval.py`` at the commit that fixed this file.
+
 **The controls** (each reported beside the figure it controls):
 
 * *cheek share*: the lift onto the other eye from a cheek cell :data:`CHEEK_PX` below the query
@@ -51,6 +54,9 @@ SEALED_SEEDS = (52361, 52379, 52391)
 FACES_PER_SEED = 32  # real faces for the attention figures
 SAMPLES_PER_SEED = 64  # generated samples judged per model
 PROBES_PER_SEED = 128  # images per judge probe
+#: Where a diffusion model's layers are measured, as fractions of its schedule (each layer a row per
+#: level): t = 100, 250 (where the app opens) and 500 of 1000.
+NOISE_LEVELS = (0.1, 0.25, 0.5)
 #: The record the sealed run leaves in the checkpoints folder.
 SEALED_RECORD = "sealed-run.json"
 
