@@ -79,6 +79,13 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", type=Path, default=Path("runs"), help="resume checkpoints go here")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/<name>/resume.safetensors")
     p.add_argument("--checkpoint-minutes", type=float, default=3.0, help="how often to save for --resume")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="vit only: a field of the judge's recipe (faces/train/vit.py JudgeRecipe), e.g. head_shift_px=4",
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -88,6 +95,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .faces.train.common import Settings, run
 
     trainer_cls, defaults = TRAINERS[args.model]
+    if args.set and args.model != "vit":
+        raise SystemExit("--set sets the judge's recipe: only `spatial-attn train vit` takes it")
+    if any("=" not in item for item in args.set):
+        raise SystemExit("--set takes FIELD=VALUE, e.g. --set head_shift_px=4")
     settings = Settings(
         steps=defaults["steps"] if args.steps is None else args.steps,
         batch_size=defaults["batch_size"] if args.batch_size is None else args.batch_size,
@@ -99,6 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint_minutes=args.checkpoint_minutes,
         command=shlex.join(["spatial-attn", *sys.argv[1:]]),
         layout=args.layout,
+        extra=dict(item.split("=", 1) for item in args.set),
     )
     trainer = trainer_cls(settings)
     record = run(trainer, settings, args.run_dir / trainer.name)
