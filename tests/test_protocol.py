@@ -13,7 +13,7 @@ from spatial_attn.faces.evaluate import Estimate, Report, Row, sealed_run
 
 #: protocol.py as committed when the protocol was fixed (see README, "Bundled models"). Changing the
 #: protocol after its seeds were run breaks the seal: this test says so instead of letting it pass.
-PROTOCOL_SHA256 = "55543696216d37fec093b86868f6e4a51c396f33ed4b3d2eb0336e9d15b657a7"
+PROTOCOL_SHA256 = "0cc3e3b9ed4e56543778e9ca3c8b31954fc9a1c1713b02b39671a2084ca49308"
 
 
 def test_the_protocol_is_the_committed_one():

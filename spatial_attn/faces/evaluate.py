@@ -110,7 +110,9 @@ def bootstrap(stat: Callable[..., np.ndarray], *columns: np.ndarray, n: int = 10
     idx = np.random.default_rng(0).integers(0, m, (n, m))  # fixed: the table does not jitter
     boots = stat(*(c[idx] for c in columns))
     value = float(stat(*(c[None] for c in columns))[0])
-    return Estimate(value, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)))
+    big = np.finfo(np.float64).max  # percentiles interpolate: inf - inf would make a bound nan
+    low, high = np.percentile(np.clip(boots, -big, big), [2.5, 97.5])
+    return Estimate(value, *(float(np.inf if b >= big else b) for b in (low, high)))
 
 
 def mean(x: np.ndarray) -> Estimate:
@@ -118,10 +120,16 @@ def mean(x: np.ndarray) -> Estimate:
 
 
 def ratio(a: np.ndarray, b: np.ndarray) -> Estimate:
-    """Ratio of means; a resample whose denominator is 0 (a layer that never follows) gives inf or
-    nan, which the verdict reads as not met."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return bootstrap(lambda p, q: p.mean(-1) / q.mean(-1), a, b)
+    """Ratio of means. Where the denominator is 0 (a resample in which the layer never follows the
+    eye) the ratio is inf, or 1 if the numerator is 0 too: no evidence that the figure is specific,
+    so a control's share then fails its ``<=`` target instead of leaving an interval undefined."""
+
+    def share(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+        num, den = p.mean(-1), q.mean(-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(den == 0, np.where(num == 0, 1.0, np.inf), num / den)
+
+    return bootstrap(share, a, b)
 
 
 @dataclass

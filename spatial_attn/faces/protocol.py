@@ -22,13 +22,15 @@ CONTROL_SHARE / decoy share)`` on the dev seeds' point estimates (shares floored
 **Verdict rule**: a ``>= x`` target is met when the 95% interval's **lower** bound is ``>= x``, a
 ``<= x`` target when its **upper** bound is ``<= x`` (never the point estimate). Intervals: 1,000
 bootstrap resamples over faces (samples for the generators), fixed generator seed 0, 2.5 and 97.5
-percentiles, ratios resampled numerator and denominator together. Figures given without an
-interval (coverage, collapsed rows) are read at their value. A model meets the attention
-target when its headline row meets all four of: content lift, follows, cheek share and decoy share.
-Another row meeting them is named in the verdict, not counted.
+percentiles, ratios resampled numerator and denominator together (a ratio whose denominator is 0
+counts as inf, or 1 if its numerator is 0 too). Figures given without an interval (coverage) are
+read at their value. A model meets the attention target when its headline row meets all four of:
+content lift, follows, cheek share and decoy share. Another row meeting them is named in the
+verdict, not counted.
 
 The measures themselves (lifts, the moved-eye test, probes) are those of ``evaluate.py``,
-``eye_attention.py`` and ``sample_eval.py`` at the commit that fixed this file.
+``eye_attention.py`` and ``sample_eval.py``. The sealed run records its commit: any change to them
+between the commit that fixed this file and that one is in ``git log`` for anyone to judge.
 
 **The controls** (each reported beside the figure it controls):
 
@@ -51,9 +53,8 @@ SPENT_SEEDS = (7919, 7927, 7933)
 #: Never run before this file was committed; run once, by ``spatial-attn eval --sealed``.
 SEALED_SEEDS = (52361, 52379, 52391)
 #: What the sealed run measures per seed (``spatial-attn eval``'s defaults).
-FACES_PER_SEED = 32  # real faces for the attention figures
+FACES_PER_SEED = 32  # real faces for the attention figures, and 4 x as many images per judge probe
 SAMPLES_PER_SEED = 64  # generated samples judged per model
-PROBES_PER_SEED = 128  # images per judge probe
 #: Where a diffusion model's layers are measured, as fractions of its schedule (each layer a row per
 #: level): t = 100, 250 (where the app opens) and 500 of 1000.
 NOISE_LEVELS = (0.1, 0.25, 0.5)
