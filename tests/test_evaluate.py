@@ -20,9 +20,11 @@ from spatial_attn.faces.evaluate import (
     bootstrap,
     format_table,
     headline_rule,
+    judge_rows,
     layer_rows,
     noise_levels,
     pooled_figures,
+    probes,
     ratio,
     write_cards,
 )
@@ -284,3 +286,22 @@ def test_coverage_is_one_for_the_data_and_zero_for_a_missing_colour():
     purple = np.abs(faces.eye_color[:, 0].astype(int) - EYE_COLORS[4].astype(int)).max(-1) < 20
     name, share = coverage(faces.images[~purple], make_faces(300, 7).images).worst
     assert name == "purple" and share < 0.1  # a purple-ish background blob, now and then
+
+
+class CallsEverythingValid(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(torch.zeros(len(x), dtype=torch.long), 9).float()
+
+
+def test_the_probes_cover_the_judges_blind_spots_and_pair_each_change_with_its_undoing():
+    p = probes(3, 8)
+    for name in ("mouthless", "valid, head moved 4 px", "valid, head scaled 0.8-0.9x"):
+        assert name in p and p[name].control is not None
+        assert (p[name].images != p[name].control).any((1, 2, 3)).all()  # every face was changed
+    for a, b in (("ring", "vbar"), ("disc", "plus"), ("plus", "ring")):
+        assert p[f"{a}/{b}"].target == p[f"{a}/{b}, blurred"].target == "<= 10%"
+    assert p["valid"].target == ">= 98%" and p["valid, head moved 4 px"].target == ">= 90%"
+    rows = judge_rows(Wrapped("toy", "vit", True, CallsEverythingValid()), (3,), 8)
+    met = {r.metric.split(":")[0]: r for r in rows}
+    assert met["valid"].met and met["valid, head scaled 0.8-0.9x"].met and met["mouthless"].met is False
+    assert met["mouthless"].control == "same faces with a mouth: 100.0%" and met["eye_color"].control == ""

@@ -671,9 +671,14 @@ def write_cards(checkpoints: Path, table: str, report: Report, readme: Path | No
         (checkpoints / name / "metrics.json").write_text(json.dumps(mine, indent=2, default=str) + "\n")
         write_card(checkpoints, name, table, [r for r in mine if "detail" in r])
     if readme is not None:
-        text = readme.read_text()
-        start, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
-        readme.write_text(text[:start] + "\n\n" + table + "\n\n" + text[end:])
+        write_readme(readme, table)
+
+
+def write_readme(readme: Path, table: str) -> None:
+    """``table`` into ``readme``'s marked block, the rest of it untouched."""
+    text = readme.read_text()
+    start, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
+    readme.write_text(text[:start] + "\n\n" + table + "\n\n" + text[end:])
 
 
 def _row_json(row: Row | LayerRow) -> dict:
