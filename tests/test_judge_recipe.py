@@ -3,15 +3,25 @@ heads moved and scaled, mouthless faces labelled ``no_mouth``, soft shape pairs 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from spatial_attn.data import KINDS, make_faces
-from spatial_attn.faces.train.common import Settings, batch_seed, run
-from spatial_attn.faces.train.vit import DEFAULTS, NO_MOUTH, JudgeRecipe, ViTTrainer, soft_pair
+from spatial_attn.faces.train.common import Settings, batch_seed, run, to_tensor
+from spatial_attn.faces.train.vit import (
+    DEFAULTS,
+    NO_MOUTH,
+    JudgeRecipe,
+    ViTTrainer,
+    blurred_quarter,
+    noisy_half,
+    soft_pair,
+)
 from spatial_attn.models import load_model
 
 ON = {
@@ -92,3 +102,20 @@ def test_a_recipe_run_resumes_exactly_exports_ten_labels_and_starts_from_a_judge
 def test_an_unknown_recipe_field_is_refused():
     with pytest.raises(SystemExit, match="head_shift_px"):
         JudgeRecipe.from_settings({"head_shift": "4"})
+
+
+def test_soft_pairs_weigh_more_in_the_loss():
+    """The step's loss against cross-entropy weighted by hand, from a copy of the model before it."""
+    trainer, _ = _trainer({"hard_pair_share": "1", "hard_pair_weight": "3"})
+    seed = batch_seed(0, 11)
+    batch = trainer.augment(make_faces(64, seed, trainer.kinds), seed, "standard")
+    before = copy.deepcopy(trainer.model)
+    loss = trainer.step(0, batch, torch.Generator().manual_seed(seed))["loss"]
+    gen = torch.Generator().manual_seed(seed)
+    x = to_tensor(blurred_quarter(batch.images, gen))
+    with torch.no_grad():
+        ce = F.cross_entropy(before(x + noisy_half(x, gen)), torch.from_numpy(batch.labels), reduction="none")
+    w = torch.from_numpy(np.where(soft_pair(batch), 3.0, 1.0)).float()
+    assert soft_pair(batch).sum() >= 3
+    assert loss == pytest.approx(float((ce * w).sum() / w.sum()), rel=1e-5)
+    assert loss != pytest.approx(float(ce.mean()), rel=1e-3)
