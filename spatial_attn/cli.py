@@ -79,6 +79,13 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", type=Path, default=Path("runs"), help="resume checkpoints go here")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/<name>/resume.safetensors")
     p.add_argument("--checkpoint-minutes", type=float, default=3.0, help="how often to save for --resume")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="vit only: a field of the judge's recipe (faces/train/vit.py JudgeRecipe), e.g. head_shift_px=4",
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -88,6 +95,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .faces.train.common import Settings, run
 
     trainer_cls, defaults = TRAINERS[args.model]
+    if args.set and args.model != "vit":
+        raise SystemExit("--set sets the judge's recipe: only `spatial-attn train vit` takes it")
+    if any("=" not in item for item in args.set):
+        raise SystemExit("--set takes FIELD=VALUE, e.g. --set head_shift_px=4")
     settings = Settings(
         steps=defaults["steps"] if args.steps is None else args.steps,
         batch_size=defaults["batch_size"] if args.batch_size is None else args.batch_size,
@@ -99,6 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint_minutes=args.checkpoint_minutes,
         command=shlex.join(["spatial-attn", *sys.argv[1:]]),
         layout=args.layout,
+        extra=dict(item.split("=", 1) for item in args.set),
     )
     trainer = trainer_cls(settings)
     record = run(trainer, settings, args.run_dir / trainer.name)
@@ -118,12 +130,29 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="the models' folder")
     p.add_argument(
         "--split",
-        choices=("heldout", "dev"),
-        default="heldout",
-        help="seeds to measure on: the held-out ones the tables report, or the ones used while developing",
+        choices=("dev", "spent"),
+        default="dev",
+        help="development seeds: dev, or spent (the earlier held-out seeds, consulted while developing)",
     )
-    p.add_argument("--samples", type=int, default=64, help="generated samples judged per model and seed")
-    p.add_argument("--faces", type=int, default=32, help="real faces per seed for the attention figures")
+    p.add_argument(
+        "--sealed",
+        action="store_true",
+        help="run the sealed seeds of spatial_attn/faces/protocol.py: once, at the protocol's sizes, "
+        "leaving CHECKPOINTS/sealed-run.json",
+    )
+    p.add_argument("--force", action="store_true", help="with --sealed: run them again (the record says so)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=64,
+        help="generated samples judged per model and seed (--sealed: the protocol's)",
+    )
+    p.add_argument(
+        "--faces",
+        type=int,
+        default=32,
+        help="real faces per seed for the attention figures (--sealed: the protocol's)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument(
         "--write-cards", action="store_true", help="put the tables into each model card and README.md"
@@ -135,11 +164,14 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .faces.evaluate import evaluate_all, format_table, write_cards, write_grids
+    from .faces.evaluate import evaluate_all, format_table, sealed_run, write_cards, write_grids
 
-    results = evaluate_all(
-        args.checkpoints, split=args.split, samples=args.samples, faces=args.faces, threads=args.threads
-    )
+    if args.sealed:
+        results = sealed_run(args.checkpoints, force=args.force, threads=args.threads)
+    else:
+        results = evaluate_all(
+            args.checkpoints, split=args.split, samples=args.samples, faces=args.faces, threads=args.threads
+        )
     table = format_table(results)
     print(table)
     if args.write_cards:

@@ -20,13 +20,15 @@ from spatial_attn.faces.evaluate import (
     bootstrap,
     format_table,
     headline_rule,
+    judge_rows,
     layer_rows,
     noise_levels,
     pooled_figures,
+    probes,
     ratio,
     write_cards,
 )
-from spatial_attn.faces.eye_attention import collapsed, eye_cells, follows, measure, variants
+from spatial_attn.faces.eye_attention import FIGURES, collapsed, eye_cells, follows, measure, variants
 from spatial_attn.faces.sample_eval import coverage, eye_traits, locate_eyes
 from spatial_attn.models import BundledModel, Prepared
 
@@ -64,12 +66,13 @@ class Wrapped(BundledModel):
         return {}
 
 
-def _figures(module: nn.Module, n: int = 6) -> dict[str, float]:
+def _figures(module: nn.Module, n: int = 6, **control: object) -> dict[str, float]:
     """Mean figures over the faces whose eyes are not rings (a ring's centre pixel is skin, so a
-    colour matcher queried there looks for skin)."""
+    colour matcher queried there looks for skin). ``cheek_px=0`` or ``decoy=False`` feed a control
+    the eye itself."""
     bm = Wrapped("toy", "toy", True, module)
-    v = variants(n, 3)
-    (figs,) = measure(bm, v).values()
+    v = variants(n, 3, decoy=control.get("decoy", True))
+    (figs,) = measure(bm, v, cheek_px=control.get("cheek_px", 5.0)).values()
     solid = v.valid.eye_shape[:, 0] != SHAPES.index("ring")
     assert solid.sum() >= n // 2
     return {k: float(v[solid].mean()) for k, v in figs.items()}
@@ -80,6 +83,24 @@ def test_a_layer_that_looks_for_the_colour_follows_the_eye():
     assert f["valid"] > 5 and f["valid"] / f["erased"] > 3  # the eye's cells, not the place
     assert f["follows"] == 1 and f["stays"] == 0  # peak moves with the eye; never there by position
     assert 0 < f["chance"] < 0.1 and f["collapsed"] == 0
+    # the controls: from the cheek (skin) it does not look for the eye; a decoy is not an eye colour
+    assert f["cheek"] / f["valid"] < 0.3 and f["decoy"] == 0
+
+
+def test_each_control_fails_when_it_is_fed_the_eye():
+    """The cheek queried at the eye, or the decoy drawn as the eye, must give a share of ~1: a
+    control that could not come out so would pass a layer whatever it looked at."""
+    f = _figures(ColourMatch(), cheek_px=0.0)
+    assert f["cheek"] == pytest.approx(f["valid"])
+    g = _figures(ColourMatch(), decoy=False)
+    assert g["decoy"] == g["follows"] == 1
+    for figs in (f, g):  # and the table's verdict reads them: the layer no longer meets the targets
+        one = np.ones(4)
+        per_face = {k: figs[k] * one for k in FIGURES}
+        (row,) = layer_rows("toy", [{"a": per_face}], [{"a": per_face}], "a")
+        assert row.content.low > 2 and row.follows.low == 1 and row.met is False
+    ok = {k: _figures(ColourMatch())[k] * np.ones(4) for k in FIGURES}
+    assert layer_rows("toy", [{"a": ok}], [{"a": ok}], "a")[0].met is True
 
 
 def test_a_layer_that_looks_at_a_place_has_content_lift_one_and_never_follows():
@@ -135,6 +156,12 @@ def test_bootstrap_interval_holds_the_figure_and_pairs_faces():
     spread = bootstrap(lambda x: x.mean(-1), a)
     assert spread.low < spread.value < spread.high and spread.high - spread.low < 0.3
     assert np.isnan(bootstrap(lambda x: x.mean(-1), np.array([])).value)
+    # a control share over a figure that is sometimes 0: never an undefined bound the verdict skips
+    rare = np.zeros(40)
+    rare[0] = 1.0
+    share = ratio(0.25 * rare, rare)  # resamples that miss face 0 are 0 / 0: counted as 1
+    assert share.value == 0.25 and share.high == 1 and not np.isnan(share.low)
+    assert ratio(np.ones(4), np.zeros(4)).high == np.inf
 
 
 def test_targets_are_read_and_shown():
@@ -153,12 +180,16 @@ def test_targets_are_read_and_shown():
 def _figs(content: float, follows: float) -> dict[str, dict[str, np.ndarray]]:
     one = np.ones(4)
     keys = {"valid": content * one, "erased": one, "blank": one, "follows": follows * one}
-    return {**keys, "stays": 0 * one, "chance": 0.05 * one, "collapsed": 0 * one}
+    controls = {"cheek": 0.2 * content * one, "decoy": 0.1 * follows * one}
+    return {**keys, **controls, "stays": 0 * one, "chance": 0.05 * one, "collapsed": 0 * one}
 
 
 def test_headline_is_the_layer_nearest_both_targets_and_the_table_says_what_is_met():
     dev = [{"a": _figs(6.0, 0.2), "b": _figs(2.2, 0.7), "c": _figs(1.0, 1.0)}]
     assert headline_rule(dev) == "b"  # min(3, 0.25)=0.25, min(1.1, 0.875)=0.875, min(0.5, 1.25)=0.5
+    reaches = _figs(2.2, 0.7)
+    reaches["cheek"] = reaches["valid"]  # as far from the cheek as from the eye: 0.5 / share 1 = 0.5
+    assert headline_rule([{"reaches": reaches, "b": _figs(2.2, 0.7)}]) == "b"
     rows = layer_rows(
         "vit-faces",
         [{"a": _figs(2.5, 0.9), "b": _figs(2.5, 0.5)}],
@@ -255,3 +286,22 @@ def test_coverage_is_one_for_the_data_and_zero_for_a_missing_colour():
     purple = np.abs(faces.eye_color[:, 0].astype(int) - EYE_COLORS[4].astype(int)).max(-1) < 20
     name, share = coverage(faces.images[~purple], make_faces(300, 7).images).worst
     assert name == "purple" and share < 0.1  # a purple-ish background blob, now and then
+
+
+class CallsEverythingValid(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(torch.zeros(len(x), dtype=torch.long), 9).float()
+
+
+def test_the_probes_cover_the_judges_blind_spots_and_pair_each_change_with_its_undoing():
+    p = probes(3, 8)
+    for name in ("mouthless", "valid, head moved 4 px", "valid, head scaled 0.8-0.9x"):
+        assert name in p and p[name].control is not None
+        assert (p[name].images != p[name].control).any((1, 2, 3)).all()  # every face was changed
+    for a, b in (("ring", "vbar"), ("disc", "plus"), ("plus", "ring")):
+        assert p[f"{a}/{b}"].target == p[f"{a}/{b}, blurred"].target == "<= 10%"
+    assert p["valid"].target == ">= 98%" and p["valid, head moved 4 px"].target == ">= 90%"
+    rows = judge_rows(Wrapped("toy", "vit", True, CallsEverythingValid()), (3,), 8)
+    met = {r.metric.split(":")[0]: r for r in rows}
+    assert met["valid"].met and met["valid, head scaled 0.8-0.9x"].met and met["mouthless"].met is False
+    assert met["mouthless"].control == "same faces with a mouth: 100.0%" and met["eye_color"].control == ""

@@ -101,6 +101,18 @@ class Edit:
     erase: np.ndarray | None = None  # (n, 2) bool: eyes not drawn
     shift: np.ndarray | None = None  # (n, 2, 2) pixels (dy, dx) added to each eye's centre
     blank: bool = False  # background only: no head, eyes or mouth
+    #: (n, 2) bool: the eye drawn as a *decoy*, a disc of its radius in the skin's hue whose
+    #: luminance differs from the skin's as the eye's does (clipped to 0..255): the same size and
+    #: contrast, not an eye. The eval's control for "follows the eye, or anything that moved".
+    decoy: np.ndarray | None = None
+    mouthless: np.ndarray | None = None  # (n,) bool: no mouth drawn (the judge must not call it valid)
+    #: (n, 2) pixels (dy, dx) the whole head moves by (head, eyes, mouth; not the background).
+    head_shift: np.ndarray | None = None
+    #: (n,) factor the whole head is scaled by about its centre (radii, eye size, spacing, mouth).
+    head_scale: np.ndarray | None = None
+    #: (n, 2) index into SHAPES of each eye's shape, -1 to keep the drawn one. A face given two
+    #: shapes is labelled ``eye_shape`` if they differ and ``valid`` if not (if it was one of those).
+    shapes: np.ndarray | None = None
 
 
 def make_faces(
@@ -154,6 +166,10 @@ def make_faces(
     else:
         widest = np.minimum(7.0, rx - 4.5)  # keeps the widest eye (a bar, 1.15 r = 3.9 px) on the head
         half = 5.0 + spread * (widest - 5.0)  # half the eye distance
+    scale = np.ones(n, np.float32) if edit.head_scale is None else edit.head_scale.astype(np.float32)
+    ry, rx, half, radius = ry * scale, rx * scale, half * scale, radius * scale
+    if edit.head_shift is not None:
+        cy, cx = cy + edit.head_shift[:, 0].astype(np.float32), cx + edit.head_shift[:, 1].astype(np.float32)
     head = _ellipse_sd(yy, xx, cy, cx, ry, rx)
     img = _paint(img, _coverage(head), skin)
     junk = labels == KINDS.index("no_face")
@@ -170,6 +186,8 @@ def make_faces(
     _break(shape, rows, side, labels == KINDS.index("eye_shape"), rng, len(SHAPES))
     _break(color, rows, side, labels == KINDS.index("eye_color"), rng, len(EYE_COLORS))
     missing[rows, side] = labels == KINDS.index("missing_eye")
+    if edit.shapes is not None:
+        _set_shapes(shape, labels, edit.shapes)
     eye_rgb = EYE_COLORS[color] + rng.normal(0, 5, (n, 1, 3)).astype(np.float32)  # (n, 2, 3) shared jitter
     radii = np.repeat(radius[:, None], 2, 1)  # (n, 2)
     third = _late_kinds(np.random.default_rng([seed, 2]), labels, side, eyes, radii, eye_rgb, cy, ry, wide)
@@ -177,10 +195,14 @@ def make_faces(
         eyes = eyes + edit.shift
     if edit.erase is not None:
         missing |= edit.erase
+    decoy = np.zeros((n, 2), dtype=bool) if edit.decoy is None else edit.decoy
     for e in range(2):
-        sd = _shape_sd(yy, xx, eyes[:, e, 0], eyes[:, e, 1], radii[:, e], shape[:, e])
+        drawn = np.where(decoy[:, e], SHAPES.index("disc"), shape[:, e])
+        sd = _shape_sd(yy, xx, eyes[:, e, 0], eyes[:, e, 1], radii[:, e], drawn)
         cover = _coverage(sd) * ~missing[:, e, None, None]
-        img = _paint(img, cover, eye_rgb[:, e])
+        img = _paint(
+            img, cover, np.where(decoy[:, e, None], decoy_colour(eye_rgb[:, e], skin), eye_rgb[:, e])
+        )
     if third is not None:
         extra = ~np.isnan(third[:, 0])
         sd = _shape_sd(yy, xx, np.nan_to_num(third[:, 0]), np.nan_to_num(third[:, 1]), radius, shape[:, 0])
@@ -188,7 +210,11 @@ def make_faces(
 
     # Mouth: a flat ellipse on the axis, below the eyes.
     my = cy + ry * rng.uniform(0.38, 0.5, n).astype(np.float32)
-    mouth = _ellipse_sd(yy, xx, my, cx, rng.uniform(1.0, 1.8, n), rng.uniform(3.0, 5.0, n))
+    mouth = _ellipse_sd(yy, xx, my, cx, rng.uniform(1.0, 1.8, n) * scale, rng.uniform(3.0, 5.0, n) * scale)
+    if edit.mouthless is not None:
+        mouth[edit.mouthless] = (
+            np.inf
+        )  # covers nothing; the draws above still happen, all else keeps its bytes
     img = _paint(img, _coverage(mouth), _MOUTH + rng.normal(0, 8, (n, 3)).astype(np.float32))
     if junk.any():  # own generator: batches without no_face keep the exact bytes they always had
         img[junk] = _no_face(np.random.default_rng([seed, 1]), bare)
@@ -321,6 +347,23 @@ def _late_kinds(
     tint = is_kind["eye_tint"]
     eye_rgb[rows[tint], side[tint]] = _other_colour(rng, eye_rgb[rows, side])[tint]
     return third
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def decoy_colour(eye_rgb: np.ndarray, skin: np.ndarray) -> np.ndarray:
+    """(n, 3): the skin's colour moved in luminance as far as the eye's colour is from it, so a
+    decoy stands out from the skin as much as the eye did without taking an eye's colour."""
+    return np.clip(skin + ((eye_rgb - skin) @ _LUMA)[:, None], 0, 255)
+
+
+def _set_shapes(shape: np.ndarray, labels: np.ndarray, given: np.ndarray) -> None:
+    """Eye shapes ``given`` (n, 2; -1 keeps one) into ``shape`` and the labels of valid or
+    eye_shape faces given both shapes to whether they now match (arrays in place)."""
+    shape[:] = np.where(given >= 0, given, shape)
+    pair = (given >= 0).all(1) & np.isin(labels, [KINDS.index("valid"), KINDS.index("eye_shape")])
+    labels[pair] = np.where(shape[pair, 0] == shape[pair, 1], KINDS.index("valid"), KINDS.index("eye_shape"))
 
 
 def _other_colour(rng: np.random.Generator, rgb: np.ndarray) -> np.ndarray:

@@ -1,31 +1,35 @@
 """``spatial-attn eval``: did the bundled models learn the faces, and does their attention show it?
 
-Every figure stands beside the control that says what it means, on faces and samples from seeds
-never used in training (training uses seeds >= 10**12):
+Every figure stands beside a control that could have come out otherwise, on faces and samples from
+seeds never used in training (training uses seeds >= 10**12):
 
-* **The judge** (vit-faces): the share of valid faces it calls valid, and the share of each kind
-  of broken face (probe) it *also* calls valid, blurred mismatches included; the untrained twin
-  beside each.
-* **The generators**: the share of their samples the judge calls valid (the twin's beside it), and
-  the *coverage* of every eye colour and shape (its share in samples over its share in drawn
-  faces, both read by the same eye reader).
+* **The judge** (vit-faces): the share of valid faces it calls valid (also with the head moved or
+  scaled), and the share of each kind of broken face (probe) it *also* calls valid: mouthless
+  faces, blurred mismatches, the soft shape pairs blurred and not. Where a probe changes one thing
+  in faces that are otherwise valid, the same faces with that change undone are judged beside it.
+* **The generators**: the share of their samples the judge calls valid, and the *coverage* of every
+  eye colour and shape (its share in samples over its share in drawn faces, both read by the same
+  eye reader).
 * **Attention, per layer**: the eye-to-eye lift on valid faces, on the same faces with the other
-  eye erased and on the background alone, their ratio (the *content lift*), and whether the peak
-  follows a moved eye, with its position-only and chance controls
-  (:mod:`spatial_attn.faces.eye_attention`), a diffusion model's at each of :data:`NOISE_LEVELS`; the
-  SAGAN generator's lift against position alone and its collapsed rows
-  (:mod:`spatial_attn.faces.sample_eval`).
+  eye erased and on the background alone, their ratio (the *content lift*); the lift from a cheek
+  cell (not an eye) over the lift from the eye (*cheek share*); whether the peak follows a moved
+  eye, beside whether it follows a moved *decoy* (a non-eye disc of the eye's size and contrast)
+  and chance (:mod:`spatial_attn.faces.eye_attention`), a diffusion model's at each of
+  :data:`NOISE_LEVELS`; the SAGAN generator's lift against position alone, from the cheek, its
+  peak on the other eye and its collapsed rows (:mod:`spatial_attn.faces.sample_eval`).
 
-Figures pool several seeds and carry 95% bootstrap intervals over faces (or samples). The seeds
-are fixed here: :data:`DEV_SEEDS` were looked at while the evaluation and the models were being
-developed; :data:`HELDOUT_SEEDS` are what the table reports. The headline layer of each model is
-picked on the dev seeds by :func:`headline_rule`, fixed before the held-out seeds were first run.
+Figures pool several seeds and carry 95% bootstrap intervals over faces (or samples). Seeds,
+targets, the headline rule and the verdict rule come from :mod:`spatial_attn.faces.protocol`, fixed
+before its sealed seeds were run; :func:`sealed_run` runs those once and leaves a record.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,25 +37,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import KINDS, blur, make_faces
+from ..data import KINDS, SHAPES, Edit, blur, make_faces
 from ..data.tensors import to_tensor
 from ..models import BundledModel, load_model
+from . import protocol
 from .eye_attention import COLLAPSE, Figures, measure, variants
+from .protocol import (
+    BLUR_SIGMA,
+    CONTENT_TARGET,
+    CONTROL_SHARE,
+    DEV_SEEDS,
+    FOLLOW_TARGET,
+    NOISE_LEVELS,
+    PROBE_TARGET,
+    SEALED_RECORD,
+    SEALED_SEEDS,
+    SPENT_SEEDS,
+)
 from .sample_eval import coverage, generator_figures
 
-DEV_SEEDS = (3, 4, 5)
-HELDOUT_SEEDS = (7919, 7927, 7933)
-SPLITS = {"dev": DEV_SEEDS, "heldout": HELDOUT_SEEDS}
+SPLITS = {"dev": DEV_SEEDS, "spent": SPENT_SEEDS, "sealed": SEALED_SEEDS}
 NAMES = ("vit-faces", "ddpm-faces", "sagan-faces")
-CONTENT_TARGET = 2.0  # valid / eye-erased lift
-FOLLOW_TARGET = 0.8  # share of moved-eye trials whose peak follows the eye
-PROBE_TARGET = 0.10  # most of a broken kind the judge may call valid
-BLUR_SIGMA = 1.2  # the blurred probes (the audit's)
-#: Where a diffusion model's layers are measured, as fractions of its schedule: little noise, a
-#: quarter (t = 250 of 1000 is where the app opens) and the middle (``prepare``'s default, the only
-#: level measured before). Added on the dev seeds, where the DDPM's ``down_blocks.1`` followed a
-#: moved eye in 53% of trials at the middle and in 83 to 86% at 0.1 to 0.25.
-NOISE_LEVELS = (0.1, 0.25, 0.5)
 COLLAPSE_REPORTED = 0.05  # share of collapsed rows from which a layer's collapse is spelled out
 Twins = tuple[BundledModel, BundledModel]  # (trained, random twin)
 
@@ -76,6 +82,16 @@ class Estimate:
 NONE = Estimate(float("nan"), float("nan"), float("nan"))
 
 
+def at_least(e: Estimate, goal: float) -> bool:
+    """The verdict rule for ``>= goal``: the interval's lower bound (the value if it has none)."""
+    return bool((e.value if np.isnan(e.low) else e.low) >= goal)
+
+
+def at_most(e: Estimate, goal: float) -> bool:
+    """The verdict rule for ``<= goal``: the interval's upper bound (the value if it has none)."""
+    return bool((e.value if np.isnan(e.high) else e.high) <= goal)
+
+
 def _number(v: float) -> str:
     """Two decimals, or two significant digits where two decimals would show 0.00 or a long run of
     digits (a lift of 3e-5, or a ratio over such a lift)."""
@@ -94,7 +110,9 @@ def bootstrap(stat: Callable[..., np.ndarray], *columns: np.ndarray, n: int = 10
     idx = np.random.default_rng(0).integers(0, m, (n, m))  # fixed: the table does not jitter
     boots = stat(*(c[idx] for c in columns))
     value = float(stat(*(c[None] for c in columns))[0])
-    return Estimate(value, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)))
+    big = np.finfo(np.float64).max  # percentiles interpolate: inf - inf would make a bound nan
+    low, high = np.percentile(np.clip(boots, -big, big), [2.5, 97.5])
+    return Estimate(value, *(float(np.inf if b >= big else b) for b in (low, high)))
 
 
 def mean(x: np.ndarray) -> Estimate:
@@ -102,7 +120,16 @@ def mean(x: np.ndarray) -> Estimate:
 
 
 def ratio(a: np.ndarray, b: np.ndarray) -> Estimate:
-    return bootstrap(lambda p, q: p.mean(-1) / q.mean(-1), a, b)
+    """Ratio of means. Where the denominator is 0 (a resample in which the layer never follows the
+    eye) the ratio is inf, or 1 if the numerator is 0 too: no evidence that the figure is specific,
+    so a control's share then fails its ``<=`` target instead of leaving an interval undefined."""
+
+    def share(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+        num, den = p.mean(-1), q.mean(-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(den == 0, np.where(num == 0, 1.0, np.inf), num / den)
+
+    return bootstrap(share, a, b)
 
 
 @dataclass
@@ -119,12 +146,14 @@ class Row:
 
     @property
     def met(self) -> bool | None:
-        """Whether the figure reaches a ``>= x`` or ``<= x`` target; None where there is none."""
+        """Whether the figure reaches a ``>= x`` or ``<= x`` target by the protocol's verdict rule
+        (the interval's lower or upper bound; the value where there is no interval); None where
+        there is no target."""
         found = re.fullmatch(r"([<>]=) ([\d.]+)(%?)", self.target)
         if not found or np.isnan(self.trained.value):
             return None
         goal = float(found[2]) / (100 if found[3] else 1)
-        return bool(self.trained.value >= goal if found[1] == ">=" else self.trained.value <= goal)
+        return at_least(self.trained, goal) if found[1] == ">=" else at_most(self.trained, goal)
 
     def cells(self) -> list[str]:
         met = {True: "yes", False: "**no**", None: "-"}[self.met]
@@ -141,8 +170,11 @@ class LayerRow:
     erased: Estimate
     blank: Estimate
     content: Estimate
+    cheek: Estimate  # lift onto the other eye from a cheek cell below the query eye
+    cheek_share: Estimate  # cheek / valid lift
     follows: Estimate
-    stays: Estimate
+    decoy: Estimate  # the moved-eye test with the moved eye drawn as a decoy
+    decoy_share: Estimate  # decoy / follows
     chance: float
     twin_content: Estimate
     twin_follows: Estimate
@@ -152,14 +184,22 @@ class LayerRow:
 
     @property
     def met(self) -> bool | None:
+        """The protocol's attention verdict: content lift and follows by their lower bounds, both
+        controls' shares by their upper bounds."""
         if np.isnan(self.follows.value):
             return None
-        return bool(self.content.value >= CONTENT_TARGET and self.follows.value >= FOLLOW_TARGET)
+        return (
+            at_least(self.content, CONTENT_TARGET)
+            and at_least(self.follows, FOLLOW_TARGET)
+            and at_most(self.cheek_share, CONTROL_SHARE)
+            and at_most(self.decoy_share, CONTROL_SHARE)
+        )
 
     def cells(self) -> list[str]:
         met = {True: "yes", False: "**no**", None: "-"}[self.met]
         name = f"**`{self.layer}`** (headline)" if self.headline else f"`{self.layer}`"
-        follows = "n/a" if np.isnan(self.follows.value) else self.follows.show(True)
+        twin_follows = "n/a" if np.isnan(self.twin_follows.value) else f"{100 * self.twin_follows.value:.0f}%"
+        chance = "" if np.isnan(self.chance) else f" (chance {100 * self.chance:.1f}%)"
         return [
             self.model,
             name,
@@ -167,12 +207,12 @@ class LayerRow:
             self.erased.show(),
             self.blank.show(),
             self.content.show(),
-            follows,
-            "n/a"
-            if np.isnan(self.stays.value)
-            else f"{100 * self.stays.value:.1f}% / {100 * self.chance:.1f}%",
-            f"{self.twin_content.value:.2f} / "
-            + ("n/a" if np.isnan(self.twin_follows.value) else f"{100 * self.twin_follows.value:.0f}%"),
+            self.cheek.show(),
+            self.cheek_share.show(),
+            self.follows.show(True) + chance,
+            self.decoy.show(True),
+            self.decoy_share.show(),
+            f"{self.twin_content.value:.2f} / {twin_follows}",
             f"{100 * self.collapsed:.0f}%",
             met,
         ]
@@ -196,36 +236,80 @@ def predict(vit: BundledModel, images: np.ndarray, batch: int = 500) -> np.ndarr
     return torch.cat([vit.module(chunk).argmax(-1) for chunk in x.split(batch)]).numpy()
 
 
-def probes(seed: int, n: int) -> dict[str, np.ndarray]:
-    """``n`` images of every probe, from ``seed``: valid faces (clean and blurred, which the judge
-    must call valid), then every broken kind and blurred mismatches (which it must not)."""
+@dataclass
+class Probe:
+    """Images the judge is asked about, what it should say, and (where one can differ) a control:
+    the same faces with the probed change undone, judged the same way."""
+
+    images: np.ndarray
+    target: str  # ">= 98%", "<= 10%" or "-"
+    control: np.ndarray | None = None
+    undone: str = ""  # what the control's faces are, e.g. "with a mouth"
+
+
+def probes(seed: int, n: int) -> dict[str, Probe]:
+    """``n`` images of every probe, from ``seed``: valid faces (plain, blurred, the head moved or
+    scaled), which the judge must call valid, then every broken kind, mouthless faces, blurred
+    mismatches and the soft shape pairs blurred and not, which it must not."""
+    rng = np.random.default_rng([seed, 23])  # directions and pair orders: the faces' draws stay put
     sigma = np.full(n, BLUR_SIGMA)
-    out = {"valid": make_faces(n, seed).images, "valid, blurred": blur(make_faces(n, seed).images, sigma)}
+    plain = make_faces(n, seed).images
+    steps = protocol.FACE_SHIFT_PX * np.array([[1, 0], [-1, 0], [0, 1], [0, -1]])[rng.integers(0, 4, n)]
+    scale = rng.uniform(*protocol.FACE_SCALE, n)
+    moved, scaled = (
+        make_faces(n, seed, edit=e).images for e in (Edit(head_shift=steps), Edit(head_scale=scale))
+    )
+    valid, broken = f">= {100 * protocol.VALID_TARGET:g}%", f"<= {100 * PROBE_TARGET:g}%"
+    faces_moved = f">= {100 * protocol.MOVED_FACE_TARGET:g}%"
+    out = {
+        "valid": Probe(plain, valid),
+        "valid, blurred": Probe(blur(plain, sigma), "-", plain, "sharp"),
+        f"valid, head moved {protocol.FACE_SHIFT_PX:g} px": Probe(moved, faces_moved, plain, "not moved"),
+        "valid, head scaled {:g}-{:g}x".format(*protocol.FACE_SCALE): Probe(
+            scaled, faces_moved, plain, "not scaled"
+        ),
+    }
     for k, kind in enumerate(KINDS[1:], 1):
-        out[kind] = make_faces(n, seed + 100 * k, (kind,)).images
+        out[kind] = Probe(make_faces(n, seed + 100 * k, (kind,)).images, broken)
+    with_mouth = make_faces(n, seed + 5000).images
+    mouthless = make_faces(n, seed + 5000, edit=Edit(mouthless=np.ones(n, dtype=bool))).images
+    out["mouthless"] = Probe(mouthless, broken, with_mouth, "with a mouth")
     for k, kind in enumerate(("eye_shape", "eye_color", "eye_size"), 1):
-        out[f"{kind}, blurred"] = blur(make_faces(n, seed + 1000 * k, (kind,)).images, sigma)
+        out[f"{kind}, blurred"] = Probe(blur(make_faces(n, seed + 1000 * k, (kind,)).images, sigma), broken)
+    for k, (a, b) in enumerate(protocol.SOFT_PAIRS):
+        pair = np.array([SHAPES.index(a), SHAPES.index(b)])
+        order = np.where(rng.integers(0, 2, (n, 1)) == 1, pair, pair[::-1])  # which eye gets which
+        mixed = make_faces(n, seed + 6000 + 100 * k, ("eye_shape",), Edit(shapes=order)).images
+        same = make_faces(
+            n, seed + 6000 + 100 * k, ("eye_shape",), Edit(shapes=np.full((n, 2), pair[0]))
+        ).images
+        out[f"{a}/{b}"] = Probe(mixed, broken, same, f"with both eyes {a}")
+        out[f"{a}/{b}, blurred"] = Probe(blur(mixed, sigma), broken, blur(same, sigma), f"with both eyes {a}")
     return out
 
 
-def judge_rows(vit: Twins, seeds: tuple[int, ...], n: int) -> list[Row]:
-    """Share judged valid per probe, pooled over ``seeds``; the twin beside each."""
-    pooled: dict[str, list[np.ndarray]] = {}
+def judge_rows(judge: BundledModel, seeds: tuple[int, ...], n: int) -> list[Row]:
+    """Share judged valid per probe, pooled over ``seeds``; beside it the share for the same faces
+    with the probed change undone, where there is such a control (it could come out otherwise)."""
+    pooled: dict[str, list[Probe]] = {}
     for seed in seeds:
-        for name, images in probes(seed, n).items():
-            pooled.setdefault(name, []).append(images)
+        for name, probe in probes(seed, n).items():
+            pooled.setdefault(name, []).append(probe)
     rows = []
     for name, parts in pooled.items():
-        images = np.concatenate(parts)
-        said, twin = ((predict(m, images) == 0).astype(float) for m in vit)
-        good = name.startswith("valid")
+        images = np.concatenate([p.images for p in parts])
+        control = ""
+        if parts[0].control is not None:
+            undone = np.concatenate([p.control for p in parts])
+            control = f"same faces {parts[0].undone}: {100 * (predict(judge, undone) == 0).mean():.1f}%"
+        said = (predict(judge, images) == 0).astype(float)
         rows.append(
             Row(
                 "vit-faces",
                 f"{name}: judged valid, {len(images):,} images",
-                ">= 98%" if name == "valid" else ("-" if good else f"<= {100 * PROBE_TARGET:g}%"),
+                parts[0].target,
                 mean(said),
-                f"twin {100 * twin.mean():.1f}%",
+                control,
             )
         )
     return rows
@@ -233,30 +317,29 @@ def judge_rows(vit: Twins, seeds: tuple[int, ...], n: int) -> list[Row]:
 
 # -- the generators ---------------------------------------------------------------------------------
 def sample_rows(
-    gen: Twins, judge: BundledModel, seeds: tuple[int, ...], n: int
+    gen: BundledModel, judge: BundledModel, seeds: tuple[int, ...], n: int
 ) -> tuple[list[Row], np.ndarray]:
     """Judged-valid share and coverage of ``gen``'s samples from ``seeds``; and the samples."""
-    samples = np.concatenate([gen[0].sample(s, n) for s in seeds])
-    twin = np.concatenate([gen[1].sample(s, n) for s in seeds])
+    samples = np.concatenate([gen.sample(s, n) for s in seeds])
     pred = predict(judge, samples)
     calls = {k: round(float((pred == i).mean()), 4) for i, k in enumerate(judge.labels or KINDS)}
     drawn = np.concatenate([make_faces(n, s + 50).images for s in seeds])
     cov = coverage(samples, drawn)
     worst, share = cov.worst
-    name = gen[0].name
+    name = gen.name
     rows = [
         Row(
             name,
             f"samples judged valid, {len(samples)} ({len(seeds)} seeds)",
-            ">= 80%",
+            f">= {100 * protocol.SAMPLES_VALID_TARGET:g}%",
             mean((pred == 0).astype(float)),
-            f"twin {100 * (predict(judge, twin) == 0).mean():.1f}%",
+            "",
             detail={"calls": calls},
         ),
         Row(
             name,
             f"coverage: rarest eye colour or shape (`{worst}`), share in samples / in drawn faces",
-            ">= 50%"
+            f">= {100 * protocol.COVERAGE_TARGET:g}%"
             if name == "sagan-faces"
             else "-",  # issue 13 asks it of the SAGAN; the DDPM's is a control
             Estimate(share, float("nan"), float("nan")),
@@ -301,12 +384,21 @@ def _cat(per_seed: list[Figures], layer: str, key: str) -> np.ndarray:
 
 
 def headline_rule(per_seed: list[Figures]) -> str:
-    """The headline layer: the one closest to meeting both targets on the **dev** seeds, i.e. the
-    largest ``min(content lift / 2, follows / 0.8)`` (fixed before the held-out seeds were run)."""
+    """The protocol's headline rule, on the **dev** seeds' point estimates: the row with the largest
+    ``min(content / 2, follows / 0.8, 0.5 / cheek share, 0.5 / decoy share)``, i.e. the one nearest
+    to meeting all four (see :mod:`spatial_attn.faces.protocol`)."""
 
     def score(layer: str) -> float:
-        content = _cat(per_seed, layer, "valid").mean() / _cat(per_seed, layer, "erased").mean()
-        return min(content / CONTENT_TARGET, _cat(per_seed, layer, "follows").mean() / FOLLOW_TARGET)
+        def m(key: str) -> float:
+            return float(_cat(per_seed, layer, key).mean())
+
+        floor = 1e-6
+        return min(
+            m("valid") / m("erased") / CONTENT_TARGET,
+            m("follows") / FOLLOW_TARGET,
+            CONTROL_SHARE / max(floor, m("cheek") / m("valid")),
+            CONTROL_SHARE / max(floor, m("decoy") / max(floor, m("follows"))),
+        )
 
     return max(per_seed[0], key=score)
 
@@ -339,9 +431,12 @@ def _layer_row(
         mean(col("erased")),
         mean(col("blank")),
         ratio(col("valid"), col("erased")),
+        NONE if kept else mean(col("cheek")),
+        NONE if kept else ratio(col("cheek"), col("valid")),
         NONE if kept else mean(col("follows")),
-        NONE if kept else mean(col("stays")),
-        float(col("chance").mean()),
+        NONE if kept else mean(col("decoy")),
+        NONE if kept else ratio(col("decoy"), col("follows")),
+        float("nan") if kept else float(col("chance").mean()),
         ratio(col("valid", twin), col("erased", twin)),
         NONE if kept else mean(col("follows", twin)),
         float(col("collapsed").mean()),
@@ -350,15 +445,16 @@ def _layer_row(
     )
 
 
-def generator_row(sagan: Twins, seeds: tuple[int, ...], n: int) -> LayerRow:
-    """The SAGAN generator's layer on its own samples: lift against position alone (no input to edit)."""
+def generator_rows(sagan: Twins, seeds: tuple[int, ...], n: int) -> tuple[LayerRow, list[Row]]:
+    """The SAGAN generator's layer on its own samples: lift against position alone (no input to
+    edit) and from the cheek; and its targets: the peak on the other eye from either eye, collapse."""
     figs = [generator_figures(*sagan, [seed * 1000 + i for i in range(n)]) for seed in seeds]
 
     def col(key: str) -> np.ndarray:
         return np.concatenate([f[key] for f in figs])
 
     located = col("located")
-    return LayerRow(
+    layer = LayerRow(
         "sagan-faces",
         f"generator.attn, {int(located.sum())} of {len(located)} samples with eyes located; "
         "controls: lift at another sample's eyes (position only)",
@@ -366,6 +462,9 @@ def generator_row(sagan: Twins, seeds: tuple[int, ...], n: int) -> LayerRow:
         mean(col("position")),
         NONE,
         ratio(col("lift"), col("position")),
+        mean(col("cheek")),
+        ratio(col("cheek"), col("lift")),
+        NONE,
         NONE,
         NONE,
         float("nan"),
@@ -374,11 +473,36 @@ def generator_row(sagan: Twins, seeds: tuple[int, ...], n: int) -> LayerRow:
         float(col("collapsed").mean()),
         per_seed={"located": [float(f["located"].mean()) for f in figs]},
     )
+    peak = protocol.GENERATOR_PEAK_TARGET
+    rows = [
+        Row(
+            "sagan-faces",
+            f"generator.attn: peak from the {side} eye on the other eye, {int(located.sum())} samples",
+            f">= {100 * peak:g}%",
+            mean(col(f"peak_{side}")),
+            f"chance (the other eye's share of the cells) {100 * col('chance').mean():.1f}%",
+        )
+        for side in ("left", "right")
+    ]
+    rows.append(
+        Row(
+            "sagan-faces",
+            f"generator.attn: eye queries collapsed onto one grid row, {len(located)} samples",
+            f"<= {100 * protocol.COLLAPSE_TARGET:g}%",
+            mean(col("collapsed")),
+            f">= {COLLAPSE:.0%} of the row's mass on one grid row missing the other eye",
+        )
+    )
+    return layer, rows
 
 
 # -- the whole evaluation -----------------------------------------------------------------------------
 def evaluate_all(
-    checkpoints: Path, split: str = "heldout", samples: int = 64, faces: int = 32, threads: int = 2
+    checkpoints: Path,
+    split: str = "dev",
+    samples: int = protocol.SAMPLES_PER_SEED,
+    faces: int = protocol.FACES_PER_SEED,
+    threads: int = 2,
 ) -> Report:
     """Every figure of the tables on ``split``'s seeds: ``samples`` and ``faces`` per seed."""
     torch.set_num_threads(threads)
@@ -386,10 +510,10 @@ def evaluate_all(
     vit, ddpm, sagan = (
         (load_model(n, True, root=checkpoints), load_model(n, False, root=checkpoints)) for n in NAMES
     )
-    rows = judge_rows(vit, seeds, 4 * faces)
+    rows = judge_rows(vit[0], seeds, 4 * faces)
     report = Report(split, rows, [])
     for gen in (ddpm, sagan):
-        gen_rows, report.samples[gen[0].name] = sample_rows(gen, vit[0], seeds, samples)
+        gen_rows, report.samples[gen[0].name] = sample_rows(gen[0], vit[0], seeds, samples)
         rows += gen_rows
     for models in (vit, ddpm, sagan):
         timesteps = noise_levels(models[0])
@@ -398,8 +522,67 @@ def evaluate_all(
         dev = trained if split == "dev" else pooled_figures(models[0], DEV_SEEDS, faces, timesteps)
         headline = headline_rule(dev)
         report.layers += layer_rows(models[0].name, trained, twin, headline)
-    report.layers.append(generator_row(sagan, seeds, samples))
+    gen_layer, gen_rows = generator_rows(sagan, seeds, samples)
+    report.layers.append(gen_layer)
+    rows += gen_rows
     return report
+
+
+def sealed_run(checkpoints: Path, force: bool = False, threads: int = 2) -> Report:
+    """The one run of the protocol's sealed seeds, at the protocol's sizes.
+
+    The record (``checkpoints/``:data:`~spatial_attn.faces.protocol.SEALED_RECORD`) is written
+    *before* the run, with the commit and the protocol's digest, so a run that crashes half-way has
+    still been run; its table is added when it ends. While a record exists the run is refused,
+    unless ``force``, and then the record lists the second run, marked forced.
+    """
+    path = checkpoints / SEALED_RECORD
+    runs = json.loads(path.read_text())["runs"] if path.exists() else []
+    if runs and not force:
+        raise SystemExit(
+            f"the sealed seeds were already run ({path}, started {runs[0]['started']}): a second run "
+            "is not the protocol's; --force runs them again and the record will say so"
+        )
+    entry = {
+        "started": _now(),
+        "commit": _git("rev-parse", "HEAD"),
+        "uncommitted changes": bool(_git("status", "--porcelain")),
+        "protocol_sha256": protocol_digest(),
+        "seeds": list(SEALED_SEEDS),
+        "forced": bool(runs),
+    }
+    runs.append(entry)
+    _write_record(path, runs)
+    report = evaluate_all(
+        checkpoints, "sealed", protocol.SAMPLES_PER_SEED, protocol.FACES_PER_SEED, threads=threads
+    )
+    entry.update(finished=_now(), table=format_table(report))
+    _write_record(path, runs)
+    return report
+
+
+def protocol_digest() -> str:
+    """SHA-256 of the protocol file's bytes: the sealed run records which protocol it ran under."""
+    return hashlib.sha256(Path(protocol.__file__).read_bytes()).hexdigest()
+
+
+def _write_record(path: Path, runs: list[dict]) -> None:
+    path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+
+def _git(*args: str) -> str | None:
+    """A git command's output in the package's checkout, or None outside one (an installed copy)."""
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=30, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
 
 
 LAYER_HEADER = [
@@ -409,8 +592,11 @@ LAYER_HEADER = [
     "other eye erased",
     "no face",
     "content lift (valid / erased)",
+    "lift from the cheek",
+    "cheek share (cheek / valid)",
     "peak follows a moved eye",
-    "same cells, eye not moved / chance",
+    "follows a moved decoy",
+    "decoy share (decoy / eye)",
     "twin: content lift / follows",
     "rows collapsed",
     "met",
@@ -444,10 +630,13 @@ def format_table(report: Report) -> str:
 
 
 def verdict(name: str, rows: list[LayerRow]) -> str:
-    """Whether ``name`` meets item 2, read off its **headline** row alone: the one row picked on the
-    dev seeds before these were run. Any other row that meets both targets is named too, but as what
-    it is: with 7 layers at 3 noise levels some row may pass by chance where none was picked."""
-    targets = f"content lift >= {CONTENT_TARGET:g} and follows >= {100 * FOLLOW_TARGET:g}%"
+    """Whether ``name`` meets the attention targets, read off its **headline** row alone: the one
+    row picked on the dev seeds by the protocol's rule. Any other row that meets them is named too,
+    but as what it is: with 7 layers at 3 noise levels some row may pass by chance."""
+    targets = (
+        f"content lift >= {CONTENT_TARGET:g} and follows >= {100 * FOLLOW_TARGET:g}% (lower bounds), "
+        f"cheek and decoy shares <= {CONTROL_SHARE:g} (upper bounds)"
+    )
     head = next((r for r in rows if r.headline), None)
     if head is None:
         return f"- {name}: no headline layer measured"
@@ -482,9 +671,14 @@ def write_cards(checkpoints: Path, table: str, report: Report, readme: Path | No
         (checkpoints / name / "metrics.json").write_text(json.dumps(mine, indent=2, default=str) + "\n")
         write_card(checkpoints, name, table, [r for r in mine if "detail" in r])
     if readme is not None:
-        text = readme.read_text()
-        start, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
-        readme.write_text(text[:start] + "\n\n" + table + "\n\n" + text[end:])
+        write_readme(readme, table)
+
+
+def write_readme(readme: Path, table: str) -> None:
+    """``table`` into ``readme``'s marked block, the rest of it untouched."""
+    text = readme.read_text()
+    start, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
+    readme.write_text(text[:start] + "\n\n" + table + "\n\n" + text[end:])
 
 
 def _row_json(row: Row | LayerRow) -> dict:

@@ -11,9 +11,14 @@ seed with one thing changed (:class:`spatial_attn.data.Edit`, so every other byt
 * ``blank``: the background alone, no face.
 * ``moved``: the other eye drawn :data:`SHIFT_PX` pixels up or down. The test passes when the
   attention peak (the query eye's own cells left out) lands on the moved eye and more mass is on
-  its new cells than on its old ones (:func:`_peak_on`). Its controls: ``stays``, the same test on
-  the unmoved face (how often it passes by position alone), and ``chance``, the new cells' share
-  of the candidate cells.
+  its new cells than on its old ones (:func:`_peak_on`). Its controls: ``decoy``, the same test
+  with the moved eye drawn as a decoy (a skin-toned disc of its size and contrast,
+  :class:`~spatial_attn.data.Edit`): does the peak follow the eye, or anything that moved?
+  ``chance``: the new cells' share of the candidate cells. (``stays``, the test on the unmoved
+  face, is ~0 by construction for any layer that looks at the eye, so the table leaves it out.)
+* ``cheek``: the lift onto the other eye from a *non-eye* query, a cheek cell ``cheek_px`` below
+  the query eye's centre, on the valid faces. A layer that looks for the other eye because the
+  query is an eye reaches it far less from the cheek.
 
 Lifts are taken over the grid (special tokens such as a ViT's CLS left out, the row renormalised,
 so 1 is uniform) and, for layers with special tokens, also with them kept (``*_cls``: mass over
@@ -35,12 +40,13 @@ from PIL import Image
 from ..data import Edit, FaceBatch, make_faces
 from ..engine import AttentionLayer, capture, cell_at, cell_box
 from ..models import BundledModel, Prepared
+from .protocol import CHEEK_PX
 
 IMAGE_HW = (32, 32)
 SHIFT_PX = 5.0  # > one 4-px cell: a moved eye covers cells it did not cover before
 COLLAPSE = 0.9
 #: Per-face figures a layer gets (each an (n,) array); ``*_cls`` only where there are special keys.
-FIGURES = ("valid", "erased", "blank", "follows", "stays", "chance", "collapsed")
+FIGURES = ("valid", "erased", "blank", "cheek", "follows", "decoy", "stays", "chance", "collapsed")
 BATCH = 32
 
 Figures = dict[str, dict[str, np.ndarray]]  # layer -> figure -> (n,) per face
@@ -55,10 +61,14 @@ class Variants:
     erased: tuple[FaceBatch, FaceBatch]  # eye 0 erased, eye 1 erased
     blank: FaceBatch
     moved: tuple[FaceBatch, FaceBatch]  # eye 0 moved, eye 1 moved
+    decoy: tuple[FaceBatch, FaceBatch]  # eye 0 moved as a decoy, eye 1 moved as a decoy
 
 
-def variants(n: int, seed: int) -> Variants:
-    """``n`` valid faces from ``seed`` and their controls; the shift's sign is drawn from the seed."""
+def variants(n: int, seed: int, decoy: bool = True) -> Variants:
+    """``n`` valid faces from ``seed`` and their controls; the shift's sign is drawn from the seed.
+
+    ``decoy=False`` draws the decoy control's moved eye as the eye itself (the control then *is* the
+    moved-eye test, as a check that it can fail)."""
     sign = np.random.default_rng([seed, 3]).choice([-1.0, 1.0], n)  # up or down, per face
 
     def one_eye(e: int, value: np.ndarray) -> np.ndarray:
@@ -73,14 +83,21 @@ def variants(n: int, seed: int) -> Variants:
         erased=tuple(make_faces(n, seed, edit=Edit(erase=one_eye(e, hide))) for e in (0, 1)),
         blank=make_faces(n, seed, edit=Edit(blank=True)),
         moved=tuple(make_faces(n, seed, edit=Edit(shift=one_eye(e, shift))) for e in (0, 1)),
+        decoy=tuple(
+            make_faces(n, seed, edit=Edit(shift=one_eye(e, shift), decoy=one_eye(e, hide & decoy)))
+            for e in (0, 1)
+        ),
     )
 
 
-def measure(bm: BundledModel, v: Variants, timestep: int | None = None) -> Figures:
+def measure(
+    bm: BundledModel, v: Variants, timestep: int | None = None, cheek_px: float = CHEEK_PX
+) -> Figures:
     """Every :data:`FIGURES` entry of every attention layer of ``bm`` on one seed's faces.
 
     Each image goes through ``bm.prepare`` exactly as in the app (for the DDPM: noised to
     ``timestep`` with the face's index as the noise seed, the same noise for every variant).
+    ``cheek_px=0`` queries the cheek control at the eye itself (a check that it can fail).
     """
     faces = v.valid
     n = len(faces)
@@ -95,12 +112,15 @@ def measure(bm: BundledModel, v: Variants, timestep: int | None = None) -> Figur
         for layer, lv in run(v.valid, rows).items():
             for key, value in _on_valid(lv, v, rows).items():
                 add(layer, key, value)
+            for src in (0, 1):
+                add(layer, "cheek", _lifts(lv, faces, rows, src, 1 - src, (cheek_px, 0.0))["valid"])
         for e in (0, 1):  # query the kept eye 1 - e; the erased / moved eye is e
             for layer, lv in run(v.erased[e], rows).items():
                 for key, value in _lifts(lv, faces, rows, src=1 - e, dst=e).items():
                     add(layer, key.replace("valid", "erased"), value)
-            for layer, lv in run(v.moved[e], rows).items():
-                add(layer, "follows", [_follows(lv, b, faces, v.moved[e], i, e) for b, i in enumerate(rows)])
+            for key, edited in (("follows", v.moved[e]), ("decoy", v.decoy[e])):
+                for layer, lv in run(edited, rows).items():
+                    add(layer, key, [_follows(lv, b, faces, edited, i, e) for b, i in enumerate(rows)])
         for layer, lv in run(v.blank, rows).items():
             for src in (0, 1):
                 for key, value in _lifts(lv, faces, rows, src, 1 - src).items():
@@ -167,15 +187,21 @@ def _on_valid(layer: AttentionLayer, v: Variants, rows: range) -> dict[str, list
 
 
 def _lifts(
-    layer: AttentionLayer, faces: FaceBatch, rows: range, src: int, dst: int
+    layer: AttentionLayer,
+    faces: FaceBatch,
+    rows: range,
+    src: int,
+    dst: int,
+    offset: tuple[float, float] = (0.0, 0.0),
 ) -> dict[str, list[float]]:
-    """Lift from eye ``src`` to eye ``dst`` of each face (its cells as ``faces`` drew them)."""
+    """Lift from eye ``src`` (or the pixel ``offset`` (dy, dx) from its centre) to eye ``dst`` of
+    each face (its cells as ``faces`` drew them)."""
     out: dict[str, list[float]] = {"valid": []}
     special = layer.keys.count - int(np.prod(layer.key_grid))
     if special:
         out["valid_cls"] = []
     for b, i in enumerate(rows):
-        row = row_at(layer, b, faces.eyes[i, src])  # (h, w), special mass left out
+        row = row_at(layer, b, faces.eyes[i, src] + np.asarray(offset))  # (h, w), special mass left out
         cells = _cells(layer, faces, i, dst)
         out["valid"].append(grid_lift(row, cells))
         if special:  # the row sums to 1 over all keys; the cells' share of all keys is the baseline
@@ -220,8 +246,10 @@ def follows(row: np.ndarray, own: np.ndarray, old: np.ndarray, moved: np.ndarray
 
 
 def row_at(layer: AttentionLayer, b: int, point: np.ndarray) -> np.ndarray:
-    """The (h, w) row of image ``b`` from the query cell holding pixel ``point`` (y, x)."""
-    return layer.row(*cell_at(tuple(int(v) for v in np.floor(point)), IMAGE_HW, layer.query_grid), batch=b)
+    """The (h, w) row of image ``b`` from the query cell holding pixel ``point`` (y, x), a point
+    off the image taken at the nearest pixel on it (a cheek query below a low eye)."""
+    pixel = np.clip(np.floor(point), 0, np.array(IMAGE_HW) - 1).astype(int)
+    return layer.row(*cell_at(tuple(int(v) for v in pixel), IMAGE_HW, layer.query_grid), batch=b)
 
 
 def grid_lift(row: np.ndarray, cells: np.ndarray) -> float:

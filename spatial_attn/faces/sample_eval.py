@@ -25,6 +25,7 @@ from ..data.eyes import NEAR, locate_eyes, palette_distance
 from ..engine import AttentionLayer, capture
 from ..models import BundledModel
 from .eye_attention import collapsed, eye_cells, grid_lift, row_at, stack
+from .protocol import CHEEK_PX
 
 _USUAL_EYES = np.array([[12.5, 10.0], [12.5, 22.0]])  # where drawn faces' eyes are, about (y, x)
 
@@ -98,8 +99,11 @@ def generator_figures(gan: BundledModel, twin: BundledModel, seeds: list[int]) -
     """Per-sample figures of the generator's attention on the samples drawn from ``seeds``.
 
     ``located`` (0/1), then for located samples ``lift``, ``twin`` (the untrained twin at the
-    same cells) and ``position`` (the row from this sample's eye read at the next located
-    sample's eye cells); ``collapsed`` for every sample.
+    same cells), ``position`` (the row from this sample's eye read at the next located
+    sample's eye cells), ``cheek`` (the lift from a cell ``CHEEK_PX`` below the eye, not an eye)
+    and ``peak_left`` / ``peak_right`` (1 if the row from the left / right eye, its own cells left
+    out, peaks on the other eye's cells) with ``chance`` (the other eye's share of those cells);
+    ``collapsed`` for every sample.
     """
     trained_layer, images = _generator_rows(gan, seeds)
     twin_layer, _ = _generator_rows(twin, seeds)
@@ -113,13 +117,21 @@ def generator_figures(gan: BundledModel, twin: BundledModel, seeds: list[int]) -
         out["collapsed"].append(
             np.mean([collapsed(row_at(trained_layer, i, eyes[s]), cells[1 - s]) for s in (0, 1)])
         )
-    for key in ("lift", "twin", "position"):
+    for key in ("lift", "twin", "position", "cheek", "peak_left", "peak_right", "chance"):
         out[key] = []
     for k, i in enumerate(located):
         (eyes, radius), other = found[i], found[located[(k + 1) % len(located)]]
         out["lift"].append(_lift(trained_layer, i, eyes, radius))
         out["twin"].append(_lift(twin_layer, i, eyes, radius))
         out["position"].append(_lift(trained_layer, i, *other))
+        out["cheek"].append(_lift(trained_layer, i, eyes, radius, (CHEEK_PX, 0.0)))
+        chance = []
+        for src, key in ((0, "peak_left"), (1, "peak_right")):
+            own, dst = (eye_cells(e, radius, trained_layer.key_grid) for e in (eyes[src], eyes[1 - src]))
+            row = np.where(own, 0.0, row_at(trained_layer, i, eyes[src]))
+            out[key].append(float(dst[np.unravel_index(np.argmax(row), row.shape)]))
+            chance.append(float((dst & ~own).sum() / (~own).sum()))
+        out["chance"].append(float(np.mean(chance)))
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
 
@@ -132,7 +144,12 @@ def _generator_rows(bm: BundledModel, seeds: list[int]) -> tuple[AttentionLayer,
     return layer, np.stack([p.display for p in prepared])
 
 
-def _lift(layer: AttentionLayer, b: int, eyes: np.ndarray, radius: float) -> float:
-    """Mean of both directions' eye-to-eye lift in sample ``b`` at ``eyes`` (2, 2)."""
+def _lift(
+    layer: AttentionLayer, b: int, eyes: np.ndarray, radius: float, offset: tuple[float, float] = (0.0, 0.0)
+) -> float:
+    """Mean of both directions' eye-to-eye lift in sample ``b`` at ``eyes`` (2, 2), each queried
+    ``offset`` (dy, dx) pixels from its eye's centre."""
     cells = [eye_cells(eyes[1 - src], radius, layer.key_grid) for src in (0, 1)]
-    return float(np.mean([grid_lift(row_at(layer, b, eyes[src]), cells[src]) for src in (0, 1)]))
+    return float(
+        np.mean([grid_lift(row_at(layer, b, eyes[src] + np.asarray(offset)), cells[src]) for src in (0, 1)])
+    )

@@ -140,6 +140,8 @@ def _steps(trainer: Trainer, s: Settings, start: int) -> Iterator[tuple[int, dic
         t0 = time.perf_counter()
         seed = batch_seed(s.seed, step)
         batch = make_faces(s.batch_size, seed, trainer.kinds, layout=s.layout)
+        if hasattr(trainer, "augment"):  # a trainer that redraws its batch with edits (the judge's)
+            batch = trainer.augment(batch, seed, s.layout)
         logs = trainer.step(step, batch, torch.Generator().manual_seed(seed))
         yield step, logs, time.perf_counter() - t0
 
