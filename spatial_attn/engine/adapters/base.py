@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ..layer import AttentionLayer, Check, Verification, compare, sample_queries, versions
+from ..layer import AttentionLayer, Check, Verification, coarsest, compare, sample_queries, versions
 
 Where = Literal["in", "out"]
 
@@ -193,7 +193,7 @@ def check_output(
             if version is not None and versions(values) != version:
                 return Verification(None, None, f"{what}: the model overwrote the values after the call")
             got = layer.sampled_output(values, idx)
-            return compare(expected, project(got, idx) if project else got, what)
+            return compare(expected, project(got, idx) if project else got, what, coarsest(expected, values))
 
         return later
 
