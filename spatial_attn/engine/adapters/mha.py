@@ -140,7 +140,9 @@ def _mask(
 
 
 def _additive(mask: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(mask.shape).masked_fill(mask, -math.inf) if mask.dtype == torch.bool else mask.float()
+    if mask.dtype != torch.bool:
+        return mask.float()
+    return torch.zeros(mask.shape, device=mask.device).masked_fill(mask, -math.inf)
 
 
 def _dropout_active(module: nn.Module) -> bool:
