@@ -18,6 +18,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,7 +105,8 @@ class QKScores:
         self._host = q.device.type == "cpu"  # numpy rows on the calling thread (see the class doc)
         self._q: torch.Tensor | None = None
         self._k: torch.Tensor | None = None
-        self._keys: dict[int, torch.Tensor] = {}  # batch -> float32 contiguous k[batch] (h, N', d)
+        self._keys: dict[int, Any] = {}  # batch -> k[batch] (h, N', d) as rows read it (see _host_keys)
+        self._borrowed: set[int] = set()  # batches whose keys are the model's memory, not copies
         if self._versions is None:
             self._materialise()
         self.mask, self.causal = mask, causal
@@ -132,10 +134,11 @@ class QKScores:
         q = q.float() * self._scale if self._scale != 1.0 else q.float()
         self._q, self._k = q.contiguous(), k.float().contiguous()
         self._sources = None  # the model's tensors (and whatever they are views of) can go
-        self._keys = {}
+        self._keys, self._borrowed = {}, set()
 
     def _batch_keys(self, batch: int) -> torch.Tensor:
-        """``k[batch]`` as float32, contiguous: ``(h, N', d)``, made on its first row."""
+        """``k[batch]`` as float32, contiguous, on the layer's device: ``(h, N', d)``, made on its
+        first row (the torch path, off the CPU)."""
         keys = self._keys.get(batch)
         if keys is None:
             sources = self._fresh_sources()
@@ -143,6 +146,24 @@ class QKScores:
                 assert self._k is not None
                 return self._k[batch]
             keys = self._keys[batch] = sources[1][batch].float().contiguous()
+        return keys
+
+    def _host_keys(self, batch: int) -> np.ndarray:
+        """``k[batch]`` ``(h, N', d)`` as float32 numpy (the CPU path): the model's own memory where
+        BLAS reads it as it is (float32 heads whose token rows are contiguous: a head split of a
+        projection, a ``qkv`` pack), so a first click copies nothing and costs what a later one does;
+        otherwise a contiguous copy, made by numpy on its first row."""
+        keys = self._keys.get(batch)
+        if keys is None:
+            sources = self._fresh_sources()
+            if sources is None:
+                assert self._k is not None
+                return self._k[batch].numpy()
+            k = sources[1][batch]
+            readable = k.dtype == torch.float32 and k.stride(-1) == 1 and k.stride(1) >= k.shape[-1]
+            keys = self._keys[batch] = k.numpy() if readable else _float32(k)
+            if readable:
+                self._borrowed.add(batch)
         return keys
 
     def _query(self, batch: int, token: int) -> torch.Tensor:
@@ -153,6 +174,14 @@ class QKScores:
             return self._q[batch, :, token]
         q = sources[0][batch, :, token].float()
         return q * self._scale if self._scale != 1.0 else q
+
+    def _host_query(self, batch: int, token: int) -> np.ndarray:
+        """:meth:`_query` as numpy, made by numpy where it can (a torch op, even this small, may
+        wait for its thread pool on a busy machine)."""
+        sources = self._fresh_sources()
+        if sources is None or sources[0].dtype != torch.float32:
+            return self._query(batch, token).numpy()
+        return sources[0][batch, :, token].numpy() * np.float32(self._scale)  # (h, d), a new array
 
     def regrouped(self, entries: int) -> QKScores:
         """These scores with their batch and head axes regrouped as ``(entries, B*h/entries, N, N')``,
@@ -217,7 +246,7 @@ class QKScores:
         """``q_i k^T + mask`` of one query token, every head: ``(h, N')`` (numpy, this thread)."""
         if not self._host:
             return self._logits(batch, token).cpu().numpy()
-        k, q = self._batch_keys(batch).numpy(), self._query(batch, token).numpy()
+        k, q = self._host_keys(batch), self._host_query(batch, token)
         # a stacked matrix-vector product: BLAS per head, ~2.5x faster than the equivalent einsum
         logits = np.matmul(k, q[:, :, None])[..., 0]  # (h, N')
         if self.mask is None and not self.causal:
@@ -280,7 +309,8 @@ class QKScores:
     def nbytes(self) -> int:
         """Memory held: queries, keys, their copies and the mask (never an N x N' matrix of our own)."""
         held = sum(t.nbytes for t in self._sources) if self._sources else 0
-        copies = [self._q, self._k, self._bias_all, *self._keys.values(), *self._lse.values()]
+        keys = [k for batch, k in self._keys.items() if batch not in self._borrowed]
+        copies = [self._q, self._k, self._bias_all, *keys, *self._lse.values()]
         return held + sum(t.nbytes for t in copies if t is not None)
 
 
@@ -653,6 +683,19 @@ def _additive(mask: torch.Tensor) -> torch.Tensor:
     if mask.dtype == torch.bool:
         return torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, -torch.inf)
     return mask.float()
+
+
+def _float32(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor (any view) as a new contiguous float32 array, copied by numpy on this thread: the
+    same copy in torch spreads over its thread pool, and on a busy 2-core machine the first click
+    of a 32-layer UNet took 120 ms instead of ~3 (see :class:`QKScores`). bfloat16 is float32's top
+    16 bits, so its conversion is a shift."""
+    if t.dtype == torch.bfloat16:
+        bits = t.view(torch.int16).numpy().astype(np.uint16).astype(np.uint32)  # a contiguous copy
+        return (bits << 16).view(np.float32)
+    if t.dtype in (torch.float16, torch.float32, torch.float64):
+        return np.ascontiguousarray(t.numpy(), dtype=np.float32)
+    return t.float().contiguous().numpy()
 
 
 def _host(t: torch.Tensor) -> np.ndarray:
