@@ -253,7 +253,7 @@ def host_reads(model: torch.nn.Module, run: Callable[[], object]) -> int:
     def counted(name: str) -> Callable:
         return lambda t, *a, **k: (calls.append(name), originals[name](t, *a, **k))[1]
 
-    plain, captured = forwards(model, run)
+    plain, _ = forwards(model, run)
     counts = []
     try:
         for name in names:
@@ -300,7 +300,7 @@ def false_alarms() -> list[Row]:
             total += len(cap.layers)
         rows.append(
             (
-                f"{' and '.join(c[0] for c in cases)} in {str(dtype).removeprefix('torch.')}: layers not verified",
+                f"{' and '.join(c[0] for c in cases)} in {dtype}: layers not verified".replace("torch.", ""),
                 f"{flagged} of {total}",
                 "",
                 "goal 0",
