@@ -535,12 +535,13 @@ def launch(
     host: str | None = None,
     port: int = 7860,
     share: bool = False,
+    placement: Any = None,
     **kwargs: Any,
 ) -> gr.Blocks:
     """Build the app and serve it. Blocks until stopped, unless ``prevent_thread_lock=True`` is passed;
     then returns the running app (``.close()`` stops it). ``host=None`` is Gradio's own choice:
     ``GRADIO_SERVER_NAME`` if set (a Space sets it), else 127.0.0.1."""
-    demo = build_demo(model)
+    demo = build_demo(model, Library(placement=placement))
     demo.queue(default_concurrency_limit=RUNS)
     theme = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     demo.launch(

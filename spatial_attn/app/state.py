@@ -22,14 +22,17 @@ UNTRAINED = " (untrained)"
 class Library:
     """The bundled models and their untrained twins, loaded once; afterwards only read."""
 
-    def __init__(self, names: list[str] | None = None) -> None:
+    def __init__(self, names: list[str] | None = None, placement: Any = None) -> None:
+        """``placement`` (:class:`~spatial_attn.models.placement.Placement`): where the bundled models
+        run (default CPU float32)."""
         from ..models import available_models, load_model
 
+        where = {} if placement is None else {"device": placement.device, "dtype": placement.dtype}
         self.models = {}
         for name in names or available_models():
             try:
-                self.models[name] = load_model(name, pretrained=True)
-                self.models[name + UNTRAINED] = load_model(name, pretrained=False)
+                self.models[name] = load_model(name, pretrained=True, **where)
+                self.models[name + UNTRAINED] = load_model(name, pretrained=False, **where)
             except FileNotFoundError as missing:  # serve the others; say which one is absent
                 warnings.warn(f"{name} is left out: {missing}", stacklevel=2)
 
