@@ -6,7 +6,7 @@
 matplotlib or diffusers.
 """
 
-from .capture import Capture, capture
+from .capture import Capture, capture, keep_hooks
 from .grid import TokenLayout, cell_at, cell_box
 from .layer import AttentionLayer, LayerList, Row, Verification
 
@@ -20,4 +20,5 @@ __all__ = [
     "capture",
     "cell_at",
     "cell_box",
+    "keep_hooks",
 ]
