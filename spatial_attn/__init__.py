@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .engine.capture import Capture, capture
+from .engine.capture import Capture, KeptHooks, capture, keep_hooks
 from .engine.grid import TokenLayout, cell_at, cell_box
 from .engine.layer import AttentionLayer, LayerList, Row, Verification
 
@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AttentionLayer",
     "Capture",
+    "KeptHooks",
     "LayerList",
     "Row",
     "TokenLayout",
@@ -34,6 +35,7 @@ __all__ = [
     "capture",
     "cell_at",
     "cell_box",
+    "keep_hooks",
     "launch",
     "load_model",
 ]
