@@ -60,3 +60,24 @@ def test_a_bundled_model_in_bfloat16_runs_end_to_end_and_its_click_matches_float
     for full, half in zip(runs["float32"], runs["bfloat16"], strict=True):
         assert half.values.dtype == np.float32 and half.cell == full.cell
         np.testing.assert_allclose(half.values, full.values, atol=0.05 * full.values.max() + 1e-3)
+
+
+@pytest.mark.parametrize("kind", ["vit", "sd", "dit"])
+def test_your_own_folder_in_bfloat16_runs_end_to_end(kind: str, tmp_path) -> None:
+    """A transformers classifier, a Stable Diffusion pipeline (VAE and text encoder moved with its UNet)
+    and a DiT, opened as ``--model FOLDER --dtype bfloat16`` opens them: inputs placed, layers verified."""
+    import tiny_models
+
+    from spatial_attn.cli import open_models
+
+    folder = {"vit": tiny_models.vit_classifier, "sd": tiny_models.sd_pipeline, "dit": tiny_models.dit}[kind](
+        tmp_path / kind
+    )
+    (model,) = open_models([[str(folder), None]], placement=place("cpu", "bfloat16"))
+    assert next(model.module.parameters()).dtype == torch.bfloat16
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    ex = Exploration(model, image, timestep=300 if model.num_timesteps else None, seed=1)
+    floating = [t for t in (*ex.prepared.args, *ex.prepared.kwargs.values()) if isinstance(t, torch.Tensor)]
+    assert all(t.dtype == torch.bfloat16 for t in floating if t.is_floating_point())
+    assert ex.layers and all(layer.verified is True for layer in ex.layers)
+    assert all(np.isfinite(c.values).all() for c in ex.click((5, 7), ex.image_hw, View(), draw=False))
