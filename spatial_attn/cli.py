@@ -228,7 +228,8 @@ def open_models(specs: list[list], allow_download: bool = False, placement: Any 
             models.append(spec)
             continue
         try:
-            opened = open_model(spec, weights, allow_download=allow_download)
+            dtype = None if placement is None else placement.dtype
+            opened = open_model(spec, weights, allow_download=allow_download, dtype=dtype)
         except ValueError as error:
             print(f"spatial-attn: {error}", file=sys.stderr)
             raise SystemExit(2) from None

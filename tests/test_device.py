@@ -81,3 +81,16 @@ def test_your_own_folder_in_bfloat16_runs_end_to_end(kind: str, tmp_path) -> Non
     assert all(t.dtype == torch.bfloat16 for t in floating if t.is_floating_point())
     assert ex.layers and all(layer.verified is True for layer in ex.layers)
     assert all(np.isfinite(c.values).all() for c in ex.click((5, 7), ex.image_hw, View(), draw=False))
+
+
+def test_folders_are_read_in_the_dtype_by_their_own_library(tmp_path) -> None:
+    """``from_pretrained(torch_dtype=...)``, not a float32 load cast afterwards."""
+    import tiny_models
+
+    from spatial_attn.models.sources import open_model
+
+    vit = open_model(str(tiny_models.vit_classifier(tmp_path / "vit")), dtype=torch.bfloat16)
+    sd = open_model(str(tiny_models.sd_pipeline(tmp_path / "sd")), dtype=torch.bfloat16)
+    for module in (vit.module, sd.module, sd.vae, sd.text.encoder):
+        assert {p.dtype for p in module.parameters()} == {torch.bfloat16}
+    assert next(open_model(str(tmp_path / "vit")).module.parameters()).dtype == torch.float32  # default

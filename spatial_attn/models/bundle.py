@@ -76,7 +76,7 @@ class BundledModel:
 
     def place(self, placement: Placement) -> BundledModel:
         """Move the model to ``placement`` (in place; returns it). Its inputs follow it there."""
-        self.module.to(placement.device, placement.dtype)
+        placement.apply(self.module)
         return self
 
     def placed(self, t: torch.Tensor) -> torch.Tensor:

@@ -157,7 +157,7 @@ class DiffusionModel(PreprocessedModel):
         the CPU: their text is moved over)."""
         for module in (self.module, self.vae, getattr(self.text, "encoder", None)):
             if module is not None:
-                module.to(placement.device, placement.dtype)
+                placement.apply(module)
         return self
 
     def with_prompt(self, prompt: str) -> DiffusionModel:

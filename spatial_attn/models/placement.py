@@ -39,6 +39,13 @@ class Placement:
             return cls(torch.device("cpu"), torch.float32)
         return cls(first.device, first.dtype)
 
+    def apply(self, module: nn.Module) -> None:
+        """Move ``module`` here. Its dtype is changed only if it is not already this one: a folder read
+        with ``from_pretrained(torch_dtype=...)`` keeps the modules its library keeps in float32."""
+        module.to(self.device)
+        if Placement.of(module).dtype != self.dtype:
+            module.to(self.dtype)
+
     def put(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` on this device, and in this dtype if it is floating point (timesteps, labels and
         token ids keep theirs)."""
