@@ -26,11 +26,17 @@ __version__ = "0.1.0"
 __all__ = [*engine.__all__, "launch", "load_model", "show"]  # the engine's names, and three that open more
 
 
-def load_model(name: str, pretrained: bool = True) -> BundledModel:
-    """A bundled model, ready to run (``pretrained=False``: its untrained twin). Imports diffusers."""
+def load_model(
+    name: str, pretrained: bool = True, *, device: str | Any = "cpu", dtype: str | Any = "float32"
+) -> BundledModel:
+    """A bundled model, ready to run (``pretrained=False``: its untrained twin). Imports diffusers.
+
+    ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"``: CUDA when present) and ``dtype``
+    (``"float32"``, ``"float16"``, ``"bfloat16"`` or a torch dtype) place it and everything it makes.
+    """
     from .models import load_model as _load
 
-    return _load(name, pretrained=pretrained)
+    return _load(name, pretrained=pretrained, device=device, dtype=dtype)
 
 
 def launch(model: str | Any = "ddpm-faces", **launch_kwargs: Any) -> Any:

@@ -12,6 +12,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .data.faces import LAYOUTS
 
@@ -210,12 +211,38 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app.blocks import launch  # imports gradio: only when serving
 
-    models = open_models(args.model or [[DEFAULT_MODEL, None]], allow_download=args.allow_download)
-    launch(models, host=args.host, port=args.port, share=args.share)
+    placement = _placement(args)
+    models = open_models(args.model or [[DEFAULT_MODEL, None]], args.allow_download, placement)
+    launch(models, host=args.host, port=args.port, share=args.share, placement=placement)
     return 0
 
 
-def open_models(specs: list[list], allow_download: bool = False) -> list:
+def _placement(args: argparse.Namespace) -> Any:
+    """``--device``/``--dtype`` checked against this machine; a bad one stops the command with its
+    one-line message (exit status 2) before any model is read."""
+    from .models.placement import place
+
+    try:
+        return place(args.device, args.dtype)
+    except ValueError as error:
+        print(f"spatial-attn: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype``: where every model runs (serve, app.py, export)."""
+    parser.add_argument(
+        "--device", default="cpu", help="where models run: cpu, cuda, cuda:N, or auto (CUDA when present)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "float16", "bfloat16"),
+        help="the precision models run in",
+    )
+
+
+def open_models(specs: list[list], allow_download: bool = False, placement: Any = None) -> list:
     """``--model`` values -> what :func:`spatial_attn.launch` serves: a bundled model's name as it is,
     anything else opened from disk (a folder, ``timm:NAME``, ``package.module:factory``, a Hub id).
 
@@ -233,13 +260,14 @@ def open_models(specs: list[list], allow_download: bool = False) -> list:
             models.append(spec)
             continue
         try:
-            opened = open_model(spec, weights, allow_download=allow_download)
+            dtype = None if placement is None else placement.dtype
+            opened = open_model(spec, weights, allow_download=allow_download, dtype=dtype)
         except ValueError as error:
             print(f"spatial-attn: {error}", file=sys.stderr)
             raise SystemExit(2) from None
         if opened.name in bundled:  # checkpoints/ddpm-faces opened as a folder: keep both apart
             opened.name = spec
-        models.append(opened)
+        models.append(opened if placement is None else opened.place(placement))
     return models
 
 
@@ -291,6 +319,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="let a Hub id missing from the local cache be downloaded (configs and safetensors only)",
     )
     parser.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
+    add_placement_arguments(parser)
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
@@ -347,6 +376,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--over", choices=("image", "input"), default="image", help="draw over the image or x_t")
     p.add_argument("--formats", default="png,svg,npy,html", help="comma-separated: png, svg, npy, html")
     p.add_argument("--out", type=Path, default=Path("attention.zip"), help="the zip to write")
+    add_placement_arguments(p)
     p.set_defaults(func=cmd_export)
 
 
@@ -372,10 +402,16 @@ def _export(args: argparse.Namespace) -> tuple[Path, tuple[int, int], str, int]:
     from .resources import locate
 
     head_index(args.head)  # its form, before the model runs
-    (opened,) = open_models([[args.model, args.weights]], allow_download=args.allow_download)
+    placement = _placement(args)
+    (opened,) = open_models([[args.model, args.weights]], args.allow_download, placement)
     if isinstance(opened, str):  # a bundled name, or its twin's
         untrained = args.untrained or opened.endswith(UNTRAINED)
-        model = load_model(opened.removesuffix(UNTRAINED), pretrained=not untrained)
+        model = load_model(
+            opened.removesuffix(UNTRAINED),
+            pretrained=not untrained,
+            device=placement.device,
+            dtype=placement.dtype,
+        )
     else:
         model = opened
     path = args.image or locate("assets") / "faces" / "valid-0.png"

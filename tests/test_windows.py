@@ -338,13 +338,13 @@ def test_windows_folded_into_heads_are_regrouped_without_copying_during_the_forw
     from spatial_attn.engine.layer import QKScores
 
     copied = []
-    materialise = QKScores._materialise
+    read = QKScores._fresh_sources  # every copy of the model's q and k reads them through this
 
-    def spy(self: QKScores) -> None:
+    def spy(self: QKScores) -> tuple | None:
         copied.append(self._sources is not None)
-        materialise(self)
+        return read(self)
 
-    monkeypatch.setattr(QKScores, "_materialise", spy)
+    monkeypatch.setattr(QKScores, "_fresh_sources", spy)
     torch.manual_seed(1)
     model = SamEncoder(fused=True).eval()
     with torch.no_grad(), sa.capture(model) as cap:

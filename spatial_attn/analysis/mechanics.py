@@ -90,8 +90,8 @@ def row_steps(
         token=token,
         query_grid=layer.query_grid,
         keys=layer.keys,
-        queries=layer.scores.q[batch, head].numpy(),  # (N, d)
-        key_vectors=layer.scores.k[batch, head].numpy(),  # (N', d)
+        queries=layer.scores.q[batch, head].cpu().numpy(),  # (N, d)
+        key_vectors=layer.scores.k[batch, head].cpu().numpy(),  # (N', d)
         logits=logits,
         temperature=float(temperature),
         probs=probs / probs.sum(),
@@ -113,7 +113,7 @@ def matrix_thumbnail(layer: AttentionLayer, head: int, size: int = 64, batch: in
     out = np.zeros((rows, cols))
     for start in range(0, n, per_block):
         queries = torch.arange(start, min(n, start + per_block))
-        block = layer.scores.probs(batch, queries)[head].double().numpy()  # (s, N')
+        block = layer.scores.probs(batch, queries)[head].double().cpu().numpy()  # (s, N')
         padded = np.zeros((math.ceil(len(queries) / group_rows) * group_rows, cols * group_cols))
         padded[: len(queries), :m] = block
         sums = padded.reshape(-1, group_rows, cols, group_cols).sum((1, 3))

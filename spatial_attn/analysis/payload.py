@@ -76,7 +76,7 @@ def hover_json(layers: list[AttentionLayer], budget: int = HOVER_BUDGET) -> list
             continue
         scores = layer.scores
         assert isinstance(scores, QKScores)
-        q, k = scores.q[0].numpy(), scores.k[0].numpy()  # (h, N, d), (h, N', d)
+        q, k = scores.q[0].cpu().numpy(), scores.k[0].cpu().numpy()  # (h, N, d), (h, N', d)
         budget -= 2 * (q.size + k.size)
         out.append(
             None

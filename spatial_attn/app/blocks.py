@@ -558,6 +558,7 @@ def launch(
     host: str | None = None,
     port: int = 7860,
     share: bool = False,
+    placement: Any = None,
     **kwargs: Any,
 ) -> gr.Blocks:
     """Build the app and serve it. Blocks until stopped, unless ``prevent_thread_lock=True`` is passed;
@@ -566,7 +567,7 @@ def launch(
     the JSON API, a temp folder of its own, and a clean stop on SIGTERM (see :mod:`.public`)."""
     folder = public.own_temp_folder()  # before the Blocks: Gradio's components read it when made
     public.atomic_cache_writes()
-    demo = build_demo(model)
+    demo = build_demo(model, Library(placement=placement))
     # no handler outside the queue, and a bounded one: past 256 waiting events, "queue full" (503)
     demo.queue(default_concurrency_limit=RUNS, api_open=False, max_size=256)
     theme = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])

@@ -13,6 +13,7 @@ from typing import Any
 from PIL import Image
 
 from ..analysis.explore import Exploration
+from ..engine.capture import keep_hooks
 from . import serving
 from .serving import Tickets
 
@@ -20,22 +21,33 @@ UNTRAINED = " (untrained)"
 
 
 class Library:
-    """The bundled models and their untrained twins, loaded once; afterwards only read."""
+    """The bundled models and their untrained twins, loaded once; afterwards only read.
 
-    def __init__(self, names: list[str] | None = None) -> None:
+    Each model's capture hooks are registered once, here, and kept for the model's life
+    (:func:`~spatial_attn.engine.capture.keep_hooks`): a run then only joins and leaves them, instead
+    of adding and removing a hook pair on every module while other users' runs use the same model.
+    """
+
+    def __init__(self, names: list[str] | None = None, placement: Any = None) -> None:
+        """``placement`` (:class:`~spatial_attn.models.placement.Placement`): where the bundled models
+        run (default CPU float32)."""
         from ..models import available_models, load_model
 
+        where = {} if placement is None else {"device": placement.device, "dtype": placement.dtype}
         self.models = {}
+        self._kept: list[Any] = []
         for name in names or available_models():
             try:
-                self.models[name] = load_model(name, pretrained=True)
-                self.models[name + UNTRAINED] = load_model(name, pretrained=False)
+                self.models[name] = load_model(name, pretrained=True, **where)
+                self.models[name + UNTRAINED] = load_model(name, pretrained=False, **where)
             except FileNotFoundError as missing:  # serve the others; say which one is absent
                 warnings.warn(f"{name} is left out: {missing}", stacklevel=2)
+        self._kept = [keep_hooks(model.module) for model in self.models.values()]
 
     def add(self, model: Any) -> str:
         """Serve a user's own :class:`~spatial_attn.models.BundledModel` (listed first); its name."""
         self.models = {model.name: model, **self.models}
+        self._kept.append(keep_hooks(model.module))
         return model.name
 
     def __getitem__(self, name: str) -> Any:

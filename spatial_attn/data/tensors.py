@@ -14,5 +14,5 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """float (B, 3, H, W) in [-1, 1] (clamped) -> uint8 images (B, H, W, 3)."""
-    x = ((x.detach().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)

@@ -6,13 +6,14 @@
 matplotlib or diffusers.
 """
 
-from .capture import Capture, capture
+from .capture import Capture, KeptHooks, capture, keep_hooks
 from .grid import TokenLayout, cell_at, cell_box
 from .layer import AttentionLayer, LayerList, Row, Verification
 
 __all__ = [
     "AttentionLayer",
     "Capture",
+    "KeptHooks",
     "LayerList",
     "Row",
     "TokenLayout",
@@ -20,4 +21,5 @@ __all__ = [
     "capture",
     "cell_at",
     "cell_box",
+    "keep_hooks",
 ]

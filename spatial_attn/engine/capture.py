@@ -388,6 +388,7 @@ class _ModelHooks:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+        self.pins = 0  # keep_hooks() holders: while any, the hooks stay when the last capture leaves
         self.owners: dict[nn.Module, tuple[str, ModuleAdapter | None]] = {}
         self._captures: dict[int, list[weakref.ref[Capture]]] = {}  # thread id -> its captures
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -422,11 +423,15 @@ class _ModelHooks:
                 refs[:] = [r for r in refs if r() is not None and r() is not capture]
                 if not refs:
                     del self._captures[thread]
-            if not self._captures and self._handles:
-                for handle in self._handles:
-                    handle.remove()
-                self._handles.clear()
-                del self._active[id(self.model)]
+            self._remove_if_unused()
+
+    def _remove_if_unused(self) -> None:
+        """Remove the hooks once no capture uses them and nobody keeps them (call with the lock)."""
+        if not self._captures and not self.pins and self._handles:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+            del self._active[id(self.model)]
 
     def receivers(self) -> list[Capture]:
         """The captures of the calling thread (none during a backward pass)."""
@@ -434,6 +439,47 @@ class _ModelHooks:
         if not refs or not _forward_pass():
             return []
         return [cap for cap in (r() for r in refs) if cap is not None]
+
+
+class KeptHooks:
+    """What :func:`keep_hooks` returns: ``release()`` (or leaving its ``with``) lets them go."""
+
+    def __init__(self, model: nn.Module) -> None:
+        with _ModelHooks._lock:
+            hooks = _ModelHooks._active.get(id(model))
+            if hooks is None:
+                hooks = _ModelHooks._active[id(model)] = _ModelHooks(model)
+            hooks.pins += 1
+        self._hooks: _ModelHooks | None = hooks
+
+    def release(self) -> None:
+        """Stop keeping the hooks; they go with the last capture (now, if none is active). Safe twice."""
+        with _ModelHooks._lock:
+            hooks, self._hooks = self._hooks, None
+            if hooks is not None:
+                hooks.pins -= 1
+                hooks._remove_if_unused()
+
+    def __enter__(self) -> KeptHooks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def keep_hooks(model: nn.Module) -> KeptHooks:
+    """Register the capture's hooks on ``model`` now and keep them until released, instead of once
+    per capture.
+
+    A capture otherwise registers a pre- and post-hook on every module when it starts and removes
+    them when it ends: a 12-block ViT has ~100 modules, and registering and removing them cost ~2 ms
+    per capture, more than a small model's whole forward on a GPU (bench/bench_gpu.py). A server that
+    captures the same models all day (the app) keeps them for the models' life; then no hook is
+    ever added or removed while another thread runs the model, and captures only join and leave.
+    With no capture active the hooks find no receiver and return (a plain forward pays two
+    function calls per module).
+    """
+    return KeptHooks(model)
 
 
 class _Depth(threading.local):

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..data.tensors import to_tensor, to_uint8
 from ..resources import locate, searched
+from .placement import Placement, place
 from .preprocess import Preprocess
 from .sagan import SAGAN, SAGANConfig
 from .vit import ViT, ViTConfig
@@ -72,6 +73,21 @@ class BundledModel:
     #: Whether ``prepare`` accepts ``prompt=`` (text-conditioned models; the app then shows a prompt box).
     takes_prompt = False
 
+    @property
+    def placement(self) -> Placement:
+        """The device and dtype the module runs in (those of its first parameter)."""
+        return Placement.of(self.module)
+
+    def place(self, placement: Placement) -> BundledModel:
+        """Move the model to ``placement`` (in place; returns it). Its inputs follow it there."""
+        placement.apply(self.module)
+        return self
+
+    def placed(self, t: torch.Tensor) -> torch.Tensor:
+        """An input made on the CPU (drawn from a seeded CPU generator, so it is the same on every
+        device) moved to the module's device, and to its dtype when it is floating point."""
+        return self.placement.put(t)
+
     def prepare(
         self, image: Image.Image | None = None, *, timestep: int | None = None, seed: int = 0
     ) -> Prepared:
@@ -84,7 +100,7 @@ class BundledModel:
         The default suits a model whose forward takes the image tensor alone: ``to_input(image)``.
         """
         x, pixels, note = self.to_input(image)
-        return Prepared(args=(x,), kwargs={}, display=pixels, note=note)
+        return Prepared(args=(self.placed(x),), kwargs={}, display=pixels, note=note)
 
     def run(self, prepared: Prepared) -> dict:
         """One forward pass on prepared inputs; returns a small JSON-able summary."""
@@ -142,14 +158,18 @@ class SAGANModel(BundledModel):
     generates = True
 
     def _z(self, seed: int, n: int) -> torch.Tensor:
-        return torch.randn(n, self.config["z_dim"], generator=torch.Generator().manual_seed(seed))
+        return self.placed(
+            torch.randn(n, self.config["z_dim"], generator=torch.Generator().manual_seed(seed))
+        )
 
     def prepare(
         self, image: Image.Image | None = None, *, timestep: int | None = None, seed: int = 0
     ) -> Prepared:
         if image is not None:
             x, pixels, note = self.to_input(image)
-            return Prepared(args=(), kwargs={"image": x}, display=pixels, note=f"{note}; discriminator")
+            return Prepared(
+                args=(), kwargs={"image": self.placed(x)}, display=pixels, note=f"{note}; discriminator"
+            )
         z = self._z(seed, 1)  # (1, z_dim)
         return Prepared(
             args=(),
@@ -187,9 +207,10 @@ class DDPMModel(BundledModel):
             note = f"sampled a face with seed {seed} (DDIM, {FAST_STEPS} steps, eta {FAST_ETA:g})"
         else:
             x0, _, note = self.to_input(image)
-        xt = add_noise(self.scheduler, x0, t, seed)  # (1, 3, 32, 32)
+        xt = add_noise(self.scheduler, x0.float().cpu(), t, seed)  # (1, 3, 32, 32), float32 on the CPU
         note += f"; noised to t={t} with seed {seed} ({signal_fraction(self.scheduler, t):.0%} signal)"
-        return Prepared(args=(xt, torch.tensor([t])), kwargs={}, display=to_uint8(xt)[0], note=note)
+        args = (self.placed(xt), self.placed(torch.tensor([t])))
+        return Prepared(args=args, kwargs={}, display=to_uint8(xt)[0], note=note)
 
     def run(self, prepared: Prepared) -> dict:
         self.module(*prepared.args, **prepared.kwargs)
@@ -277,11 +298,21 @@ def available_models() -> list[str]:
     return sorted(_LOADERS)
 
 
-def load_model(name: str, pretrained: bool = True, *, root: str | Path | None = None) -> BundledModel:
+def load_model(
+    name: str,
+    pretrained: bool = True,
+    *,
+    root: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+) -> BundledModel:
     """A bundled model by name; ``pretrained=False`` gives its untrained twin (same architecture).
 
-    ``root`` is the folder holding ``<name>/`` (default :data:`CHECKPOINTS`).
+    ``root`` is the folder holding ``<name>/`` (default :data:`CHECKPOINTS`). ``device`` and
+    ``dtype`` say where it runs (:func:`~spatial_attn.models.placement.place`); its inputs, noise and
+    samples are made there too.
     """
+    placement = place(device, dtype)  # a bad device or dtype fails before anything is read
     if name not in _LOADERS:
         raise ValueError(f"unknown model {name!r}: choose one of {available_models()}")
     path = Path(root or CHECKPOINTS) / name
@@ -290,4 +321,4 @@ def load_model(name: str, pretrained: bool = True, *, root: str | Path | None = 
         raise FileNotFoundError(
             f"{name} is missing ({where}); or train it with `spatial-attn train {name.split('-')[0]}`"
         )
-    return _LOADERS[name](path, pretrained)
+    return _LOADERS[name](path, pretrained).place(placement)

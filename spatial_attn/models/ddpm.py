@@ -71,7 +71,8 @@ def sample(
 ) -> torch.Tensor:
     """``n`` faces from noise drawn with ``seed`` (the start and every step's); (n, 3, 32, 32) in [-1, 1]."""
     size = unet.config.sample_size
-    gen = torch.Generator().manual_seed(seed)
+    weight = next(unet.parameters())  # the device and dtype the UNet runs in
+    gen = torch.Generator().manual_seed(seed)  # on the CPU: the same faces on every device
     noise = torch.randn(n, 3, size, size, generator=gen)  # (n, 3, 32, 32), all drawn up front
     out = []
     for chunk in noise.split(batch):
@@ -79,7 +80,10 @@ def sample(
         solver.set_timesteps(steps)
         x = chunk * solver.init_noise_sigma
         for t in solver.timesteps:
-            x = solver.step(unet(x, t).sample, t, x, eta=FAST_ETA, generator=gen).prev_sample
+            eps = unet(x.to(weight.device, weight.dtype), t).sample.float().cpu()
+            # the solver's arithmetic in float32 on the CPU, as in training: a half-precision model
+            # only predicts the noise
+            x = solver.step(eps, t, x, eta=FAST_ETA, generator=gen).prev_sample
         out.append(x.clamp(-1, 1))
     return torch.cat(out)
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..data.tensors import to_uint8
 from .bundle import BundledModel, Prepared
+from .placement import Placement
 from .preprocess import Preprocess
 
 #: Top predictions a classifier reports.
@@ -91,7 +92,9 @@ class TextEncoder:
         )
         ids = tokens.input_ids  # (1, L)
         mask = tokens.attention_mask if self.masked else None  # (1, L)
-        hidden = self.encoder(ids, attention_mask=mask)[0]  # (1, L, D)
+        device = next(self.encoder.parameters()).device
+        hidden = self.encoder(ids.to(device), attention_mask=None if mask is None else mask.to(device))[0]
+        hidden = hidden.float().cpu()  # (1, L, D); placed with the denoiser's other inputs
         extra = {"encoder_attention_mask": mask} if self.masked else {}
         return hidden, tuple(self.tokenizer.convert_ids_to_tokens(ids[0].tolist())), extra
 
@@ -149,6 +152,14 @@ class DiffusionModel(PreprocessedModel):
     def takes_prompt(self) -> bool:  # type: ignore[override]
         return self.text is not None
 
+    def place(self, placement: Placement) -> DiffusionModel:
+        """The denoiser, the VAE and the text encoder on ``placement`` (SD3's three encoders stay on
+        the CPU: their text is moved over)."""
+        for module in (self.module, self.vae, getattr(self.text, "encoder", None)):
+            if module is not None:
+                placement.apply(module)
+        return self
+
     def with_prompt(self, prompt: str) -> DiffusionModel:
         """This model with ``prompt`` as its default: the same modules, a per-user prompt."""
         return replace(self, default_prompt=prompt)
@@ -178,7 +189,8 @@ class DiffusionModel(PreprocessedModel):
             note += "; class label 0"
         elif self.call in ("conditioned", "joint"):
             note += "; no text encoder in the folder: conditioned on one zero text token"
-        return Prepared((xt,), kwargs, self._picture(xt), note, tokens)
+        kwargs = {k: self.placed(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        return Prepared((self.placed(xt),), kwargs, self._picture(xt), note, tokens)
 
     def run(self, prepared: Prepared) -> dict:
         self.module(*prepared.args, **prepared.kwargs)
@@ -187,7 +199,7 @@ class DiffusionModel(PreprocessedModel):
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         """VAE latents (the distribution's mean: no sampling noise), scaled as the pipeline scales them."""
         config = self.vae.config
-        latents = self.vae.encode(x).latent_dist.mean
+        latents = self.vae.encode(Placement.of(self.vae).put(x)).latent_dist.mean.float().cpu()
         shift = getattr(config, "shift_factor", None) or 0.0
         return (latents - shift) * config.scaling_factor
 

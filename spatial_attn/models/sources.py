@@ -20,6 +20,7 @@ import importlib
 import inspect
 import json
 import re
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,39 @@ DENOISERS = {
 TEXT_WIDTHS = ("caption_channels", "cross_attention_dim", "joint_attention_dim")
 #: What a Hub download may fetch: configs, tokenizer files and safetensors; never a pickle.
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model"]
+#: The dtype ``from_pretrained`` reads weights in, for the ``open_model`` call running in this context.
+_LOAD_DTYPE: ContextVar[torch.dtype | None] = ContextVar("load_dtype", default=None)
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
-def open_model(spec: str, weights: str | Path | None = None, *, allow_download: bool = False) -> BundledModel:
-    """The model ``spec`` names, ready to serve; it is listed under ``spec`` (a folder: its name)."""
+def open_model(
+    spec: str,
+    weights: str | Path | None = None,
+    *,
+    allow_download: bool = False,
+    dtype: torch.dtype | None = None,
+) -> BundledModel:
+    """The model ``spec`` names, ready to serve; it is listed under ``spec`` (a folder: its name).
+
+    ``dtype``: diffusers and transformers folders are read in it by their own ``from_pretrained``
+    (``torch_dtype``: no float32 copy first, and the modules the library keeps in float32 stay so);
+    move the model with ``.place()`` afterwards.
+    """
+    token = _LOAD_DTYPE.set(dtype)
+    try:
+        return _open(spec, weights, allow_download)
+    finally:
+        _LOAD_DTYPE.reset(token)
+
+
+def _in_dtype() -> dict[str, torch.dtype]:
+    """``from_pretrained``'s ``torch_dtype``, when ``open_model`` was given one."""
+    dtype = _LOAD_DTYPE.get()
+    return {} if dtype is None else {"torch_dtype": dtype}
+
+
+def _open(spec: str, weights: str | Path | None, allow_download: bool) -> BundledModel:
     if spec.startswith("timm:"):
         return _timm(spec, weights)
     path = Path(spec).expanduser()
@@ -160,7 +188,9 @@ def _component(path: Path, index: dict, key: str) -> Any:
     check_weights(folder)
     # diffusers: see _diffusion; transformers: never remote code, and never a [y/N] prompt about it
     quiet = {"low_cpu_mem_usage": False} if library == "diffusers" else {"trust_remote_code": False}
-    return _eval(cls.from_pretrained(folder, use_safetensors=True, local_files_only=True, **quiet))
+    return _eval(
+        cls.from_pretrained(folder, use_safetensors=True, local_files_only=True, **quiet, **_in_dtype())
+    )
 
 
 def _diffusion(
@@ -175,7 +205,7 @@ def _diffusion(
     check_weights(folder)
     # low_cpu_mem_usage=False: the default wants `accelerate` and warns when it is missing
     module = getattr(diffusers, cls_name).from_pretrained(
-        folder, use_safetensors=True, low_cpu_mem_usage=False, local_files_only=True
+        folder, use_safetensors=True, low_cpu_mem_usage=False, local_files_only=True, **_in_dtype()
     )
     if scheduler_dir is not None:
         scheduler_cls = json.loads((scheduler_dir / "scheduler_config.json").read_text())["_class_name"]
@@ -235,7 +265,9 @@ def _transformers(path: Path, name: str, config: dict) -> ImageModel:
     cls = transformers.AutoModelForImageClassification if classifier else transformers.AutoModel
     steps = preprocess.from_transformers(json.loads(processor.read_text()))
     _check_sides(steps, processor)  # before the model is built: a 10^9 crop fails every request
-    module = cls.from_pretrained(path, use_safetensors=True, local_files_only=True, trust_remote_code=False)
+    module = cls.from_pretrained(
+        path, use_safetensors=True, local_files_only=True, trust_remote_code=False, **_in_dtype()
+    )
     labels = [module.config.id2label[i] for i in range(module.config.num_labels)] if classifier else None
     return ImageModel(
         name=name,

@@ -140,7 +140,9 @@ def _mask(
 
 
 def _additive(mask: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(mask.shape).masked_fill(mask, -math.inf) if mask.dtype == torch.bool else mask.float()
+    if mask.dtype != torch.bool:
+        return mask.float()
+    return torch.zeros(mask.shape, device=mask.device).masked_fill(mask, -math.inf)
 
 
 def _dropout_active(module: nn.Module) -> bool:
@@ -168,21 +170,27 @@ def _out_proj(mha: nn.MultiheadAttention, o: torch.Tensor) -> torch.Tensor:
     """``(B, h, s, hd)`` per-head outputs -> ``(B, s, E)`` through the output projection."""
     b, h, s, hd = o.shape
     merged = o.transpose(1, 2).reshape(b, s, h * hd)
-    return F.linear(merged, _d(mha.out_proj.weight), _d(mha.out_proj.bias))
+    return F.linear(merged, *_like(merged, mha.out_proj.weight, mha.out_proj.bias))
 
 
 def _feed_forward(layer: nn.TransformerEncoderLayer, y: torch.Tensor) -> torch.Tensor:
-    hidden = layer.activation(F.linear(y, _d(layer.linear1.weight), _d(layer.linear1.bias)))
-    return F.linear(hidden, _d(layer.linear2.weight), _d(layer.linear2.bias))
+    hidden = layer.activation(F.linear(y, *_like(y, layer.linear1.weight, layer.linear1.bias)))
+    return F.linear(hidden, *_like(hidden, layer.linear2.weight, layer.linear2.bias))
 
 
 def _norm(norm: nn.LayerNorm, y: torch.Tensor) -> torch.Tensor:
-    return F.layer_norm(y, norm.normalized_shape, _d(norm.weight), _d(norm.bias), norm.eps)
+    return F.layer_norm(y, norm.normalized_shape, *_like(y, norm.weight, norm.bias), norm.eps)
 
 
 def _d(t: torch.Tensor | None) -> torch.Tensor | None:
     """A parameter as a plain tensor (None stays None: layers may have no bias)."""
     return None if t is None else t.detach()
+
+
+def _like(x: torch.Tensor, *params: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """Parameters as plain tensors in ``x``'s dtype: verification recomputes the module's tail in
+    float32 from a half-precision model's weights."""
+    return [None if p is None else p.detach().to(x.dtype) for p in params]
 
 
 def _batch_first(mha: nn.MultiheadAttention, t: torch.Tensor) -> torch.Tensor:

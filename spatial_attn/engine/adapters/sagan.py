@@ -8,8 +8,12 @@ layer holds exactly what the model multiplied.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import nn
 
+from ..layer import AttentionLayer, Check, Verification
 from .base import Call, Extracted, ModuleAdapter, check_output, has_submodules, map_tokens, unverifiable
 
 
@@ -30,18 +34,40 @@ class SaganAdapter(ModuleAdapter):
 
     def extract(self, call: Call) -> Extracted:
         q, k, v = call.taps["q"], call.taps["k"], call.taps["v"]  # (B, C/8 | C/8 | C, H, W)
-        gamma = float(call.module.gamma.detach().reshape(-1)[0])
-        if gamma == 0:
-            verify = unverifiable("gamma is 0: attention does not reach the output yet, nothing to check")
-        else:
-            x = map_tokens(call.arg("x", 0).detach().cpu())[:, 0]  # (B, N, C)
-            out = map_tokens(call.first_output().detach().cpu())[:, 0]  # (B, N, C)
-            verify = check_output(
-                map_tokens(v),
-                lambda idx: out[:, idx],
-                "gamma * attention + x",
-                project=lambda o, idx: gamma * o[:, 0] + x[:, idx],
-            )
-        return Extracted(
-            q=map_tokens(q).float(), k=map_tokens(k), query_grid=tuple(q.shape[-2:]), verify=verify
+        gamma = call.module.gamma.detach().reshape(-1)[0].clone()  # on the device: read when checked
+        x = map_tokens(call.arg("x", 0).detach())[:, 0]  # (B, N, C)
+        out = map_tokens(call.first_output().detach())[:, 0]  # (B, N, C)
+        check = check_output(
+            map_tokens(v),
+            lambda idx: out[:, idx],
+            "gamma * attention + x",
+            project=lambda o, idx: gamma * o[:, 0] + x[:, idx],
         )
+        return Extracted(
+            q=map_tokens(q),
+            k=map_tokens(k),
+            query_grid=tuple(q.shape[-2:]),
+            verify=_unless_zero(gamma, check),
+        )
+
+
+def _unless_zero(
+    gamma: torch.Tensor, check: Callable[[AttentionLayer], Check]
+) -> Callable[[AttentionLayer], Check]:
+    """``check``, unless ``gamma`` is 0 (attention does not reach the output: nothing to compare).
+    Reading gamma's value asks the device for it, so it waits until the check is read, after the
+    forward."""
+
+    def verify(layer: AttentionLayer) -> Callable[[], Verification]:
+        later = check(layer)
+
+        def when_read() -> Verification:
+            if float(gamma) == 0:
+                return unverifiable("gamma is 0: attention does not reach the output yet, nothing to check")(
+                    layer
+                )
+            return later() if callable(later) else later
+
+        return when_read
+
+    return verify
