@@ -21,22 +21,43 @@ import gradio as gr
 SCRIPT = (Path(__file__).with_name("panels.js")).read_text()
 
 STYLE = """
-.sa-panels { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
-.sa-panel { margin: 0; }
-.sa-title { font-weight: 600; font-size: 13px; margin-bottom: 3px; overflow-wrap: anywhere; }
-.sa-maps { display: flex; flex-wrap: wrap; gap: 8px; }
-.sa-map-title { font-size: 12px; }
-canvas.sa-map { display: block; border-radius: 3px; image-rendering: pixelated; cursor: crosshair; }
-.sa-bar { display: block; height: 10px; margin-top: 4px; }
-.sa-ticks { position: relative; height: 14px; font-size: 11px; }
+.sa-panels { display: grid; grid-template-columns: repeat(auto-fill, minmax(128px, 1fr)); gap: 10px 12px;
+  align-items: start; overflow-y: auto; overscroll-behavior: contain; }
+.sa-panel { margin: 0; min-width: 0; }
+.sa-panel.sa-wide { grid-column: 1 / -1; }
+.sa-title { font-weight: 600; font-size: 12px; margin-bottom: 2px; white-space: nowrap; overflow: hidden;
+  text-overflow: ellipsis; }
+.sa-maps { display: grid; grid-template-columns: repeat(auto-fit, minmax(128px, 1fr)); gap: 6px; }
+.sa-map-title { font-size: 11px; }
+canvas.sa-map { display: block; width: 100%; height: auto; border-radius: 3px; image-rendering: pixelated;
+  cursor: crosshair; }
+.sa-bar { display: block; width: 100%; height: 8px; margin-top: 3px; }
+.sa-ticks { position: relative; height: 13px; font-size: 11px; line-height: 13px; }
 .sa-ticks span { position: absolute; transform: translateX(-50%); white-space: nowrap; }
 .sa-ticks span:first-child { transform: none; }
 .sa-ticks span:last-child { transform: translateX(-100%); }
-.sa-bar-label, .sa-value { font-size: 11px; opacity: 0.8; }
-.sa-panel figcaption { font-size: 12px; line-height: 1.35; margin-top: 2px; }
+.sa-ticks span.sa-hidden { visibility: hidden; }
+.sa-value { font-size: 11px; opacity: 0.8; white-space: nowrap; overflow: hidden;
+  text-overflow: ellipsis; }
+.sa-value { min-height: 14px; }
+.sa-panel figcaption { font-size: 11px; line-height: 1.3; margin-top: 1px; }
 .sa-stale canvas.sa-map { opacity: 0.5; }
+.sa-live { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); }
 """
 
+
+#: What a reader of the panels needs once, folded under them rather than repeated in every caption.
+HELP = (
+    "Each panel is one attention layer: for the pixel you point at (outlined), its row of the softmax "
+    "matrix reshaped to the key grid, drawn over the image. **× uniform** colours divide by 1/N′, what "
+    "every key would get if attention were even: 1× is even, 16× is sixteen times that. "
+    "The caption gives the query → key grids, the heads shown, the query cell and token "
+    "(i = y·W + x) and the row's entropy. "
+    "**Pointing and pinning.** While you hover (or move the pin with the arrow keys), the rows are "
+    "computed in the page from queries and keys sent as float16: values can differ from the pinned "
+    "row's in the third digit (marked *float16 preview*). A click pins the pixel and the server sends "
+    "its exact (float32) row; the export, `/attend` and the other tabs use those."
+)
 
 #: The choices of the display controls (app.view_of checks a value against them).
 MODES = ("row: where it looks", "column: who looks at it")
@@ -71,22 +92,20 @@ def controls() -> tuple[gr.components.Component, ...]:
     colour scale, upsampling, opacity, layout, draw over."""
     from ...analysis import render
 
-    with gr.Accordion("display", open=True, elem_id="display"):
+    # the three that change what a panel means, in view; how it looks, folded away
+    with gr.Row(elem_id="display"):
+        head = gr.Dropdown(["mean", "max"], value="mean", label="head", elem_id="head", min_width=100, scale=1)
+        scale = gr.Dropdown(
+            list(render.SCALES), value="× uniform", label="colour scale", elem_id="scale", min_width=120, scale=1
+        )
+    mode = gr.Radio(list(MODES), value=MODES[0], label="show", elem_id="mode")
+    with gr.Accordion("more display settings", open=False, elem_id="display-more"):
+        layout = gr.Radio(list(LAYOUTS), value=LAYOUTS[0], label="layout", elem_id="layout")
         with gr.Row():
-            head = gr.Dropdown(["mean", "max"], value="mean", label="head", elem_id="head")
-            mode = gr.Radio(
-                list(MODES),
-                value=MODES[0],
-                label="show",
-                elem_id="mode",
-            )
-            layout = gr.Radio(list(LAYOUTS), value=LAYOUTS[0], label="layout")
-            scale = gr.Dropdown(list(render.SCALES), value="× uniform", label="colour scale", elem_id="scale")
-        with gr.Row():
-            cmap = gr.Dropdown(list(render.COLORMAPS), value="viridis", label="colormap")
-            upsampling = gr.Radio(list(UPSAMPLING), value=UPSAMPLING[0], label="upsampling")
-            over = gr.Radio(list(OVER), value=OVER[0], label="draw over")
-            opacity = gr.Slider(0, 1, value=0.65, step=0.05, label="heatmap opacity", elem_id="opacity")
+            cmap = gr.Dropdown(list(render.COLORMAPS), value="viridis", label="colormap", min_width=100)
+            upsampling = gr.Radio(list(UPSAMPLING), value=UPSAMPLING[0], label="upsampling", min_width=100)
+        over = gr.Radio(list(OVER), value=OVER[0], label="draw over")
+        opacity = gr.Slider(0, 1, value=0.65, step=0.05, label="heatmap opacity", elem_id="opacity")
     return head, mode, cmap, scale, upsampling, opacity, layout, over
 
 
@@ -118,15 +137,14 @@ def _figure(layer: dict[str, Any], data: dict[str, Any], size: int) -> str:
         for t in titles
     )
     pixel = ",".join(map(str, data["pixel"]))
+    wide = " sa-wide" if len(titles) > 1 else ""  # a layer's heads side by side take a whole row
+    caption = html.escape(_static_caption(layer, view["head"]))
     return (
-        f'<figure class="sa-panel" data-layer="{name}" data-pixel="{pixel}">'
-        f'<div class="sa-title">{name}</div><div class="sa-maps">{maps}</div>'
-        f'<canvas class="sa-bar" width="{size}" height="10" style="width:{size}px"></canvas>'
-        f'<div class="sa-ticks" style="width:{size}px"></div>'
-        f'<div class="sa-bar-label"></div><div class="sa-value">hover a map to read its values</div>'
-        f'<figcaption style="max-width:{size * len(titles) + 8 * (len(titles) - 1)}px">'
-        f"{html.escape(_static_caption(layer, view['head']))}"
-        f'<br><span class="sa-stats"></span></figcaption></figure>'
+        f'<figure class="sa-panel{wide}" data-layer="{name}" data-pixel="{pixel}">'
+        f'<div class="sa-title" title="{name}">{name}</div><div class="sa-maps">{maps}</div>'
+        f'<canvas class="sa-bar" width="{size}" height="8"></canvas><div class="sa-ticks"></div>'
+        f'<div class="sa-value"></div>'
+        f'<figcaption title="{caption}">{caption}<br><span class="sa-stats"></span></figcaption></figure>'
     )
 
 
@@ -142,7 +160,7 @@ def _static_caption(layer: dict[str, Any], head: str) -> str:
     else:
         chosen = f" ({head})"
     parts = [
-        f"{grid(layer['queries']['grid'])} queries → {grid(layer['keys']['grid'])} keys",
+        f"q {grid(layer['queries']['grid'])} → k {grid(layer['keys']['grid'])}",
         f"{heads} head{'s' if heads > 1 else ''}{chosen}",
     ]
     if layer["verified"] is not True:
