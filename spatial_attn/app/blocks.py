@@ -53,9 +53,10 @@ DEFAULT_TIMESTEP = 250
 # up), focusable for the arrow keys with its focus shown. Below 720 px (a phone) the left column
 # dissolves so that the panels come right under the image, before the model's controls.
 CSS = f"""
-#input-image img {{ image-rendering: pixelated; cursor: crosshair; width: min({DISPLAY}px, 100%); height: auto;
-  aspect-ratio: 1; }}
-#input-image button:focus-visible, #input-image button:focus {{ outline: 3px solid #f59e0b; outline-offset: 2px; }}
+#input-image img {{ image-rendering: pixelated; cursor: crosshair; width: min({DISPLAY}px, 100%);
+  height: auto; aspect-ratio: 1; }}
+#input-image button:focus-visible, #input-image button:focus {{ outline: 3px solid #f59e0b;
+  outline-offset: 2px; }}
 #model-input img {{ image-rendering: pixelated; }}
 #sa-pin {{ font-size: 13px; min-height: 1.3em; margin: 2px 4px; }}
 #intro {{ font-size: 14px; }}
@@ -73,6 +74,7 @@ CSS = f"""
   #input-image {{ height: auto !important; }}
 }}
 """
+
 
 def examples() -> list[Path]:
     """The example images shipped in ``assets/faces``: valid faces first, then the broken ones."""
@@ -442,8 +444,8 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
         gr.HTML(
             '<b>spatial-attn</b> · <span class="sa-mouse">move the mouse over the image</span>'
             '<span class="sa-touch">tap the image</span>: every attention layer shows where that pixel looks '
-            "(its row of the softmax matrix), drawn over the image. Click to pin a pixel, then the arrow keys "
-            "move it (shift: 4 pixels). New here? The <b>lesson</b> tab walks through it.",
+            "(its row of the softmax matrix), drawn over the image. Click to pin a pixel, then the arrow "
+            "keys move it (shift: 4 pixels). New here? The <b>lesson</b> tab walks through it.",
             elem_id="intro",
             js_on_load=None,
             padding=False,

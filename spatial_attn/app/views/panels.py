@@ -94,10 +94,8 @@ def controls() -> tuple[gr.components.Component, ...]:
 
     # the three that change what a panel means, in view; how it looks, folded away
     with gr.Row(elem_id="display"):
-        head = gr.Dropdown(["mean", "max"], value="mean", label="head", elem_id="head", min_width=100, scale=1)
-        scale = gr.Dropdown(
-            list(render.SCALES), value="× uniform", label="colour scale", elem_id="scale", min_width=120, scale=1
-        )
+        head = gr.Dropdown(["mean", "max"], value="mean", label="head", elem_id="head", min_width=100)
+        scale = gr.Dropdown(list(render.SCALES), value="× uniform", label="colour scale", elem_id="scale")
     mode = gr.Radio(list(MODES), value=MODES[0], label="show", elem_id="mode")
     with gr.Accordion("more display settings", open=False, elem_id="display-more"):
         layout = gr.Radio(list(LAYOUTS), value=LAYOUTS[0], label="layout", elem_id="layout")
