@@ -49,6 +49,6 @@ def load_model(name: str, pretrained: bool = True) -> BundledModel:
 def launch(model: str | Any = "ddpm-faces", **launch_kwargs: Any) -> Any:
     """Open the web app (imports gradio) on a bundled model's name, or on your own model wrapped in a
     :class:`~spatial_attn.models.BundledModel` subclass that says how an image becomes its input."""
-    from .app import launch as _launch
+    from .app.blocks import launch as _launch
 
     return _launch(model, **launch_kwargs)
