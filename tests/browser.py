@@ -52,13 +52,16 @@ def served_app(model: str = "ddpm-faces") -> Iterator[str]:
 
 
 @contextmanager
-def open_app(url: str, chromium: str, viewport: tuple[int, int] = (1280, 800)) -> Iterator[Any]:
-    """A page showing the app, once its first heatmaps are painted and it can follow the mouse."""
+def open_app(
+    url: str, chromium: str, viewport: tuple[int, int] = (1280, 800), **context: Any
+) -> Iterator[Any]:
+    """A page showing the app, once its first heatmaps are painted and it can follow the mouse;
+    ``context`` is passed to Playwright's ``new_page`` (a phone: ``has_touch=True, is_mobile=True``)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+        page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]}, **context)
         page.goto(url)
         page.wait_for_selector(f"{PANELS} figure .sa-stats:not(:empty)", timeout=60_000)
         page.wait_for_function("() => window.saReady && window.saReady()", timeout=30_000)  # hover data in

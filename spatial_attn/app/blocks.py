@@ -50,7 +50,8 @@ DISPLAY = 384  # the clickable image, px: a 32x32 input at 12x, crisp
 DEFAULT_TIMESTEP = 250
 
 # The image at its own size or smaller (Gradio's click position allows a picture scaled down, not
-# up), focusable for the arrow keys with its focus shown. Below 720 px (a phone) the left column
+# up), focusable for the arrow keys with its focus shown; on a laptop's height, 320 px, so that the
+# model's controls are in view too. Below 720 px (a phone) the left column
 # dissolves so that the panels come right under the image, before the model's controls.
 CSS = f"""
 #input-image img {{ image-rendering: pixelated; cursor: crosshair; width: min({DISPLAY}px, 100%);
@@ -65,13 +66,14 @@ CSS = f"""
 #explanation table {{ display: block; overflow-x: auto; }}
 #explanation td, #explanation th {{ min-width: 4.5em; }}
 #examples .caption-label {{ white-space: normal; overflow: visible; text-overflow: clip; max-width: none; }}
+#input-image {{ height: auto !important; }}
+@media (max-height: 900px) and (min-width: 721px) {{ #input-image img {{ width: 320px; }} }}
 @media (max-width: 720px) {{
   #sa-main {{ flex-direction: column; }}
   #sa-left {{ display: contents; }}
   #sa-left > * {{ order: 2; }}
   #sa-left > #input-image, #sa-left > #pin-status {{ order: 0; }}
   #sa-right {{ order: 1; }}
-  #input-image {{ height: auto !important; }}
 }}
 """
 
@@ -468,8 +470,6 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                     js_on_load=None,
                     padding=False,
                 )
-                # beside the panels: what a panel means (head, row or column, scale), then the model
-                head, mode, cmap, scale, upsampling, opacity, layout, over = panels.controls()
                 with gr.Row():
                     models = gr.Dropdown(library.choices(), value=model, label="model", elem_id="model")
                     seed = gr.Number(0, label="seed", precision=0, minimum=0, elem_id="seed")
@@ -481,6 +481,8 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                     label="timestep t (noise level)",
                     elem_id="timestep",
                 )
+                # beside the panels: what a panel means (head, row or column, colour scale)
+                head, mode, cmap, scale, upsampling, opacity, layout, over = panels.controls()
                 with gr.Row():
                     sample = gr.Button("new sample from seed", elem_id="new-sample")
                     upload = gr.UploadButton("upload an image", file_types=["image"], elem_id="upload")
@@ -554,7 +556,9 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
         # always_last, not Gradio's default "once": a click made while the previous one is still
         # pending is sent when it ends, instead of being ignored (a lost click under load)
         image.select(on.clicked, drawing, drawn, trigger_mode="always_last", **raw)
-        heatmaps.select(on.pinned, drawing, drawn, trigger_mode="always_last", **raw)  # the arrow keys
+        # the arrow keys: every press is sent ("always_last" would resend a pending press's data, not
+        # the newest); an answer that a later press overtook is dropped, as for clicks
+        heatmaps.select(on.pinned, drawing, drawn, trigger_mode="multiple", **raw)
         for control in view_inputs:  # redrawing is cheap: follow every change, sliders included
             control.change(on.redraw, drawing, drawn, trigger_mode="always_last", **raw)
 
