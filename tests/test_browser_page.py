@@ -112,3 +112,35 @@ def test_a_phone_taps_to_pin_and_sees_the_panels_under_the_image(app_url, chromi
         page.locator("#explain").get_by_text("what the panels show").click()
         cells = page.eval_on_selector_all("#explanation td", "els => els.map(e => e.clientWidth)")
         assert cells and min(cells) >= 40  # the table scrolls sideways rather than crushing its cells
+
+
+def test_the_lesson_walks_through_its_steps_on_the_live_page(app_url, chromium, shots):  # noqa: F811
+    from spatial_attn.app.views.lesson import STEPS
+
+    with open_app(app_url, chromium) as page:
+        page.locator("#lesson").get_by_text("lesson: how an attention map").click()
+        lesson = page.locator(".sa-lesson")
+        lesson.locator("h3").get_by_text("1 / 7").wait_for()
+        assert float(lesson.evaluate("e => parseFloat(getComputedStyle(e).fontSize)")) >= 20  # a projector
+        y, x = clicked_pixel(page)  # the default pin: (13, 9), in down_blocks.1's 16x16 grid cell (6, 4)
+        seen = []
+        for k, step in enumerate(STEPS, start=1):
+            if k > 1:
+                lesson.locator(".sa-lesson-next").click()
+            page.wait_for_function(
+                "k => document.querySelector('.sa-lesson').dataset.step === String(k)", arg=k
+            )
+            text = lesson.locator(".sa-lesson-text").inner_text()
+            assert step.title in lesson.locator("h3").inner_text() and "{" not in text, text
+            selected = page.locator("#views [role=tab][aria-selected=true]").first.inner_text()
+            assert selected.strip() == step.tab
+            page.wait_for_function(  # the step outlines what it is about
+                "() => [...document.querySelectorAll('*')].some(e => e.style.outline.includes('4px'))"
+            )
+            seen.append(text)
+            if k == 2:
+                assert f"pixel ({y}, {x})" in text and "token i = 6·16 + 4 = 100" in text
+                page.screenshot(path=str(shots / "screenshot-lesson.png"))
+        assert lesson.locator(".sa-lesson-next").is_disabled() and len(set(seen)) == len(STEPS)
+        lesson.locator(".sa-lesson-prev").click()
+        page.wait_for_function("() => document.querySelector('.sa-lesson').dataset.step === '6'")

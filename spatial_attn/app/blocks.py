@@ -41,6 +41,7 @@ from .views import panels
 from .views.ablation import AblationView
 from .views.compare import CompareView
 from .views.download import DownloadView
+from .views.lesson import LessonView
 from .views.mechanics import MechanicsView
 from .views.prompt import PromptView
 from .views.timesteps import TimestepsView
@@ -73,7 +74,9 @@ CSS = f"""
   #sa-left {{ display: contents; }}
   #sa-left > * {{ order: 2; }}
   #sa-left > #input-image, #sa-left > #pin-status {{ order: 0; }}
-  #sa-right {{ order: 1; }}
+  #sa-right {{ display: contents; }}
+  #sa-right > #views {{ order: 1; }}
+  #sa-right > #lesson {{ order: 3; }}
 }}
 """
 
@@ -447,7 +450,7 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
             '<b>spatial-attn</b> · <span class="sa-mouse">move the mouse over the image</span>'
             '<span class="sa-touch">tap the image</span>: every attention layer shows where that pixel looks '
             "(its row of the softmax matrix), drawn over the image. Click to pin a pixel, then the arrow "
-            "keys move it (shift: 4 pixels). New here? The <b>lesson</b> tab walks through it.",
+            "keys move it (shift: 4 pixels). New here? Open the <b>lesson</b>.",
             elem_id="intro",
             js_on_load=None,
             padding=False,
@@ -510,6 +513,7 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                     elem_id="examples",
                 )
             with gr.Column(scale=1, elem_id="sa-right"):
+                LessonView()  # folded above the views; it points at them
                 with gr.Tabs(elem_id="views"):
                     with gr.Tab("panels", id="panels"):
                         heatmaps = panels.component()

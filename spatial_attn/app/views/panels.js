@@ -479,10 +479,14 @@
       el.style.gridTemplateColumns = `repeat(${chosen + 1}, minmax(0, 1fr))`; // captions wrapped more
     }
   }
-  window.addEventListener("resize", () => {
+  const refit = () => {
     fit();
     draw(hovering || keyed);
-  });
+  };
+  window.addEventListener("resize", refit);
+  // whatever sits above the views (the lesson, opened or closed) moves the panels: fit them again
+  const above = new ResizeObserver(refit);
+  document.querySelectorAll("#sa-right > :not(#views)").forEach((e) => above.observe(e));
 
   const render = () => {
     load();
