@@ -188,3 +188,84 @@ def test_the_flattened_input_of_a_vit_block_keeps_its_cls_token():
     features = mechanics.flattened_input(mechanics.module_io(vit, prepared, "blocks.0.self_attn"))
     layer = Exploration(vit, default_image()[0]).layers[0]
     assert features.shape == (layer.queries.count, vit.module.blocks[0].self_attn.embed_dim)
+
+
+def _unet_attention_reference(module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A diffusers UNet attention block written out from its definition, in float64, on its input x
+    (B, C, H, W): group norm, tokens y*W + x, q k v per head, softmax(q k^T / sqrt(d)), A.V, the
+    output projection, the residual and the rescale."""
+    b, c, h, w = x.shape
+    m = {k: v.double() for k, v in module.state_dict().items()}
+    normed = torch.nn.functional.group_norm(
+        x.double(),
+        module.group_norm.num_groups,
+        m["group_norm.weight"],
+        m["group_norm.bias"],
+        module.group_norm.eps,
+    )
+    tokens = normed.reshape(b, c, h * w).transpose(1, 2)  # (B, N, C)
+
+    def project(name: str) -> torch.Tensor:
+        t = tokens @ m[f"{name}.weight"].T + m[f"{name}.bias"]
+        return t.reshape(b, h * w, module.heads, -1).transpose(1, 2)  # (B, heads, N, d)
+
+    q, k, v = project("to_q"), project("to_k"), project("to_v")
+    p = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1)
+    o = p @ v  # (B, heads, N, d)
+    merged = o.transpose(1, 2).reshape(b, h * w, -1) @ m["to_out.0.weight"].T + m["to_out.0.bias"]
+    out = (merged.transpose(1, 2).reshape(b, c, h, w) + x.double()) / module.rescale_output_factor
+    return {"v": v, "o": o, "out": out}
+
+
+@pytest.mark.parametrize(("index", "cell", "head"), [(0, (6, 4), 0), (1, (3, 2), 1), (3, (7, 0), 0)])
+def test_output_steps_are_a_v_and_the_residual_written_out(ddpm, index, cell, head):
+    layer = ddpm.layers[index]
+    module = ddpm.model.module.get_submodule(layer.name)
+    seen = {}
+    handle = module.register_forward_pre_hook(lambda m, a: seen.update(x=a[0].detach()))
+    with torch.no_grad():
+        ddpm.model.run(ddpm.prepared)  # a separate forward, no capture
+    handle.remove()
+    ref = _unet_attention_reference(module, seen["x"])
+    steps = mechanics.output_steps(
+        layer, mechanics.module_io(ddpm.model, ddpm.prepared, layer.name), cell, head
+    )
+    token = cell[0] * layer.query_grid[1] + cell[1]
+    np.testing.assert_allclose(steps.values, ref["v"][0, head].numpy(), atol=1e-5)
+    np.testing.assert_allclose(steps.attended, ref["o"][0, head, token].numpy(), atol=1e-5)
+    np.testing.assert_allclose(steps.out, ref["out"][0, :, cell[0], cell[1]].numpy(), atol=1e-4)
+    np.testing.assert_allclose(steps.x, seen["x"][0, :, cell[0], cell[1]].numpy(), atol=1e-5)
+    assert steps.residual
+    x, out = seen["x"][0, :, cell[0], cell[1]].double(), ref["out"][0, :, cell[0], cell[1]]
+    assert steps.change == pytest.approx(float((out - x).norm() / x.norm()), rel=1e-4)
+
+
+def test_output_steps_of_a_fused_projection_are_not_made_up():
+    from spatial_attn.app.blocks import default_image
+
+    vit = Exploration(load_model("vit-faces"), default_image()[0])  # one in_proj for q, k and v
+    io = mechanics.module_io(vit.model, vit.prepared, vit.layers[0].name)
+    assert io.v is None and mechanics.output_steps(vit.layers[0], io, (2, 2), 0) is None
+
+
+@pytest.mark.parametrize("size", [64, 100, 7])
+def test_each_thumbnail_row_pins_a_pixel_whose_query_is_in_that_row(ddpm, size):
+    from spatial_attn.app.blocks import default_image
+    from spatial_attn.engine.grid import cell_at
+
+    vit = Exploration(load_model("vit-faces"), default_image()[0])  # a CLS token before the grid
+    for layer, image_hw in (
+        (ddpm.layers[0], (32, 32)),
+        (ddpm.layers[1], (32, 32)),
+        (vit.layers[0], (32, 32)),
+    ):
+        pixels = mechanics.thumbnail_pixels(layer, image_hw, size)
+        n = layer.queries.count
+        group = -(-n // min(size, n))
+        assert len(pixels) == mechanics.matrix_thumbnail(layer, 0, size).shape[0]
+        for row, pixel in enumerate(pixels):
+            if pixel is None:  # only special tokens in this row: the CLS alone
+                assert layer.queries.start > 0 and (row + 1) * group <= layer.queries.start
+                continue
+            token = layer.queries.token(*cell_at(pixel, image_hw, layer.query_grid))
+            assert mechanics.thumbnail_row(token, n, size) == row, (row, pixel)
