@@ -117,10 +117,17 @@ def test_the_tab_shows_every_step_for_the_pinned_pixel_and_follows_the_temperatu
 
     layer_choice, head_choice, body = MechanicsView.show(_session(ddpm, (13, 9)), None, None, 1.0)
     assert layer_choice.value == ddpm.layers[0].name and head_choice.choices == [("0", "0")]
-    assert body.count('class="sa-step"') == 6 and "token i = 6·16 + 4 = <b>100</b>" in body
+    assert body.count('class="sa-step"') == 8 and "token i = 6·16 + 4 = <b>100</b>" in body
+    assert "one head: head 0</b> of down_blocks.1.attentions.0 (1 head)" in body  # beside the panels'
+    assert "6 · values V" in body and "7 · output o_100 = Σ_j p_j v_j" in body
+    assert "moves the feature vector by" in body  # the residual: a UNet block adds its input back
+    assert body.count("data-pixels=") == 1 and 'class="sa-pick"' in body  # the matrix picks rows
     assert "C = 48 channels on the 16×16 grid" in body  # the layer's input, flattened
     assert 'class="sa-here">down_blocks.1' in body  # the UNet stage holding the layer
-    _, head_choice, cooler = MechanicsView.show(_session(ddpm, (13, 9)), ddpm.layers[1].name, "1", 0.5)
+    _, head_choice, cooler = MechanicsView.show(
+        _session(ddpm, (13, 9)), ddpm.layers[1].name, "1", 0.5, "mean"
+    )
+    assert "one head: head 1</b>" in cooler and "the panels show the mean of its 2 heads" in cooler
     assert head_choice.value == "1" and "softmax(logits / 0.5)" in cooler and "token i = 3·8 + 2" in cooler
 
 

@@ -581,7 +581,8 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
             api_outputs = [gr.Gallery(format="png", label="heatmaps"), gr.JSON(label="rows")]
             api_only = gr.Button()  # never shown nor clicked: gr.on(None) would also run on page load
         api_only.click(on.attend, api_inputs, api_outputs, api_name="attend", **RUN_EVENTS)
-        mechanics_view.wire(state, mechanics_tab)
+        mechanics_view.wire(state, mechanics_tab, head)
+        mechanics_view.html.select(on.pinned, drawing, drawn, trigger_mode="multiple", **raw)  # a matrix row
         download_view.wire(state, view_inputs, view_of)
         timesteps_view.wire(state)
         compare_view.wire(state, view_inputs, view_of)
