@@ -7,6 +7,7 @@ under the image.
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import tiny_models
@@ -144,3 +145,21 @@ def test_the_lesson_walks_through_its_steps_on_the_live_page(app_url, chromium, 
         assert lesson.locator(".sa-lesson-next").is_disabled() and len(set(seen)) == len(STEPS)
         lesson.locator(".sa-lesson-prev").click()
         page.wait_for_function("() => document.querySelector('.sa-lesson').dataset.step === '6'")
+
+
+def test_a_row_of_the_mechanics_matrix_pins_its_pixel(app_url, chromium, shots):  # noqa: F811
+    with open_app(app_url, chromium) as page:
+        page.get_by_role("tab", name="how a row is made").click()
+        matrix = page.locator("#mechanics img.sa-pick")
+        matrix.wait_for(timeout=60_000)
+        pixels = json.loads(matrix.get_attribute("data-pixels"))  # 64 rows of 4 tokens: 16x16 queries
+        top = int(matrix.get_attribute("data-top"))
+        row = 40
+        matrix.click(position={"x": 60, "y": (row + 0.5) * top / len(pixels)})
+        y, x = pixels[row]
+        page.wait_for_function(f"p => ({PIXELS})().every(v => v === p)", arg=f"{y},{x}", timeout=30_000)
+        page.wait_for_function(  # the tab follows: the row clicked is now the pinned token's
+            "t => document.querySelector('#mechanics').innerHTML.includes(`= <b>${t}</b>`)", arg=row * 4
+        )
+        assert "one head: head 0" in page.locator("#mechanics .sa-which").inner_text()
+        page.screenshot(path=str(shots / "screenshot-mechanics.png"), full_page=True)

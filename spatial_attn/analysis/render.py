@@ -309,16 +309,22 @@ def framed(
     """``picture`` with its axes named (``y_label`` turned up the left side, ``x_label`` under it)
     and a colorbar from ``low`` to ``high`` under that: a step of "how a row is made" read alone."""
     f = font(TEXT - 1)
-    side = TEXT + 4
-    up = Image.new("RGB", (picture.height, side), (255, 255, 255))
-    ImageDraw.Draw(up).text((2, 2), y_label, fill=INK, font=f)
+    side = TEXT + 4 if picture.height >= 48 else 0  # a strip's name goes with the x axis's
+    if not side:
+        x_label = f"{y_label}: {x_label}"
     ticks = [(0.0, f"{low:.3g}"), (0.5, f"{(low + high) / 2:.3g}"), (1.0, f"{high:.3g}")]
     bar = colorbar(picture.width, ticks, cmap=cmap, label=unit)
-    out = Image.new("RGB", (side + picture.width, picture.height + side + bar.height + 2), (255, 255, 255))
-    out.paste(up.rotate(90, expand=True), (0, 0))
+    width = side + max(
+        picture.width, round(f.getlength(x_label)) + 2, round(font(TEXT - 2).getlength(unit)) + 2
+    )
+    out = Image.new("RGB", (width, picture.height + TEXT + 4 + bar.height + 2), (255, 255, 255))
+    if side:
+        up = Image.new("RGB", (picture.height, side), (255, 255, 255))
+        ImageDraw.Draw(up).text((2, 2), y_label, fill=INK, font=f)
+        out.paste(up.rotate(90, expand=True), (0, 0))
     out.paste(picture, (side, 0))
     ImageDraw.Draw(out).text((side, picture.height + 2), x_label, fill=INK, font=f)
-    out.paste(bar, (side, picture.height + side + 2))
+    out.paste(bar, (side, picture.height + TEXT + 6))
     return out
 
 

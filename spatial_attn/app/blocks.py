@@ -66,7 +66,8 @@ CSS = f"""
 @media (hover: none) {{ #intro .sa-mouse {{ display: none; }} #intro .sa-touch {{ display: inline; }} }}
 #explanation table {{ display: block; overflow-x: auto; }}
 #explanation td, #explanation th {{ min-width: 4.5em; }}
-#examples .caption-label {{ white-space: normal; overflow: visible; text-overflow: clip; max-width: none; }}
+#examples .caption-label {{ white-space: normal; overflow-wrap: anywhere; text-overflow: clip;
+  max-width: 100%; }}
 #input-image {{ height: auto !important; }}
 @media (max-height: 900px) and (min-width: 721px) {{ #input-image img {{ width: 320px; }} }}
 @media (max-width: 720px) {{
@@ -506,7 +507,7 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                 gallery = gr.Gallery(
                     [(str(p), p.stem) for p in on.example_paths],
                     label="example faces (valid, then broken)",
-                    columns=4,
+                    columns=3,
                     allow_preview=False,
                     height=380,
                     object_fit="contain",

@@ -35,6 +35,7 @@ STYLE = """
 .sa-unet .sa-here { background: #fde68a; font-weight: 600; }
 """
 SIDE = 192  # px of every picture's longer side
+NARROW = 128  # px across a matrix of vectors (queries, keys, values)
 #: A click on the matrix's row pins that row's pixel: a "select" event of this HTML, answered as the
 #: arrow keys' (``Handlers.pinned``), so the panels and every tab follow.
 SCRIPT = """
@@ -208,7 +209,7 @@ def _steps_html(
     (h, w), (y, x), i = steps.query_grid, steps.cell, steps.token
     n, d = steps.queries.shape
     m = steps.key_vectors.shape[0]
-    tall = lambda rows: (min(SIDE * 2, max(SIDE, rows)), 96)  # noqa: E731  rows of a matrix, px
+    tall = lambda rows: (min(SIDE * 2, max(SIDE, rows)), NARROW)  # noqa: E731  rows of a matrix, px
     spread = float(np.abs(np.concatenate([steps.queries.ravel(), steps.key_vectors.ravel()])).max())
     pair = {"cmap": "viridis", "low": -spread, "high": spread}
     tokens, keys = f"token i (0..{n - 1})", f"key j (0..{m - 1})"
@@ -252,7 +253,7 @@ def _steps_html(
             render.framed(
                 render.stacked(
                     [
-                        render.matrix_image(steps.query[None], (10, 96), **pair),
+                        render.matrix_image(steps.query[None], (10, NARROW), **pair),
                         render.matrix_image(steps.key_vectors, tall(m), **pair),
                     ]
                 ),
@@ -334,7 +335,7 @@ def _output_figures(output: mechanics.OutputSteps, i: int, m: int) -> list[str]:
     dv = output.values.shape[1]
     spread = float(np.abs(output.values).max()) or 1.0
     pair = {"cmap": "viridis", "low": -spread, "high": spread}
-    tall = (min(SIDE * 2, max(SIDE, m)), 96)
+    tall = (min(SIDE * 2, max(SIDE, m)), NARROW)
     moved = (
         f" The layer then projects the heads' outputs back to its channels and adds its input (a "
         f"residual): at your cell that moves the feature vector by {output.change:.1%} of its length."
@@ -357,7 +358,7 @@ def _output_figures(output: mechanics.OutputSteps, i: int, m: int) -> list[str]:
         _figure(
             f"7 · output o_{i} = Σ_j p_j v_j",
             render.framed(
-                render.matrix_image(output.attended[None], (16, 96), **pair),
+                render.matrix_image(output.attended[None], (16, NARROW), **pair),
                 x_label=f"value dim (0..{dv - 1})",
                 y_label="o_i",
                 low=-spread,
