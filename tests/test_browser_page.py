@@ -163,3 +163,19 @@ def test_a_row_of_the_mechanics_matrix_pins_its_pixel(app_url, chromium, shots):
         )
         assert "one head: head 0" in page.locator("#mechanics .sa-which").inner_text()
         page.screenshot(path=str(shots / "screenshot-mechanics.png"), full_page=True)
+
+
+def test_compare_puts_a_beside_b_each_panel_with_its_colorbar(app_url, chromium, shots):  # noqa: F811
+    with open_app(app_url, chromium) as page:
+        page.get_by_role("tab", name="compare").click()
+        page.locator("#compare-run").click()
+        page.wait_for_selector('#compare [data-model="ddpm-faces (untrained)"] img', timeout=60_000)
+        a, b = (
+            page.locator(f'#compare [data-model="{m}"]') for m in ("ddpm-faces", "ddpm-faces (untrained)")
+        )
+        box_a, box_b = a.bounding_box(), b.bounding_box()
+        assert box_a["x"] + box_a["width"] <= box_b["x"] and abs(box_a["y"] - box_b["y"]) < 2  # A beside B
+        assert page.locator("#compare figure img.sa-bar").count() == 2 * 7
+        alts = page.eval_on_selector_all("#compare img.sa-bar", "els => els.map(e => e.alt)")
+        assert all("× uniform (1× = 1/" in alt for alt in alts)
+        page.screenshot(path=str(shots / "screenshot-compare.png"))
