@@ -261,6 +261,8 @@ def test_export_button_downloads_the_zip(app_url, chromium, tmp_path):
 
     with open_app(app_url, chromium) as page:
         page.locator("#export-box").get_by_text("export this click").click()
+        page.locator("#export").wait_for()
+        assert not page.locator("#export-file").is_visible()  # no empty file box before a file
         page.locator("#export").click()
         link = page.locator("#export-file a").first
         link.wait_for(timeout=60_000)

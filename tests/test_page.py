@@ -82,3 +82,26 @@ def test_the_lesson_asks_only_for_numbers_the_page_has():
     for step in STEPS:
         assert set(re.findall(r"\{(\w+)\}", step.text + " ".join(step.spot))) <= names, step.title
     assert [s.tab for s in STEPS].count("panels") >= 4 and len(STEPS) == 7
+
+
+def test_serving_names_the_cli_flag_not_gradios_launch_argument(capsys, monkeypatch):
+    import socket
+
+    from spatial_attn.app import blocks
+
+    def empty(model: str) -> gr.Blocks:  # the launch alone, without loading models
+        with gr.Blocks() as demo:
+            gr.Markdown("empty")
+        return demo
+
+    monkeypatch.setattr(blocks, "build_demo", empty)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = blocks.launch("ddpm-faces", host="127.0.0.1", port=port, prevent_thread_lock=True)
+    try:
+        out = capsys.readouterr().out
+        assert f"Running on local URL:  http://127.0.0.1:{port}/" in out
+        assert "spatial-attn serve --share" in out and "share=True" not in out
+    finally:
+        demo.close()

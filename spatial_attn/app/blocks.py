@@ -52,8 +52,9 @@ DEFAULT_TIMESTEP = 250
 
 # The image at its own size or smaller (Gradio's click position allows a picture scaled down, not
 # up), focusable for the arrow keys with its focus shown; on a laptop's height, 320 px, so that the
-# model's controls are in view too. Below 720 px (a phone) the left column
-# dissolves so that the panels come right under the image, before the model's controls.
+# model's controls are in view too. No empty export box before there is a file. Below 720 px (a
+# phone) the left column dissolves so that the panels come right under the image, before the
+# model's controls.
 CSS = f"""
 #input-image img {{ image-rendering: pixelated; cursor: crosshair; width: min({DISPLAY}px, 100%);
   height: auto; aspect-ratio: 1; }}
@@ -64,6 +65,7 @@ CSS = f"""
 #intro {{ font-size: 14px; }}
 #intro .sa-touch {{ display: none; }}
 @media (hover: none) {{ #intro .sa-mouse {{ display: none; }} #intro .sa-touch {{ display: inline; }} }}
+#export-file:not(:has(a)) {{ display: none; }}
 #explanation table {{ display: block; overflow-x: auto; }}
 #explanation td, #explanation th {{ min-width: 4.5em; }}
 #examples .caption-label {{ white-space: normal; overflow-wrap: anywhere; text-overflow: clip;
@@ -605,7 +607,8 @@ def launch(
     demo = build_demo(model)
     demo.queue(default_concurrency_limit=RUNS)
     theme = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-    demo.launch(
+    quiet, blocking = kwargs.pop("quiet", False), not kwargs.pop("prevent_thread_lock", False)
+    demo.launch(  # quiet: Gradio would tell a CLI user to "set share=True in launch()"
         server_name=host,
         server_port=port,
         share=share,
@@ -614,6 +617,14 @@ def launch(
         state_session_capacity=256,
         max_file_size=f"{MAX_UPLOAD_MB:g}mb",
         footer_links=["api"],
+        quiet=True,
+        prevent_thread_lock=True,
         **kwargs,
     )
+    if not quiet:
+        print(f"* Running on local URL:  {demo.local_url}")
+        if not share:
+            print("* For a public link: spatial-attn serve --share")
+    if blocking:
+        demo.block_thread()
     return demo
