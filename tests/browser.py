@@ -35,8 +35,9 @@ def find_chromium() -> str | None:
 
 
 @contextmanager
-def served_app(model: str = "ddpm-faces") -> Iterator[str]:
-    """The app serving ``model`` on a free local port: its URL, until the block ends."""
+def served_app(model: Any = "ddpm-faces") -> Iterator[str]:
+    """The app serving ``model`` (a name, your own model, or a list: see ``launch``) on a free local
+    port: its URL, until the block ends."""
     import socket
 
     from spatial_attn.app.blocks import launch

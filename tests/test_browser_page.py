@@ -34,7 +34,7 @@ def _all_on_screen(page, width: int, height: int) -> list[list[float]]:
     return boxes
 
 
-def test_every_ddpm_layer_and_the_image_are_on_a_laptop_screen(app_url, chromium, shots):  # noqa: F811
+def test_every_ddpm_layer_and_the_image_are_on_a_laptop_screen(app_url, chromium):  # noqa: F811
     with open_app(app_url, chromium, viewport=(1280, 800)) as page:
         boxes = _all_on_screen(page, 1280, 800)
         assert len(boxes) == 1 + 7
@@ -67,7 +67,7 @@ def test_more_layers_than_fit_scroll_inside_the_panels_not_the_page(app_url, chr
         assert bottom <= 560
 
 
-def test_arrow_keys_move_the_pin_and_every_panel_follows(app_url, chromium, shots):  # noqa: F811
+def test_arrow_keys_move_the_pin_and_every_panel_follows(app_url, chromium):  # noqa: F811
     with open_app(app_url, chromium) as page:
         box = page.locator("#input-image img").bounding_box()
         click_and_wait(page, box["width"] * 0.5, box["height"] * 0.5)
@@ -91,7 +91,6 @@ def test_arrow_keys_move_the_pin_and_every_panel_follows(app_url, chromium, shot
         for _ in range(12):  # the edge holds
             page.keyboard.press("Shift+ArrowUp")
         page.wait_for_function(f"p => ({PIXELS})().every(v => v === p)", arg=f"0,{x}", timeout=30_000)
-        page.screenshot(path=str(shots / "screenshot-keys.png"))
 
 
 def test_a_phone_taps_to_pin_and_sees_the_panels_under_the_image(app_url, chromium, shots):  # noqa: F811
@@ -147,7 +146,7 @@ def test_the_lesson_walks_through_its_steps_on_the_live_page(app_url, chromium, 
         page.wait_for_function("() => document.querySelector('.sa-lesson').dataset.step === '6'")
 
 
-def test_a_row_of_the_mechanics_matrix_pins_its_pixel(app_url, chromium, shots):  # noqa: F811
+def test_a_row_of_the_mechanics_matrix_pins_its_pixel(app_url, chromium):  # noqa: F811
     with open_app(app_url, chromium) as page:
         page.get_by_role("tab", name="how a row is made").click()
         matrix = page.locator("#mechanics img.sa-pick")
@@ -162,10 +161,9 @@ def test_a_row_of_the_mechanics_matrix_pins_its_pixel(app_url, chromium, shots):
             "t => document.querySelector('#mechanics').innerHTML.includes(`= <b>${t}</b>`)", arg=row * 4
         )
         assert "one head: head 0" in page.locator("#mechanics .sa-which").inner_text()
-        page.screenshot(path=str(shots / "screenshot-mechanics.png"), full_page=True)
 
 
-def test_compare_puts_a_beside_b_each_panel_with_its_colorbar(app_url, chromium, shots):  # noqa: F811
+def test_compare_puts_a_beside_b_each_panel_with_its_colorbar(app_url, chromium):  # noqa: F811
     with open_app(app_url, chromium) as page:
         page.get_by_role("tab", name="compare").click()
         page.locator("#compare-run").click()
@@ -178,4 +176,3 @@ def test_compare_puts_a_beside_b_each_panel_with_its_colorbar(app_url, chromium,
         assert page.locator("#compare figure img.sa-bar").count() == 2 * 7
         alts = page.eval_on_selector_all("#compare img.sa-bar", "els => els.map(e => e.alt)")
         assert all("× uniform (1× = 1/" in alt for alt in alts)
-        page.screenshot(path=str(shots / "screenshot-compare.png"))

@@ -25,6 +25,7 @@ STYLE = """
   align-items: start; overflow-y: auto; overscroll-behavior: contain; }
 .sa-panel { margin: 0; min-width: 0; }
 .sa-panel.sa-wide { grid-column: 1 / -1; }
+.sa-panel.sa-wide .sa-maps { grid-template-columns: repeat(auto-fill, minmax(128px, 192px)); }
 .sa-title { font-weight: 600; font-size: 12px; margin-bottom: 2px; white-space: nowrap; overflow: hidden;
   text-overflow: ellipsis; }
 .sa-maps { display: grid; grid-template-columns: repeat(auto-fit, minmax(128px, 1fr)); gap: 6px; }
