@@ -3,7 +3,8 @@ every panel, the rows the page computes are the server's, what is drawn is those
 fits a laptop screen, and a timestep typed into the box re-runs the model.
 
 Screenshots go to a temporary folder, or to ``$SPATIAL_ATTN_SCREENSHOTS`` when set: the README's are
-refreshed with ``SPATIAL_ATTN_SCREENSHOTS=assets python -m pytest tests/test_browser.py``.
+refreshed with ``SPATIAL_ATTN_SCREENSHOTS=assets python -m pytest tests/test_browser.py
+tests/test_browser_page.py``.
 """
 
 from __future__ import annotations
