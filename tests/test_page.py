@@ -70,6 +70,12 @@ def test_text_in_pictures_is_at_least_11_px_and_has_the_signs_it_uses():
         render.upscale(__import__("numpy").zeros((4, 4, 3), "uint8"), (64, 64)), "t = 5"
     )
     assert picture.height == 64 + render.TEXT + 7
+    # the filmstrip is shown at about 600 of its 5 x 192 + 4 x 6 px: its labels still read >= 11 px
+    from spatial_attn.app.views.timesteps import COLUMNS, LABEL
+
+    shown = 600 / (COLUMNS * 192 + (COLUMNS - 1) * 6)
+    top, bottom = render.font(LABEL).getbbox("Ty")[1::2]
+    assert (bottom - top) * shown >= 11
 
 
 def test_the_lesson_asks_only_for_numbers_the_page_has():

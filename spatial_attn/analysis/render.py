@@ -248,11 +248,13 @@ def font(size: int = TEXT) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.truetype(str(Path(get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
 
 
-def labelled(image: Image.Image, text: str, height: int = TEXT + 7) -> Image.Image:
-    """``image`` with a line of text above it, on white (a frame's timestep, a model's name)."""
+def labelled(image: Image.Image, text: str, size: int = TEXT) -> Image.Image:
+    """``image`` with a line of ``size`` px text above it, on white (a frame's timestep, a model's
+    name). A picture the page shows scaled down needs a larger ``size`` to stay readable."""
+    height = size + 7
     out = Image.new("RGB", (image.width, image.height + height), (255, 255, 255))
     out.paste(image, (0, height))
-    ImageDraw.Draw(out).text((2, 3), text, fill=INK, font=font())
+    ImageDraw.Draw(out).text((2, 3), text, fill=INK, font=font(size))
     return out
 
 
