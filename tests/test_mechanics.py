@@ -276,3 +276,13 @@ def test_each_thumbnail_row_pins_a_pixel_whose_query_is_in_that_row(ddpm, size):
                 continue
             token = layer.queries.token(*cell_at(pixel, image_hw, layer.query_grid))
             assert mechanics.thumbnail_row(token, n, size) == row, (row, pixel)
+
+
+def test_only_a_residual_layer_says_how_much_it_moves_its_input(ddpm):
+    from dataclasses import replace
+
+    layer = ddpm.layers[0]
+    io = mechanics.module_io(ddpm.model, ddpm.prepared, layer.name)
+    assert io.residual == ddpm.model.module.get_submodule(layer.name).residual_connection is True
+    plain = mechanics.output_steps(layer, replace(io, residual=False), (6, 4), 0)  # out = projected A.V
+    assert not plain.residual and plain.change is None and plain.x is not None
