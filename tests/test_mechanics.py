@@ -168,6 +168,7 @@ def test_the_tab_gives_a_sagan_its_gate_and_a_vit_its_cls_key():
     vit = Exploration(load_model("vit-faces"), default_image()[0])
     _, _, body = MechanicsView.show(_session(vit, (13, 9)), None, None, 1.0)
     assert "the 65 keys" in body and "UNet" not in body
+    assert "6 · values V and the output A·V</b>Not shown" in body  # fused projections: said why
 
 
 def test_the_flattened_input_is_the_feature_map_row_by_row(ddpm):

@@ -320,6 +320,12 @@ def _steps_html(
     )
     if output is not None:
         figures += _output_figures(output, i, m)
+    else:  # said, not silently left out
+        figures.append(
+            '<figure class="sa-step"><b>6 · values V and the output A·V</b>Not shown: this layer makes its '
+            "values in a projection that cannot be observed on its own (q, k and v from one fused "
+            "matrix), so V is unknown here.</figure>"
+        )
     return '<div class="sa-steps">' + "".join(figures) + "</div>"
 
 
