@@ -1,6 +1,9 @@
 """Hover latency in Chromium (issue 11): mouse move over the image -> every panel shows the new pixel.
 
-    python bench/bench_hover.py [--moves 100] [--model ddpm-faces]
+    python bench/bench_hover.py [--moves 100] [--model ddpm-faces] [--standalone]
+
+``--standalone`` measures the export's ``index.html`` instead of the app: opened from ``file://``, every
+other request aborted, the rows computed from the queries and keys embedded in the file.
 
 Each move goes to a model pixel other than the last one, and counts as done when every panel's
 ``data-pixel`` names the new pixel. Two clocks, both printed:
@@ -19,13 +22,16 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from bench_capture import print_table  # noqa: E402
-from browser import WAIT_PIXEL, find_chromium, open_app, served_app  # noqa: E402
+from browser import CHROMIUM_ARGS, WAIT_PIXEL, find_chromium, open_app, served_app  # noqa: E402
 
 from spatial_attn.engine.grid import cell_at  # noqa: E402
 
@@ -51,41 +57,49 @@ def _quantile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
 
 
-def bench_hover(model: str, moves: int) -> list[tuple[str, str, str, str]]:
-    from spatial_attn.app.blocks import DISPLAY
-
+def bench_hover(model: str, moves: int, standalone: bool = False) -> list[tuple[str, str, str, str]]:
     chromium = find_chromium()
     if chromium is None:
         return [("hover", "skipped", "Debian's chromium is not installed", "")]
-    end_to_end, in_page = [], []
+    if standalone:
+        with exported_page(model) as url, open_offline(url, chromium) as page:
+            return measure(page, f"{model} standalone index.html", moves)
     with served_app(model) as url, open_app(url, chromium) as page:
-        box = page.locator("#input-image img").bounding_box()
-        layers = page.locator("#heatmaps figure.sa-panel").count()
-        last = None
-        for i in range(moves + 5):  # the first five warm the page up
-            fx, fy = 0.05 + 0.9 * ((i * 7) % 19) / 18, 0.05 + 0.9 * ((i * 5) % 13) / 12
-            y, x = cell_at((round(fy * DISPLAY), round(fx * DISPLAY)), (DISPLAY, DISPLAY), (32, 32))
-            if (y, x) == last:
-                continue
-            last, pixel = (y, x), f"{y},{x}"
-            page.evaluate(PROBE, pixel)
-            start = time.perf_counter()
-            page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
-            page.wait_for_function(WAIT_PIXEL, arg=pixel, polling=1)
-            took = time.perf_counter() - start
-            painted = page.evaluate("() => window.saProbe")
-            if i >= 5:
-                end_to_end.append(took * 1e3)
-                in_page.append(painted)
+        return measure(page, model, moves)
+
+
+def measure(page: Any, what: str, moves: int) -> list[tuple[str, str, str, str]]:
+    """Move the mouse ``moves`` times over the image of ``page`` and time each repaint."""
+    from spatial_attn.app.blocks import DISPLAY
+
+    end_to_end, in_page = [], []
+    box = page.locator("#input-image img").bounding_box()
+    layers = page.locator("#heatmaps figure.sa-panel").count()
+    last = None
+    for i in range(moves + 5):  # the first five warm the page up
+        fx, fy = 0.05 + 0.9 * ((i * 7) % 19) / 18, 0.05 + 0.9 * ((i * 5) % 13) / 12
+        y, x = cell_at((round(fy * DISPLAY), round(fx * DISPLAY)), (DISPLAY, DISPLAY), (32, 32))
+        if (y, x) == last:
+            continue
+        last, pixel = (y, x), f"{y},{x}"
+        page.evaluate(PROBE, pixel)
+        start = time.perf_counter()
+        page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+        page.wait_for_function(WAIT_PIXEL, arg=pixel, polling=1)
+        took = time.perf_counter() - start
+        painted = page.evaluate("() => window.saProbe")
+        if i >= 5:
+            end_to_end.append(took * 1e3)
+            in_page.append(painted)
     return [
         (
-            f"{model} ({layers} layers), end to end from Playwright: move -> every data-pixel updated",
+            f"{what} ({layers} layers), end to end from Playwright: move -> every data-pixel updated",
             f"median {statistics.median(end_to_end):.1f} ms",
             f"95th percentile {_quantile(end_to_end, 0.95):.1f} ms ({len(end_to_end)} moves)",
             "goal: median <= 33 ms, p95 <= 50 ms",
         ),
         (
-            f"{model} ({layers} layers), in the page: mousemove event -> panels updated and painted",
+            f"{what} ({layers} layers), in the page: mousemove event -> panels updated and painted",
             f"median {statistics.median(in_page):.1f} ms",
             f"95th percentile {_quantile(in_page, 0.95):.1f} ms",
             "",
@@ -93,12 +107,50 @@ def bench_hover(model: str, moves: int) -> list[tuple[str, str, str, str]]:
     ]
 
 
+@contextmanager
+def exported_page(model: str) -> Iterator[str]:
+    """The export's index.html for ``model``'s first click on the default face, as a file:// URL."""
+    import io
+    import tempfile
+    import zipfile
+
+    from spatial_attn.analysis.explore import Exploration, View
+    from spatial_attn.analysis.export import export_zip
+    from spatial_attn.app.blocks import default_image
+    from spatial_attn.models import load_model
+
+    bundled = load_model(model)
+    explored = Exploration(bundled, default_image()[0], timestep=250 if bundled.num_timesteps else None)
+    with tempfile.TemporaryDirectory() as folder:
+        zipped = export_zip(explored, explored.first_point(), View(), ("html",))
+        zipfile.ZipFile(io.BytesIO(zipped)).extract("index.html", folder)
+        yield (Path(folder) / "index.html").as_uri()
+
+
+@contextmanager
+def open_offline(url: str, chromium: str) -> Iterator[Any]:
+    """``url`` in Chromium with every other request aborted, once it can follow the mouse."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.route("**/*", lambda r: r.continue_() if r.request.url == url else r.abort())
+        page.goto(url)
+        page.wait_for_function("() => window.saReady && window.saReady()", timeout=30_000)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--moves", type=int, default=100)
     parser.add_argument("--model", default="ddpm-faces")
+    parser.add_argument("--standalone", action="store_true", help="the export's index.html, offline")
     args = parser.parse_args()
-    print_table(bench_hover(args.model, args.moves))
+    print_table(bench_hover(args.model, args.moves, args.standalone))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python bench/load.py                          # 20 /attend clients x 50 calls, 10 clicking sessions
     python bench/load.py --clients 4 --calls 10 --sessions 3 --clicks 5   # a quick look
+    python bench/load.py --parts json,rest,sessions   # the HTTP routes and the session memory only
 
 The app runs in its own process (``python app.py``), with its own Gradio temp folder, so its memory
 (RSS from /proc) and its disk use are its own. Measured:
@@ -18,6 +19,12 @@ The app runs in its own process (``python app.py``), with its own Gradio temp fo
 4. The same in Chromium: K pages clicking at once, click -> the server's panels painted
    (tests/browser.py's wait), a person's pause (THINK) between clicks. Chromium's own drawing
    shares the 2 cores, so this is the whole wait; a click never answered is counted.
+5. The plain HTTP routes from one keep-alive client: ``POST /api/v1/attend`` on a repeated image
+   (its upload id), and Gradio's ``POST /gradio_api/call/attend`` + its event stream; then a JSON
+   soak: N clients x M calls on the JSON API, rows compared, RSS drift.
+6. Sessions: 256 sessions each sending a 4 MB prompt through the queue, the REST call and the JSON
+   API (all refused before they are read), the server's RSS before and after.
+7. Shutdown: the server is stopped with SIGTERM; its exit status and what is left in its temp folder.
 """
 
 from __future__ import annotations
@@ -58,11 +65,25 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=50, help="/attend calls per client (default 50)")
     parser.add_argument("--sessions", type=int, default=10, help="browser sessions clicking (default 10)")
     parser.add_argument("--clicks", type=int, default=20, help="clicks per session (default 20)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"which parts (default {','.join(PARTS)})")
     args = parser.parse_args()
+    parts = args.parts.split(",")
     with Server() as server:  # each part printed as soon as it is measured
-        print_table(bench_attend(server, args.clients, args.calls) + bench_repeated(server))
-        print_table(bench_protocol_clicks(server.url, args.sessions, args.clicks))
-        print_table(bench_clicks(server.url, args.sessions, args.clicks))
+        if "attend" in parts:
+            print_table(bench_attend(server, args.clients, args.calls) + bench_repeated(server))
+        if "clicks" in parts:
+            print_table(bench_protocol_clicks(server.url, args.sessions, args.clicks))
+        if "browser" in parts:
+            print_table(bench_clicks(server.url, args.sessions, args.clicks))
+        if "json" in parts:
+            print_table(
+                bench_json(server) + bench_rest(server) + bench_json_soak(server, args.clients, args.calls)
+            )
+        if "sessions" in parts:
+            print_table(bench_sessions(server))
+
+
+PARTS = ("attend", "clicks", "browser", "json", "sessions")
 
 
 class Server:
@@ -93,11 +114,14 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         assert self.process is not None
-        self.process.terminate()
-        self.process.wait(30)
-        left = self.disk()
+        self.process.terminate()  # SIGTERM: what a service manager sends
+        code = self.process.wait(30)
+        left = [p for p in Path(self.temp.name).rglob("*") if p.is_file()]
         self.temp.cleanup()
-        print(f"temp folder after shutdown: {left / 2**20:.2f} MB")
+        size = sum(p.stat().st_size for p in left) if left else 0
+        print(
+            f"SIGTERM: exit status {code}; left in the temp folder: {len(left)} files, {size / 2**20:.2f} MB"
+        )
 
     def rss(self) -> float:
         """The server's resident memory, MB."""
@@ -199,6 +223,159 @@ def bench_repeated(server: Server, calls: int = 30) -> list[tuple[str, str, str,
         times.append(time.perf_counter() - start)
     return [
         ("/attend, a repeated image, one client", _ms(times, 50), f"p95 {_ms(times, 95)}", "goal <= 150 ms")
+    ]
+
+
+def bench_json(server: Server, calls: int = 200) -> list[tuple[str, str, str, str]]:
+    """``POST /api/v1/attend`` from one keep-alive client: a repeated image by its upload id."""
+    import base64
+
+    import httpx
+
+    image = base64.b64encode(_images()[0].read_bytes()).decode()
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        first = http.post("api/v1/attend", json={"model": "vit-faces", "x": 1, "y": 1, "image": image})
+        upload = first.json()["upload"]
+        times = []
+        for k in range(calls):
+            x, y = POINTS[k % len(POINTS)]
+            start = time.perf_counter()
+            answer = http.post("api/v1/attend", json={"model": "vit-faces", "x": x, "y": y, "upload": upload})
+            times.append(time.perf_counter() - start)
+            assert answer.status_code == 200, answer.text
+    return [
+        (
+            f"POST /api/v1/attend, a repeated image, keep-alive, {calls} calls",
+            _ms(times, 50),
+            f"p95 {_ms(times, 95)}",
+            "goal <= 15 ms p50, <= 30 ms p95",
+        )
+    ]
+
+
+def bench_rest(server: Server, calls: int = 50) -> list[tuple[str, str, str, str]]:
+    """Gradio's REST route for the same question: ``POST call/attend`` then its event stream."""
+    import httpx
+
+    times = []
+    with httpx.Client(base_url=server.url + "gradio_api/", timeout=60) as http:
+        for k in range(calls + 1):
+            x, y = POINTS[k % len(POINTS)]
+            start = time.perf_counter()
+            posted = http.post(
+                "call/attend", json={"data": [None, "vit-faces", 0, x, y, "mean", 0, "", False]}
+            )
+            answer = http.get(f"call/attend/{posted.json()['event_id']}").text
+            assert "event: complete" in answer, answer[:300]
+            if k:
+                times.append(time.perf_counter() - start)
+    return [
+        ("POST /gradio_api/call/attend + its stream, keep-alive", _ms(times, 50), f"p95 {_ms(times, 95)}", "")
+    ]
+
+
+def bench_json_soak(server: Server, clients: int, calls: int) -> list[tuple[str, str, str, str]]:
+    """N keep-alive clients x M calls on the JSON API over a few images and points: errors, rows
+    against a single client's, RSS drift."""
+    import base64
+
+    import httpx
+
+    images = [base64.b64encode(p.read_bytes()).decode() for p in _images()]
+    reference = {}
+    with httpx.Client(base_url=server.url, timeout=120) as http:
+        for i, image in enumerate(images):
+            for x, y in POINTS:
+                body = {"model": "ddpm-faces", "x": x, "y": y, "timestep": 250, "image": image}
+                reference[i, x, y] = [
+                    layer["values"] for layer in http.post("api/v1/attend", json=body).json()["layers"]
+                ]
+    rss_warm = server.rss()
+    times: list[float] = []
+    errors: list[str] = []
+    mismatches = 0
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        nonlocal mismatches
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            for k in range(calls):
+                i = (c + k) % len(images)
+                x, y = POINTS[(c * 7 + k) % len(POINTS)]
+                body = {"model": "ddpm-faces", "x": x, "y": y, "timestep": 250, "image": images[i]}
+                start = time.perf_counter()
+                answer = http.post("api/v1/attend", json=body)
+                elapsed = time.perf_counter() - start
+                if answer.status_code != 200:
+                    with lock:
+                        errors.append(answer.text[:200])
+                    continue
+                same = all(
+                    np.allclose(got["values"], want, atol=1e-6)
+                    for got, want in zip(answer.json()["layers"], reference[i, x, y], strict=True)
+                )
+                with lock:
+                    times.append(elapsed)
+                    mismatches += not same
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    rss_end = server.rss()
+    total = clients * calls
+    for error in sorted(set(errors))[:5]:
+        print("error:", error)
+    return [
+        (
+            f"JSON API: {clients} clients x {calls} calls (base64 images)",
+            f"{total / wall:.1f} calls/s",
+            f"{wall:.0f} s",
+            "",
+        ),
+        ("  errors / mismatched rows", f"{len(errors)} / {mismatches}", f"of {total}", "goal 0 / 0"),
+        ("  per call p50 / p95", _ms(times, 50) + " / " + _ms(times, 95), "", ""),
+        (
+            "  server RSS before -> after",
+            f"{rss_warm:.0f} -> {rss_end:.0f} MB",
+            f"drift {100 * (rss_end - rss_warm) / rss_warm:+.1f}%",
+            "goal < 10%",
+        ),
+    ]
+
+
+def bench_sessions(server: Server, sessions: int = 256) -> list[tuple[str, str, str, str]]:
+    """The issue's case: many API sessions each sending a 4 MB string the model ignores."""
+    import httpx
+
+    prompt = "x" * (4 * 2**20)
+    data = [None, "vit-faces", 0, 3, 4, "mean", 0, prompt, False]
+    before = server.rss()
+    statuses: dict[int, int] = {}
+    start = time.perf_counter()
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        for s in range(sessions):
+            for answer in (
+                http.post(
+                    "gradio_api/queue/join", json={"data": data, "fn_index": 0, "session_hash": f"s{s}"}
+                ),
+                http.post("gradio_api/call/attend", json={"data": data}),
+                http.post("api/v1/attend", json={"model": "vit-faces", "x": 3, "y": 4, "prompt": prompt}),
+            ):
+                statuses[answer.status_code] = statuses.get(answer.status_code, 0) + 1
+    wall = time.perf_counter() - start
+    after = server.rss()
+    answered = ", ".join(f"{n} x {code}" for code, n in sorted(statuses.items()))
+    return [
+        (
+            f"{sessions} sessions x 3 routes, a 4 MB prompt each",
+            f"RSS {before:.0f} -> {after:.0f} MB",
+            f"{answered} in {wall:.0f} s",
+            "goal: refused, RSS flat",
+        )
     ]
 
 
@@ -348,9 +525,8 @@ async def _click_sessions(
 def _ms(times: list[float], q: int) -> str:
     if not times:
         return "-"
-    return (
-        f"{np.percentile(times, q) * 1e3:.0f} ms" if q != 50 else f"{statistics.median(times) * 1e3:.0f} ms"
-    )
+    value = (np.percentile(times, q) if q != 50 else statistics.median(times)) * 1e3
+    return f"{value:.1f} ms" if value < 10 else f"{value:.0f} ms"
 
 
 if __name__ == "__main__":

@@ -15,28 +15,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .engine.capture import Capture, capture
-from .engine.grid import TokenLayout, cell_at, cell_box
-from .engine.layer import AttentionLayer, LayerList, Row, Verification
+from . import engine
+from .engine import *  # noqa: F403 - the engine's public names are the package's
 
 if TYPE_CHECKING:
     from .models import BundledModel
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AttentionLayer",
-    "Capture",
-    "LayerList",
-    "Row",
-    "TokenLayout",
-    "Verification",
-    "capture",
-    "cell_at",
-    "cell_box",
-    "launch",
-    "load_model",
-]
+__all__ = [*engine.__all__, "launch", "load_model", "show"]  # the engine's names, and three that open more
 
 
 def load_model(name: str, pretrained: bool = True) -> BundledModel:
@@ -52,3 +39,18 @@ def launch(model: str | Any = "ddpm-faces", **launch_kwargs: Any) -> Any:
     from .app.blocks import launch as _launch
 
     return _launch(model, **launch_kwargs)
+
+
+def show(run: Any, image: Any = None, **options: Any) -> Any:
+    """The hover panels, inline in a notebook (``_repr_html_``: a page with no server, as the export's
+    ``index.html``): every layer's map for the pixel under the mouse.
+
+    ``run`` is a model run (an :class:`~spatial_attn.analysis.explore.Exploration`), a bundled model
+    (run here on ``image``, with ``timestep=`` and ``seed=``), or a capture (``sa.capture``'s result,
+    or its layers) with ``image`` the ``(H, W, 3)`` picture its forward saw. Options: ``pixel=(y, x)``
+    (the one shown when the mouse is elsewhere), ``head``, ``mode`` ("row" / "column"), ``scale``,
+    ``cmap``, ``height`` (px). ``.save(path)`` writes the page. Loads neither gradio nor diffusers.
+    """
+    from .analysis.standalone import show as _show
+
+    return _show(run, image, **options)

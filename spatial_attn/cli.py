@@ -262,15 +262,30 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
-    from .analysis.render import COLORMAPS, SCALES  # numpy and Pillow only: --help stays instant
+    from .analysis.render import ASCII_SCALES, COLORMAPS, SCALES  # numpy and Pillow: --help stays instant
 
     p = sub.add_parser(
         "export",
-        help="one click's panels as a figure (PNG, SVG) and its rows (.npy), in one zip",
+        help="one click's panels as a figure (PNG, SVG), its rows (.npy) and a page that follows the "
+        "mouse (HTML), in one zip",
         formatter_class=PlainHelp,
     )
-    p.add_argument("--model", default=DEFAULT_MODEL, help="a bundled model")
-    p.add_argument("--untrained", action="store_true", help="its untrained twin instead")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        metavar="SPEC",
+        help="what serve --model accepts: a bundled name, a diffusers or transformers folder, timm:NAME, "
+        "package.module:factory, or a Hub id from the local cache",
+    )
+    p.add_argument(
+        "--weights", metavar="FILE", help="a .safetensors file for a timm: or factory --model (default: none)"
+    )
+    p.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let a Hub id missing from the local cache be downloaded (configs and safetensors only)",
+    )
+    p.add_argument("--untrained", action="store_true", help="a bundled model's untrained twin instead")
     p.add_argument(
         "--image", type=Path, help="the image to run the model on (default: the app's first example face)"
     )
@@ -288,26 +303,49 @@ def add_export(sub: argparse._SubParsersAction) -> None:
         "--mode", choices=("row", "column"), default="row", help="where it looks / who looks at it"
     )
     p.add_argument("--heads", action="store_true", help="every head and their mean (layers x heads)")
-    p.add_argument("--scale", choices=SCALES, default=SCALES[0], help="colour scale")
+    p.add_argument(
+        "--scale",
+        choices=[*ASCII_SCALES, *SCALES],
+        default="uniform",
+        help="colour scale (uniform and per-map are × uniform and per map)",
+    )
     p.add_argument("--cmap", choices=COLORMAPS, default="viridis", help="colormap")
     p.add_argument("--opacity", type=float, default=0.65, help="heatmap opacity")
     p.add_argument("--smooth", action="store_true", help="bilinear upsampling instead of crisp blocks")
     p.add_argument("--over", choices=("image", "input"), default="image", help="draw over the image or x_t")
-    p.add_argument("--formats", default="png,svg,npy", help="comma-separated: png, svg, npy")
+    p.add_argument("--formats", default="png,svg,npy,html", help="comma-separated: png, svg, npy, html")
     p.add_argument("--out", type=Path, default=Path("attention.zip"), help="the zip to write")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Run the model once, click once, and write what the app's download button gives."""
-    from .analysis.explore import Exploration, View
-    from .analysis.export import export_zip
-    from .app.images import load_image
-    from .models import load_model
+    """Run the model once, click once, and write what the app's download button gives. A request the
+    model cannot answer (a pixel outside the image, a head it lacks) is one line and exit status 2."""
+    try:
+        out, point, model, layers = _export(args)
+    except ValueError as error:
+        print(f"spatial-attn export: {error}", file=sys.stderr)
+        return 2
+    print(f"{out}: pixel (y, x) = {point} of {model}'s input, {layers} layers")
+    return 0
 
-    model = load_model(args.model, pretrained=not args.untrained)
+
+def _export(args: argparse.Namespace) -> tuple[Path, tuple[int, int], str, int]:
+    from .analysis.explore import Exploration, View, head_index
+    from .analysis.export import export_zip
+    from .analysis.render import scale_named
+    from .app.images import load_image
+    from .app.state import UNTRAINED
+    from .models import load_model
     from .resources import locate
 
+    head_index(args.head)  # its form, before the model runs
+    (opened,) = open_models([[args.model, args.weights]], allow_download=args.allow_download)
+    if isinstance(opened, str):  # a bundled name, or its twin's
+        untrained = args.untrained or opened.endswith(UNTRAINED)
+        model = load_model(opened.removesuffix(UNTRAINED), pretrained=not untrained)
+    else:
+        model = opened
     path = args.image or locate("assets") / "faces" / "valid-0.png"
     source = None if args.generate else load_image(path)[0]
     timestep = args.timestep if model.num_timesteps else None
@@ -321,15 +359,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         head=args.head,
         mode=args.mode,
         cmap=args.cmap,
-        scale=args.scale,
+        scale=scale_named(args.scale),
         smooth=args.smooth,
         opacity=args.opacity,
         heads_grid=args.heads,
         over=args.over,
     )
     args.out.write_bytes(export_zip(exploration, point, view, tuple(args.formats.split(","))))
-    print(f"{args.out}: pixel (y, x) = {point} of {model.name}'s input, {len(exploration.layers)} layers")
-    return 0
+    return args.out, point, model.name, len(exploration.layers)
 
 
 if __name__ == "__main__":

@@ -57,8 +57,22 @@ def _seed() -> None:
 
 
 @pytest.fixture(scope="session")
-def app_url():
-    """The real app, served on a free local port for the whole session (closed at the end)."""
+def chromium() -> str:
+    """Debian's Chromium for the browser tests (skipped where it is not installed)."""
+    from browser import find_chromium
+
+    path = find_chromium()
+    if path is None:
+        pytest.skip(
+            "Debian's chromium is not installed (apt-get install chromium); under CI=true it is installed"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def served():
+    """The real app, served on a free local port for the whole session (closed at the end): the
+    running Blocks and its address."""
     import socket
 
     from spatial_attn.app.blocks import launch
@@ -67,5 +81,11 @@ def app_url():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo = launch("ddpm-faces", host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
+    yield demo, f"http://127.0.0.1:{port}/"
     demo.close()
+
+
+@pytest.fixture(scope="session")
+def app_url(served):
+    """The address of the real app (see ``served``)."""
+    return served[1]

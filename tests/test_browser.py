@@ -20,7 +20,6 @@ from browser import (
     PANELS,
     click_and_wait,
     clicked_pixel,
-    find_chromium,
     hover_and_wait,
     image_pixel,
     open_app,
@@ -37,16 +36,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 OPACITY = 0.65  # the app's default heatmap opacity
 DEFAULT_FACE = ASSETS / "faces" / "valid-0.png"  # the app opens on the first valid example
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = find_chromium()
-    if path is None:
-        pytest.skip(
-            "Debian's chromium is not installed (apt-get install chromium); under CI=true it is installed"
-        )
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +261,8 @@ def test_export_button_downloads_the_zip(app_url, chromium, tmp_path):
         path = tmp_path / "export.zip"
         download.value.save_as(path)
         names = zipfile.ZipFile(path).namelist()
-        assert {"figure.png", "figure.svg", "rows.json"} <= set(names) and len(names) == 3 + 7
+        expected = {"figure.png", "figure.svg", "rows.json", "input.png", "index.html"}
+        assert expected <= set(names) and len(names) == len(expected) + 7
 
 
 def test_timesteps_tab_shows_a_filmstrip(app_url, chromium, shots):

@@ -10,7 +10,7 @@ import socket
 import numpy as np
 import pytest
 import tiny_models
-from browser import click_and_wait, clicked_pixel, find_chromium, open_app
+from browser import click_and_wait, clicked_pixel, open_app
 
 from spatial_attn import cli
 from spatial_attn.app.blocks import DEFAULT_TIMESTEP
@@ -45,14 +45,6 @@ def sd_url(tmp_path_factory):
     url, demo = _serve(tiny_models.sd_pipeline(tmp_path_factory.mktemp("own") / "tiny-sd"))
     yield url
     demo.close()
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = find_chromium()
-    if path is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    return path
 
 
 def test_a_transformers_folder_opens_first_and_a_click_lands_on_its_cropped_input(tmp_path, chromium):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -45,7 +46,11 @@ def _open(data: bytes) -> zipfile.ZipFile:
 def test_the_zip_holds_the_figure_and_every_layers_row(ddpm):
     archive = _open(export_zip(ddpm, (13, 9), View()))
     names = archive.namelist()
-    assert names[:2] == ["figure.png", "figure.svg"] and names[-1] == "rows.json"
+    assert names[:2] == ["figure.png", "figure.svg"] and names[-3:] == [
+        "input.png",
+        "rows.json",
+        "index.html",
+    ]
     described = json.loads(archive.read("rows.json"))
     assert described["pixel"] == [13, 9] and len(described["layers"]) == len(ddpm.layers)
     for layer, entry in zip(ddpm.layers, described["layers"], strict=True):
@@ -126,3 +131,84 @@ def test_the_download_button_writes_the_zip(ddpm):
     assert path.endswith("ddpm-faces-y13-x9.zip")
     described = json.loads(_open(Path(path).read_bytes()).read("rows.json"))
     assert described["head"] == "head 1" and described["pixel"] == [13, 9]
+
+
+# -- what an export says about itself --------------------------------------------------------------
+def test_rows_json_and_the_title_say_what_made_the_maps(tmp_path):
+    """The provenance fields are those of the request, the input is the picture the model saw, and the
+    figure's title says the same (read back from the SVG's text)."""
+    import spatial_attn
+
+    out = tmp_path / "p.zip"
+    args = ["export", "--x", "9", "--y", "13", "--timestep", "600", "--seed", "7", "--head", "head 1"]
+    assert main([*args, "--mode", "column", "--scale", "per-map", "--out", str(out)]) == 0
+    archive = _open(out.read_bytes())
+    described = json.loads(archive.read("rows.json"))
+    expected = {"model": "ddpm-faces", "pretrained": True, "timestep": 600, "seed": 7, "pixel": [13, 9]}
+    assert {k: described[k] for k in expected} == expected
+    assert (described["head"], described["mode"]) == ("head 1", "column")
+    assert described["version"] == spatial_attn.__version__ and described["input"] == "input.png"
+    from spatial_attn.app.blocks import default_image
+
+    again = Exploration(load_model("ddpm-faces"), default_image()[0], timestep=600, seed=7)
+    saw = np.asarray(Image.open(io.BytesIO(archive.read("input.png"))))
+    np.testing.assert_array_equal(saw, again.input)  # x_t at t = 600 with noise seed 7
+    heading = "ddpm-faces · t = 600 · seed 7 · pixel (y, x) = (13, 9) · head 1 · column: who looks at it"
+    svg = archive.read("figure.svg").decode()
+    svg_text = " ".join(re.findall(r"<!-- (.*?) -->", svg))  # matplotlib writes each text as a comment
+    assert f"{heading} · spatial-attn {spatial_attn.__version__}" in svg_text
+    assert "index.html" in archive.namelist()
+
+
+def test_an_untrained_twin_is_said_so(ddpm, tmp_path):
+    out = tmp_path / "twin.zip"
+    assert main(["export", "--model", "ddpm-faces (untrained)", "--formats", "npy", "--out", str(out)]) == 0
+    described = json.loads(_open(out.read_bytes()).read("rows.json"))
+    assert described["model"] == "ddpm-faces" and described["pretrained"] is False
+
+
+def test_export_opens_your_own_folder_as_serve_does(tmp_path):
+    import tiny_models
+
+    folder = tiny_models.ddpm_pipeline(tmp_path / "ddpm")
+    out = tmp_path / "own.zip"
+    assert (
+        main(["export", "--model", str(folder), "--timestep", "10", "--formats", "npy", "--out", str(out)])
+        == 0
+    )
+    described = json.loads(_open(out.read_bytes()).read("rows.json"))
+    assert described["model"] == "ddpm" and described["timestep"] == 10
+    assert [layer["name"] for layer in described["layers"]] == [
+        "down_blocks.1.attentions.0",
+        "mid_block.attentions.0",
+        "up_blocks.0.attentions.0",
+        "up_blocks.0.attentions.1",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--x", "40", "--y", "3"], "point (3.0, 40.0) is outside the 32x32 image"),
+        (["--head", "first"], "head must be 'mean', 'max' or 'head k'"),
+        (["--model", "/no/such/folder"], "/no/such/folder"),
+    ],
+)
+def test_a_request_it_cannot_answer_is_one_line(tmp_path, capsys, extra, message):
+    out = tmp_path / "bad.zip"
+    try:
+        status = main(["export", *extra, "--out", str(out)])
+    except SystemExit as stopped:  # a --model spec that cannot be opened stops before any run
+        status = stopped.code
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and message in err, err
+    assert "\n" not in err and "Traceback" not in err and not out.exists()
+
+
+def test_scale_names_have_ascii_spellings():
+    from spatial_attn.analysis.render import SCALES, scale_named
+
+    assert [scale_named(n) for n in ("uniform", "per-map", "shared", "percentile")] == list(SCALES)
+    assert [scale_named(n) for n in SCALES] == list(SCALES)
+    with pytest.raises(ValueError, match="choose one of uniform, per-map, shared, percentile"):
+        scale_named("log")

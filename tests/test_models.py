@@ -84,7 +84,7 @@ def test_vit_layers_and_probs(models):
     bm = models["vit-faces"]
     prepared = bm.prepare(_face().resize((80, 60)))
     assert prepared.display.shape == (32, 32, 3) and prepared.display.dtype == np.uint8
-    assert "80x60 -> 32x32" in prepared.note
+    assert "80x60 -> 43x32, centre-cropped to 32x32 (fit: crop)" in prepared.note  # its shape kept
     layers, summary = _captured(bm, prepared)
     assert [layer.name for layer in layers] == [f"blocks.{i}.self_attn" for i in range(len(layers))]
     assert len(layers) >= 2

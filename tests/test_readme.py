@@ -42,6 +42,30 @@ def test_http_api_example_runs(app_url):
     assert len(layers) == 7 and layers[0].startswith("down_blocks.1.attentions.0 [16, 16] [6, 10] 106 ")
 
 
+def test_json_api_curl_example_runs(app_url):
+    import json
+    import subprocess
+
+    text = README.read_text()
+    start = text.index("\n### Plain JSON: `POST /api/v1/attend`\n")
+    code = re.search(r"```bash\n(.*?)```", text[start:], re.S).group(1)
+    assert code.count("http://127.0.0.1:7860/") == 2
+    out = subprocess.run(
+        ["bash", "-c", code.replace("http://127.0.0.1:7860/", app_url)],
+        cwd=README.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    answers, at = [], 0
+    while at < len(out):
+        answer, at = json.JSONDecoder().raw_decode(out, at)
+        answers.append(answer)
+    assert [a["model"] for a in answers] == ["ddpm-faces", "vit-faces"]
+    assert len(answers[0]["layers"]) == 7 and len(answers[1]["upload"]) == 64
+
+
 def test_launch_example_runs_and_serves_the_model(monkeypatch):
     """The ``sa.launch(...)`` snippet as written, served for real (on a free port, not blocking) and
     clicked through ``/attend``."""

@@ -4,6 +4,7 @@ click event's trigger mode (a click made while one is pending must be sent, not 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,79 @@ def test_the_image_click_is_sent_even_while_the_previous_one_is_pending():
     demo = build_demo("vit-faces", Library(["vit-faces"]))
     clicks = [fn for fn in demo.fns.values() if getattr(fn.fn, "__qualname__", "") == "Handlers.clicked"]
     assert [fn.trigger_mode for fn in clicks] == ["always_last"]
+
+
+@pytest.mark.parametrize("writer", ["save_pil_to_cache", "save_bytes_to_cache"])
+def test_a_content_hashed_file_is_never_seen_half_written(tmp_path, writer):
+    """One thread sends the same image again and again (Gradio rewrites its content-hashed file each
+    time), another reads the file as a page downloading it would: every read is the whole image."""
+    import threading
+
+    import numpy as np
+    from gradio import processing_utils
+    from PIL import Image
+
+    from spatial_attn.app import public
+
+    public.atomic_cache_writes()
+    pixels = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    if writer == "save_pil_to_cache":  # BMP: no compression, so the writes, not the encoding, dominate
+        args = (Image.fromarray(pixels), str(tmp_path), "image", "bmp")
+    else:
+        args = (pixels.tobytes(), "image.raw", str(tmp_path))
+    write = getattr(processing_utils, writer)
+    path = Path(write(*args))
+    whole = path.read_bytes()
+    done = threading.Event()
+    short: list[int] = []
+
+    def reader() -> None:
+        while not done.is_set():
+            got = path.read_bytes()
+            if got != whole:
+                short.append(len(got))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for _ in range(100):
+        assert write(*args) == str(path)
+    done.set()
+    thread.join()
+    assert not short, f"{len(short)} reads saw a partial file, e.g. {short[:3]} of {len(whole)} bytes"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
+
+
+def test_the_lane_runs_size_at_once_and_tells_the_rest_it_is_busy():
+    """RUNS at once; ``waiting`` more wait their turn; beyond them, Busy (the JSON API's 503)."""
+    import threading
+    import time
+
+    from spatial_attn.app.serving import Busy, Lane
+
+    lane = Lane(size=1, waiting=1)
+    release, entered = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def first() -> None:
+        with lane.held():
+            entered.set()
+            release.wait(10)
+            order.append("first")
+
+    def then(name: str, bounded: bool) -> None:
+        with lane.held(bounded):
+            order.append(name)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=then, args=("second", True))]
+    threads[0].start()
+    entered.wait(10)
+    threads[1].start()
+    time.sleep(0.2)  # the second is waiting now
+    with pytest.raises(Busy, match="busy"), lane.held():
+        pass
+    threads.append(threading.Thread(target=then, args=("gradio's", False)))  # its queue bounds it: waits
+    threads[-1].start()
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert order[0] == "first" and sorted(order[1:]) == ["gradio's", "second"]

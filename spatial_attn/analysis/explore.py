@@ -96,6 +96,27 @@ class LayerClick:
         }
 
 
+def shown(layers: list[AttentionLayer]) -> tuple[list[AttentionLayer], list[str]]:
+    """The layers a view may draw, and a line for each one it must not: a layer whose own
+    verification says its rows do not reproduce the model's output (attention that is not what the
+    adapter took it for) is never drawn as if it held. Layers with no query grid have no map to click;
+    those whose queries are the model's learned queries (DETR) are named, so they are not lost."""
+    drawn, refuted = [], []
+    for layer in layers:
+        if layer.query_grid is None:
+            if layer.queries.labels:
+                refuted.append(
+                    f"{layer.name}: its {layer.queries.count} queries are learned queries, not pixels: no "
+                    f"panel; from Python, layer.row_of_token({layer.queries.labels[0]!r}) is one's map"
+                )
+            continue
+        if layer.verification.ok is False:
+            refuted.append(f"{layer.name} ({layer.family}): not shown: {layer.verification.detail}")
+        else:
+            drawn.append(layer)
+    return drawn, refuted
+
+
 class Exploration:
     """A bundled model run once on one image under capture."""
 
@@ -106,13 +127,28 @@ class Exploration:
         self.prepared = model.prepare(image, timestep=timestep, seed=seed)
         with torch.no_grad(), capture(model.module) as cap:
             self.summary = model.run(self.prepared)
-        self.layers = [layer for layer in cap.layers if layer.query_grid is not None]
-        self.problems = cap.problems
+        self.layers, refuted = shown(cap.layers)
+        self.problems = cap.problems + refuted
         # what the user sees: the image exactly as the model's own resizing made it (or the sample)
         self.image = model.to_input(image)[1] if image is not None else self.prepared.display
         self.input = self.prepared.display  # what the model saw (x_t for the DDPM)
         self.timestep = timestep
         self.seed = seed  # of the noise (DDPM) or z (SAGAN generator)
+
+    @classmethod
+    def captured(cls, layers: list[AttentionLayer], image: np.ndarray) -> Exploration:
+        """Layers the caller captured (``sa.capture``) from a forward on ``image``, the ``(H, W, 3)``
+        uint8 picture that forward saw: an exploration with no model behind it (no provenance, no
+        re-run), enough to draw and follow the panels (``sa.show``)."""
+        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3):
+            raise ValueError("the image must be the (H, W, 3) uint8 picture the model saw")
+        explored = cls.__new__(cls)
+        explored.model, explored.prepared, explored.summary = None, None, None
+        explored.layers = [layer for layer in layers if layer.query_grid is not None]
+        explored.problems = []
+        explored.image = explored.input = image
+        explored.timestep, explored.seed = None, None
+        return explored
 
     @property
     def image_hw(self) -> tuple[int, int]:
@@ -289,6 +325,8 @@ def explain(
 
 def head_index(choice: str) -> int | str | None:
     """ "mean" -> None, "max" -> "max", "head k" -> k; anything else is the user's mistake, said plainly."""
+    if not isinstance(choice, str):
+        raise ValueError(f"head must be 'mean', 'max' or 'head k' with k = 0, 1, ...; got {choice!r}")
     if choice in ("mean", "max"):
         return None if choice == "mean" else "max"
     word, _, k = choice.partition(" ")

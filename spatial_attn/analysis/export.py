@@ -1,4 +1,9 @@
-"""One click's panels as files for a paper or a slide: a matplotlib figure (PNG, SVG), the rows as .npy.
+"""One click's panels as files for a paper or a slide: a matplotlib figure (PNG, SVG), the rows as .npy,
+and the page itself (``index.html``, hover included, see :mod:`spatial_attn.analysis.standalone`).
+
+Each file says what it shows: ``rows.json`` and the figure's title name the model, the timestep, the
+seed, the pixel, the head, the direction and the version that made them, and ``input.png`` is the
+picture the model saw (x_t for a diffusion model), so a figure found in a slide can be remade.
 
 The figure is what the app shows, redrawn by matplotlib: every layer's map over the picture, titled,
 with its colorbar (the same :class:`~spatial_attn.analysis.render.ColourScale` as the app, so "× uniform"
@@ -24,11 +29,12 @@ import numpy as np
 
 from ..engine.grid import cell_box
 from . import render
+from .provenance import provenance, title
 
 if TYPE_CHECKING:
     from .explore import Exploration, LayerClick, View
 
-FORMATS = ("png", "svg", "npy")
+FORMATS = ("png", "svg", "npy", "html")
 
 
 @dataclass(frozen=True)
@@ -65,9 +71,14 @@ def maps_of(clicks: list[LayerClick], view: View) -> list[Map]:
 
 
 def figure_bytes(
-    maps: list[Map], picture: np.ndarray, view: View, formats: tuple[str, ...] = ("png", "svg")
+    maps: list[Map],
+    picture: np.ndarray,
+    view: View,
+    formats: tuple[str, ...] = ("png", "svg"),
+    heading: str = "",
 ) -> dict[str, bytes]:
-    """The panels as one matplotlib figure, saved in each of ``formats`` ("png", "svg")."""
+    """The panels as one matplotlib figure titled ``heading``, saved in each of ``formats`` ("png",
+    "svg")."""
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -103,6 +114,8 @@ def figure_bytes(
         )
         bar.ax.set_yticklabels([label for _, label in ticks], fontsize=7)
         bar.set_label(m.scale.label, fontsize=7)
+    if heading:
+        fig.suptitle(heading, fontsize=9)
     out = {}
     for fmt in formats:
         buffer = io.BytesIO()
@@ -111,14 +124,11 @@ def figure_bytes(
     return out
 
 
-def rows_json(
-    clicks: list[LayerClick], view: View, point: tuple[int, int], files: list[str]
-) -> dict[str, Any]:
-    """What each saved array is: layer, grids, the clicked cell and token, head and direction."""
+def rows_json(clicks: list[LayerClick], described: dict[str, Any], files: list[str]) -> dict[str, Any]:
+    """What each saved array is: what made them (:func:`provenance`), then per layer its grids, the
+    clicked cell and token, and its file."""
     return {
-        "pixel": list(point),
-        "head": view.head,
-        "mode": view.mode,
+        **described,
         "layers": [
             {**c.to_json(), "file": name, "values": None}  # the numbers are in the .npy file
             for c, name in zip(clicks, files, strict=True)
@@ -130,17 +140,20 @@ def export_zip(
     exploration: Exploration, point: tuple[int, int], view: View, formats: tuple[str, ...] = FORMATS
 ) -> bytes:
     """A zip of the click at model-input pixel ``point``: ``figure.png``, ``figure.svg``,
-    ``rows/NN-<layer>.npy`` (each layer's map, float32) and ``rows.json`` (what they are)."""
+    ``rows/NN-<layer>.npy`` (each layer's map, float32), ``input.png`` (what the model saw) and
+    ``rows.json`` (what they are), and ``index.html`` (the panels, live under the mouse)."""
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
         raise ValueError(f"formats must be some of {', '.join(FORMATS)}; got {', '.join(formats) or 'none'}")
     clicks = exploration.click(point, exploration.image_hw, view, draw=False)
     picture = exploration.image if view.over == "image" else exploration.input
+    described = provenance(exploration, point, view)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        figures = tuple(f for f in formats if f != "npy")
+        figures = tuple(f for f in formats if f in ("png", "svg"))
         if figures:
-            for fmt, data in figure_bytes(maps_of(clicks, view), picture, view, figures).items():
+            maps = maps_of(clicks, view)
+            for fmt, data in figure_bytes(maps, picture, view, figures, title(described)).items():
                 archive.writestr(f"figure.{fmt}", data)
         if "npy" in formats:
             files = [f"rows/{i:02d}-{_safe(c.layer.name)}.npy" for i, c in enumerate(clicks)]
@@ -148,7 +161,12 @@ def export_zip(
                 array = io.BytesIO()
                 np.save(array, c.values.astype(np.float32))
                 archive.writestr(name, array.getvalue())
-            archive.writestr("rows.json", json.dumps(rows_json(clicks, view, point, files), indent=1))
+            archive.writestr("input.png", render.png_bytes(exploration.input))
+            archive.writestr("rows.json", json.dumps(rows_json(clicks, described, files), indent=1))
+        if "html" in formats:
+            from .standalone import page
+
+            archive.writestr("index.html", page(exploration, point, view, title(described)))
     return buffer.getvalue()
 
 

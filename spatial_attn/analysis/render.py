@@ -34,6 +34,8 @@ from ..engine.grid import Grid, cell_box
 COLORMAPS = ("viridis", "magma", "inferno", "cividis")
 Scale = Literal["× uniform", "per map", "shared", "percentile"]
 SCALES: tuple[Scale, ...] = ("× uniform", "per map", "shared", "percentile")
+#: The scales' names as a keyboard types them (the command line accepts both).
+ASCII_SCALES: dict[str, Scale] = {"uniform": "× uniform", "per-map": "per map"}
 #: The "× uniform" axis spans 2**-SPAN .. 2**SPAN times the uniform share, uniform in the middle.
 SPAN = 4
 #: Smallest side of a displayed panel, px.
@@ -70,6 +72,17 @@ class ColourScale:
     def label(self) -> str:
         """What the colorbar's numbers are."""
         return "× uniform (1 = 1/N′)" if self.uniform else "probability"
+
+
+def scale_named(name: str) -> Scale:
+    """A scale by its name or its ASCII spelling (``uniform``, ``per-map``)."""
+    if name in SCALES:
+        return name  # type: ignore[return-value]
+    if name in ASCII_SCALES:
+        return ASCII_SCALES[name]
+    raise ValueError(
+        f"unknown colour scale {name!r}; choose one of {', '.join([*ASCII_SCALES, *SCALES[2:]])}"
+    )
 
 
 def colour_scale(values: np.ndarray, scale: Scale, tokens: int, shared: float | None = None) -> ColourScale:
@@ -126,12 +139,17 @@ def colorize(values: np.ndarray, scale: ColourScale, cmap: str) -> np.ndarray:
     return lut(cmap)[index]
 
 
-def png_data_uri(image: np.ndarray | Image.Image) -> str:
-    """A small image as an inline ``data:image/png`` URI (what the browser draws under its maps)."""
+def png_bytes(image: np.ndarray | Image.Image) -> bytes:
+    """An image as PNG file bytes."""
     buffer = io.BytesIO()
     picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
     picture.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def png_data_uri(image: np.ndarray | Image.Image) -> str:
+    """A small image as an inline ``data:image/png`` URI (what the browser draws under its maps)."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
 
 
 def heat_layer(values: np.ndarray, size: tuple[int, int], smooth: bool) -> np.ndarray:

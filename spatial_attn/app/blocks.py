@@ -32,8 +32,9 @@ from PIL import Image
 from ..analysis import render
 from ..analysis.explore import Exploration, View, cell_of, explain, head_index
 from ..engine.grid import cell_at
+from ..models.bundle import FITS
 from ..resources import locate, searched
-from . import serving
+from . import public, serving
 from .images import MAX_UPLOAD_MB, ImageError, load_image
 from .serving import RUN_EVENTS, RUNS, Explorations
 from .state import UNTRAINED, Follower, Library, Session, checked_run
@@ -43,6 +44,7 @@ from .views.compare import CompareView
 from .views.download import DownloadView
 from .views.lesson import LessonView
 from .views.mechanics import MechanicsView
+from .views.modelwide import ModelWideView
 from .views.prompt import PromptView
 from .views.timesteps import TimestepsView
 
@@ -122,10 +124,11 @@ def run(
     source: Image.Image | None,
     note: str,
     prompt: str | None = None,
+    fit: str = "crop",
 ) -> Session:
     """Run ``model`` once on ``source`` (None: generate from ``seed``) under capture; a text-conditioned
-    model on ``prompt`` (None: its default)."""
-    bundled = library[model]
+    model on ``prompt`` (None: its default); an image that is not square made square by ``fit``."""
+    bundled = library[model].with_fit(fit)
     if prompt is not None and bundled.takes_prompt:
         bundled = bundled.with_prompt(prompt)  # a copy holding this user's prompt, same modules
     t = int(timestep) if bundled.num_timesteps else None
@@ -136,7 +139,7 @@ def run(
         source.thumbnail((bundled.max_source,) * 2)
         note = " · ".join(filter(None, [note, f"kept at {source.width}×{source.height} for this session"]))
     exploration = Exploration(bundled, source, timestep=t, seed=int(seed))
-    return Session(exploration, source, note, point=exploration.first_point())
+    return Session(exploration, source, note, point=exploration.first_point(), fit=fit)
 
 
 def draw(session: Session, view: View) -> tuple[str, str]:
@@ -200,22 +203,26 @@ def attend(
     prompt: str = "",
     images: bool = False,
     cache: Explorations | None = None,
+    mode: str = "row",
 ) -> tuple[list[tuple[Image.Image, str]], dict]:
     """The HTTP API: every layer's attention row for pixel ``(x, y)`` of ``image``.
 
     ``image`` is a file path (None: what the app opens on, the default example face, or for a SAGAN
     its generator's sample from ``seed``, whose attention is then shown); ``x``/``y`` are pixels of
     that image, whatever its size: mapped through the model's own resize and crop. ``prompt`` is for
-    text-conditioned models ("": the model's default). Returns the panels (only if ``images``: each
+    text-conditioned models ("": the model's default); ``mode`` "column" gives who looks at the
+    pixel instead of where it looks. Returns the panels (only if ``images``: each
     one is a file written for the caller) and, per layer, its grids, the head shown, the query cell
     and the row (over the prompt's ``tokens`` in cross-attention layers). Every parameter is checked
-    first; the capture is kept in ``cache`` by (model, image bytes, timestep, seed, prompt), so asking
-    again about the same image costs a click, not a forward.
+    first; the capture is kept in ``cache`` by (model, image bytes, timestep, seed, prompt if the model
+    reads one), so asking again about the same image costs a click, not a forward.
     """
     name, t, s = checked_run(library, model, timestep, seed)
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be text, got {prompt!r}")
     k = head_index(head)  # the form of it ("mean", "max", "head k"); its range once the layers are known
+    mode = serving.one_of(mode, "mode", ("row", "column"))
+    prompt = prompt if library[name].takes_prompt else ""  # ignored by the model: neither run nor kept
     key = (name, serving.file_digest(image) if image else None, t, s, prompt)
 
     def capture() -> tuple[Session, list[str], tuple[int, int]]:
@@ -238,7 +245,7 @@ def attend(
     if isinstance(k, int) and k >= heads:
         raise ValueError(f"{head}: the layers of {name} have at most {heads} heads (0 to {heads - 1})")
     pixel = ex.model.input_pixel(point, hw)
-    clicks = ex.click(pixel, ex.image_hw, View(head=head), draw=images)
+    clicks = ex.click(pixel, ex.image_hw, View(head=head, mode=mode), draw=images)
     return [(c.panel, c.caption()) for c in clicks] if images else [], {
         "model": name,
         "timestep": ex.timestep,
@@ -247,6 +254,7 @@ def attend(
         "point": list(point),
         "model_pixel": list(pixel),
         "notes": notes,
+        "input_note": ex.prepared.note,  # what was done to the image: resized, cropped or padded, noised
         "tokens": list(ex.prepared.tokens),
         "layers": [c.to_json() for c in clicks],
     }
@@ -329,7 +337,7 @@ class Handlers:
             source, note = default_image()  # a generated face is gone; this model needs an image
         source, note = opening_input(self.library[name], source, note, s)
         prompt = getattr(session.exploration.model, "default_prompt", None)  # the user's, kept
-        fresh = run(self.library, name, t, s, source, note, prompt)
+        fresh = run(self.library, name, t, s, source, note, prompt, session.fit)
         h, w = fresh.exploration.image_hw
         y, x = session.point  # the same click, kept inside the new model's input
         kept = replace(fresh, point=(min(y, h - 1), min(x, w - 1)))
@@ -346,8 +354,16 @@ class Handlers:
         source, notes = load_image(path)
         size = self.library[name].image_size
         text = f"upload {Path(path).name} ({source.width}×{source.height}; model input {size}×{size})"
-        fresh = run(self.library, name, t, s, source, " · ".join([text, *notes]))
+        fit = session.fit if session is not None else "crop"
+        fresh = run(self.library, name, t, s, source, " · ".join([text, *notes]), fit=fit)
         return self._after_run(fresh, *view, previous=session)
+
+    @guarded
+    def refit(self, session: Session | None, fit: str, *args: Any) -> tuple:
+        """The upload fit changed: the same image made square the new way (the next uploads too)."""
+        if session is None:
+            return (gr.skip(),) * len(self.RERAN)
+        return self.rerun(replace(session, fit=serving.one_of(fit, "fit", FITS)), *args)
 
     @guarded
     def picked(
@@ -355,7 +371,7 @@ class Handlers:
     ) -> tuple:
         """An example from the gallery."""
         name, t, s = checked_run(self.library, name, t, s)
-        path = self.example_paths[evt.index]
+        path = self.example_paths[serving.whole(evt.index, "gallery index", 0, len(self.example_paths) - 1)]
         source = Image.open(path).convert("RGB")
         fresh = run(self.library, name, t, s, source, f"example {path.name}")
         return self._after_run(fresh, *view, previous=session)
@@ -382,7 +398,7 @@ class Handlers:
         if session is None:
             raise ValueError("the image is still loading; click again in a moment")
         ticket = session.tickets.take()
-        x, y = evt.index
+        x, y = serving.pixel(evt.index, "click index", DISPLAY)
         session.point = cell_at((y, x), (DISPLAY, DISPLAY), session.exploration.image_hw)
         return self._shown(session, ticket, args)
 
@@ -492,6 +508,7 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                 with gr.Row():
                     sample = gr.Button("new sample from seed", elem_id="new-sample")
                     upload = gr.UploadButton("upload an image", file_types=["image"], elem_id="upload")
+                    fit = gr.Radio(list(FITS), value="crop", label="upload fit", elem_id="fit", min_width=200)
                 with gr.Row(equal_height=False):
                     note = gr.Markdown(elem_id="input-note")
                     with gr.Column(scale=0, min_width=140):
@@ -533,6 +550,8 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                         compare_view = CompareView(library, UNTRAINED)
                     with gr.Tab("ablation", id="ablation"):
                         ablation_view = AblationView(library)
+                    with gr.Tab("whole model", id="modelwide"):
+                        modelwide_view = ModelWideView()
                 prompt_view = PromptView()  # text-conditioned models only
 
         view_inputs = [head, mode, cmap, scale, upsampling, opacity, layout, over]
@@ -554,6 +573,7 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
         timestep.change(on.rerun, [state, *run_inputs], reran, trigger_mode="always_last", **runs)
         seed.submit(on.rerun, [state, *run_inputs], reran, **runs)
         upload.upload(on.uploaded, [state, upload, *run_inputs], reran, **runs)
+        fit.change(on.refit, [state, fit, *run_inputs], reran, **runs)
         gallery.select(on.picked, [state, *run_inputs], reran, **runs)
         sample.click(on.generated, [state, *run_inputs], reran, **runs)
         # The tabs that follow the pinned pixel are drawn by the click's own event (Follower).
@@ -590,7 +610,10 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
         timesteps_view.wire(state)
         compare_view.wire(state, view_inputs, view_of)
         ablation_view.wire(state)
+        modelwide_view.wire(state)
         prompt_view.wire(state, head, cmap, on, run, run_inputs, reran, guarded)
+    serving.share_lane(demo)  # the JSON API's runs and these take turns in one lane
+    demo.attend = functools.partial(attend, library, cache=on.explorations)  # for the JSON API
     return demo
 
 
@@ -603,11 +626,17 @@ def launch(
 ) -> gr.Blocks:
     """Build the app and serve it. Blocks until stopped, unless ``prevent_thread_lock=True`` is passed;
     then returns the running app (``.close()`` stops it). ``host=None`` is Gradio's own choice:
-    ``GRADIO_SERVER_NAME`` if set (a Space sets it), else 127.0.0.1."""
+    ``GRADIO_SERVER_NAME`` if set (a Space sets it), else 127.0.0.1. Served behind the guard, with
+    the JSON API, a temp folder of its own, and a clean stop on SIGTERM (see :mod:`.public`)."""
+    folder = public.own_temp_folder()  # before the Blocks: Gradio's components read it when made
+    public.atomic_cache_writes()
     demo = build_demo(model)
-    demo.queue(default_concurrency_limit=RUNS)
+    # no handler outside the queue, and a bounded one: past 256 waiting events, "queue full" (503)
+    demo.queue(default_concurrency_limit=RUNS, api_open=False, max_size=256)
     theme = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     quiet, blocking = kwargs.pop("quiet", False), not kwargs.pop("prevent_thread_lock", False)
+    if blocking:
+        public.stop_on_sigterm()
     demo.launch(  # quiet: Gradio would tell a CLI user to "set share=True in launch()"
         server_name=host,
         server_port=port,
@@ -617,6 +646,7 @@ def launch(
         state_session_capacity=256,
         max_file_size=f"{MAX_UPLOAD_MB:g}mb",
         footer_links=["api"],
+        app_kwargs=public.app_kwargs(demo, demo.attend),
         quiet=True,
         prevent_thread_lock=True,
         **kwargs,
@@ -626,5 +656,6 @@ def launch(
         if not share:
             print("* For a public link: spatial-attn serve --share")
     if blocking:
-        demo.block_thread()
+        demo.block_thread()  # Gradio's wait loop: until Ctrl-C or SIGTERM
+        public.stopped(demo, folder)
     return demo

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 MAX_MEGAPIXELS = 50  # pixels the header may declare
 MIN_SIDE = 4  # pixels on each side
@@ -71,7 +71,9 @@ def load_image(path: str | Path) -> tuple[Image.Image, list[str]]:
         )
     try:
         image.load()
-    except (OSError, SyntaxError, ValueError) as error:
+    except ValueError as error:
+        raise _text_bomb(name, error) from None
+    except (OSError, SyntaxError) as error:
         raise ImageError(f"{name} is truncated or corrupt ({error})") from None
     frames = getattr(image, "n_frames", 1)
     if frames > 1:
@@ -95,6 +97,19 @@ def _open(path: Path) -> Image.Image:
         raise ImageError(
             f"{path.name} is not an image Pillow can read (PNG, JPEG, WebP, BMP, GIF, TIFF)"
         ) from None
+    except ValueError as error:  # Pillow's own limit on a PNG's compressed text chunks
+        raise _text_bomb(path.name, error) from None
+
+
+def _text_bomb(name: str, error: ValueError) -> ImageError:
+    """A PNG whose compressed text chunks (zTXt, iTXt) inflate past Pillow's limit: a decompression
+    bomb in the metadata; said as such rather than in Pillow's words."""
+    if "Decompressed" in str(error) or "too large" in str(error).lower():
+        return ImageError(
+            f"{name}: its PNG text metadata (zTXt/iTXt) inflates past "
+            f"{PngImagePlugin.MAX_TEXT_CHUNK // 2**20} MB, the limit: save the image without metadata"
+        )
+    return ImageError(f"{name} is truncated or corrupt ({error})")
 
 
 def to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:

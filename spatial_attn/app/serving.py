@@ -8,6 +8,9 @@
 * Clicks are cheap and run side by side for different users; within one user's session,
   :class:`Tickets` keeps the screen from going backwards (a late result is dropped, never painted
   over a newer one) and a retired session (the user switched model or image) never paints again.
+* Gradio's queue bounds the events it runs, but the JSON API (:mod:`.jsonapi`) is not one of them:
+  :data:`LANE` is the one bound every model run takes, whatever route it came by
+  (:func:`share_lane` puts Gradio's model events in it too).
 * ``/attend`` callers often ask about the same image many times: :class:`Explorations` keeps the
   captured runs in a bounded LRU, so a repeated image costs a click, not a forward.
 
@@ -16,11 +19,15 @@ Nothing here imports gradio: the app maps :class:`ValueError` to its own error b
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+import os
+import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,7 +46,8 @@ def number(value: Any, name: str, low: float | None = None, high: float | None =
     try:
         out = float(value)
     except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"{name} must be a number, got {_shown(value)}") from None
+        span = f" from {_bound(low)} to {_bound(high)}" if low is not None or high is not None else ""
+        raise ValueError(f"{name} must be a number{span}, got {_shown(value)}") from None
     if not math.isfinite(out):
         raise ValueError(f"{name} must be a finite number, got {_shown(value)}")
     if (low is not None and out < low) or (high is not None and out > high):
@@ -49,6 +57,13 @@ def number(value: Any, name: str, low: float | None = None, high: float | None =
 
 def whole(value: Any, name: str, low: int, high: int) -> int:
     """``value`` as an integer within ``[low, high]``: fractions are refused, not truncated."""
+    if value is None or isinstance(value, bool):
+        raise ValueError(f"{name} is required: a whole number from {low} to {high}, got {value!r}")
+    try:
+        float(value)
+    except (TypeError, ValueError, OverflowError):
+        span = f"a whole number from {low} to {high}"
+        raise ValueError(f"{name} must be a number ({span}), got {_shown(value)}") from None
     out = number(value, name)
     if out != int(out):
         raise ValueError(f"{name} must be a whole number from {low} to {high}, got {_shown(value)}")
@@ -74,6 +89,18 @@ def _bound(value: float | None) -> str:
     return "any" if value is None else f"{value:g}"
 
 
+def pixel(value: Any, name: str, side: int) -> tuple[float, float]:
+    """A click's ``[x, y]`` as sent by the page: two numbers within a ``side`` x ``side`` image."""
+    wanted = f"{name} must be [x, y], two numbers from 0 to {side - 1}; got {_shown(value)}"
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise ValueError(wanted)
+    try:
+        x, y = (number(v, name) for v in value)
+    except ValueError:
+        raise ValueError(wanted) from None
+    return x, y  # a point outside the image is the grid's to refuse (it says where the image is)
+
+
 def file_digest(path: str | Path) -> str:
     """SHA-256 of a file's bytes: the cache key of an uploaded image, whatever its name."""
     digest = hashlib.sha256()
@@ -81,6 +108,82 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def atomic_write(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that a reader sees the old file, no file, or the whole new one:
+    written under a temporary name in the same folder, then renamed over it (a rename is atomic).
+    A content-hashed file that already exists holds the same bytes, so it is left as it is."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == len(data):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class Busy(RuntimeError):
+    """Too many runs are waiting already: answered 503, come back later."""
+
+
+class Lane:
+    """At most ``size`` model runs at once in this process, whatever route asked for them, and at
+    most ``waiting`` more waiting their turn (the rest are told the server is busy)."""
+
+    def __init__(self, size: int = RUNS, waiting: int = 64) -> None:
+        self._slots = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self.max_waiting = waiting
+
+    @contextmanager
+    def held(self, bounded: bool = True) -> Iterator[None]:
+        """A slot for one run; :class:`Busy` if ``waiting`` runs are already waiting (unless not
+        ``bounded``: Gradio's queue bounds its own events before they get here)."""
+        with self._lock:
+            if bounded and self._waiting >= self.max_waiting:
+                raise Busy(f"the server is busy: {self._waiting} model runs are waiting; try again soon")
+            self._waiting += 1
+        try:
+            self._slots.acquire()
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    def wrap(self, fn: Callable[..., T]) -> Callable[..., T]:
+        """``fn`` run in the lane; its signature kept (Gradio reads it for ``gr.SelectData``)."""
+
+        @functools.wraps(fn)
+        def in_lane(*args: Any, **kwargs: Any) -> T:
+            with self.held(bounded=False):
+                return fn(*args, **kwargs)
+
+        in_lane.in_lane = True  # type: ignore[attr-defined]
+        if not hasattr(fn, "__name__"):  # a functools.partial: named after its function
+            in_lane.__name__ = getattr(getattr(fn, "func", None), "__name__", "in_lane")
+        return in_lane
+
+
+LANE = Lane()  #: the one lane of every model run in this process
+
+
+def share_lane(demo: Any, lane: Lane = LANE) -> None:
+    """Put every event of ``demo`` that runs a model (``RUN_EVENTS``' concurrency id) in ``lane``,
+    so that Gradio's queue and the JSON API together never run more than ``RUNS`` at once."""
+    for fn in demo.fns.values():
+        if fn.concurrency_id == RUN_EVENTS["concurrency_id"] and not getattr(fn.fn, "in_lane", False):
+            fn.fn = lane.wrap(fn.fn)
 
 
 class Tickets:

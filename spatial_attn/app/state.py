@@ -56,6 +56,7 @@ class Session:
     note: str
     point: tuple[int, int] = (0, 0)  # (y, x) in model-input pixels: the click, updated in place
     tickets: Tickets = field(default_factory=Tickets)  # orders its clicks; retired when replaced
+    fit: str = "crop"  # how an image that is not square was made square (models.bundle.FITS)
 
 
 def checked_run(library: Library, model: Any, timestep: Any, seed: Any) -> tuple[str, int | None, int]:
@@ -64,6 +65,8 @@ def checked_run(library: Library, model: Any, timestep: Any, seed: Any) -> tuple
     name = serving.one_of(model, "model", library.choices())
     steps = library[name].num_timesteps
     t = serving.whole(timestep, "timestep", 0, steps - 1) if steps else None
+    if not steps and timestep is not None:  # a model without timesteps ignores it, but not garbage
+        serving.number(timestep, "timestep (ignored by this model)")
     return name, t, serving.whole(seed, "seed", 0, serving.SEED_MAX)
 
 

@@ -42,7 +42,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode, _get_current_function_mode, _pop_mode, _push_mode
 
 from .adapters import FUNCTION_ADAPTERS, MODULE_ADAPTERS
-from .adapters.base import Call, Extracted, FunctionAdapter, ModuleAdapter, keep
+from .adapters.base import Call, Declined, Extracted, FunctionAdapter, ModuleAdapter, keep
+from .axes import check_heads, check_token_axes, check_token_order, per_sequence, stated_heads
 from .grid import (
     Grid,
     StatedGrid,
@@ -54,7 +55,7 @@ from .grid import (
     text_layout,
 )
 from .layer import AttentionLayer, LayerList, QKScores, StoredProbs, Verification
-from .model_grids import stated_grids
+from .model_grids import Statement, stated_grids
 from .windows import WindowLayout, read_window
 
 GridOverride = Grid | dict[str, Grid] | None
@@ -101,7 +102,7 @@ class Capture:
         self._frames: list[_Frame] = []
         self._claim: _Frame | None = None
         self._input: tuple[int, Grid | None] | None = None  # (batch, (H, W)) of the outermost input
-        self._stated: list[StatedGrid] = []  # grids the model stated in this forward (model_grids.py)
+        self._stated: list[Statement] = []  # grids and queries the model stated in this forward
         self._counts: dict[str, int] = {}
 
     # -- lifetime -------------------------------------------------------------------------------
@@ -200,7 +201,12 @@ class Capture:
         batch = self._input[0] if self._input else None
         for adapter in self._functions:
             if func in adapter.functions:
-                extracted = adapter.on_call(func, args, kwargs, out, batch)
+                try:
+                    extracted = adapter.on_call(func, args, kwargs, out, batch)
+                except Declined as why:
+                    name = self._context_name() or adapter.family
+                    self._problem(f"{name} ({adapter.family}): not shown: {why}")
+                    continue
                 if extracted is not None:
                     with _own_math():
                         self._record(self._context_name(), adapter.family, lambda e=extracted: e)
@@ -215,13 +221,18 @@ class Capture:
             base = base + extracted.name_suffix if base else family
             if not self._wanted(base):
                 return
+            check_token_axes(extracted, self._token_counts())
+            check_token_order(f.module for f in self._frames)
             window = self._window(extracted)
             if window is not None:  # one window per batch entry: placed on the grid below
                 queries = keys = window.local_layout()
             else:
+                check_heads(extracted, stated_heads(f.module for f in reversed(self._frames)))
                 queries, keys = self._layouts(base, extracted)
-            if extracted.require_grid and queries.grid is None:
-                return
+                images = self._input[0] if self._input and self._input[1] else None  # a 4D input: images
+                queries, keys = (per_sequence(t, extracted, images) for t in (queries, keys))
+            if extracted.require_grid and queries.grid is None and not queries.labels:  # no learned queries
+                raise Declined(f"its {queries.count} tokens fit no grid ({queries.note})")
             name = self._unique(base)
             scores = (
                 StoredProbs(extracted.probs)
@@ -234,12 +245,25 @@ class Capture:
             )
             if window is not None:
                 layer = window.place(layer)
+        except Declined as why:
+            self._problem(f"{base or family} ({family}): not shown: {why}")
+            return
         except Exception as error:
-            message = f"{base or family} ({family}): could not be read: {error}"
-            self.problems.append(message)
-            warnings.warn(message, stacklevel=2)
+            self._problem(f"{base or family} ({family}): could not be read: {error}")
             return
         self.layers.append(layer)  # verified when first asked: AttentionLayer.verification warns
+
+    def _problem(self, message: str) -> None:
+        """A call seen and not shown: said in ``problems`` and warned, never dropped silently."""
+        self.problems.append(message)
+        warnings.warn(message, stacklevel=3)
+
+    def _token_counts(self) -> list[int]:
+        """Token counts of the maps the model is running on now: the innermost feature map and the
+        grid it stated last."""
+        hints = [f.map_hw for f in reversed(self._frames) if f.map_hw is not None][:1]
+        grids = [s.grid for s in self._stated if isinstance(s, StatedGrid)][-1:]
+        return [h * w for h, w in hints + grids]
 
     def _layouts(self, name: str, ex: Extracted) -> tuple[TokenLayout, TokenLayout]:
         shape = ex.shape
@@ -468,20 +492,18 @@ def _tap(sub: nn.Module, where: str, record: Callable[[torch.Tensor], None]) -> 
 
 
 def _key_layout(
-    queries: TokenLayout, count: int, stated: Grid | None, infer: Callable[[int], TokenLayout]
+    queries: TokenLayout, count: int, stated: Grid | None, infer: Callable[..., TokenLayout]
 ) -> TokenLayout:
-    """Keys that are not the queries: pooled from the query grid (BigGAN), or, when there are more
-    keys than queries (one class token or probe over the patches, LeViT's subsampled queries), on
-    their own grid, found as a query grid is; otherwise not spatial."""
+    """Keys that are not the queries: pooled from the query grid (BigGAN); on a grid the model
+    stated (PVTv2's 7x7 adaptive pooling, the encoder's map under DETR's object queries); or, when
+    there are more keys than queries (one class token or probe over the patches, LeViT's subsampled
+    queries), on their own grid, found as a query grid is; otherwise not spatial."""
     if queries.grid is not None:
         key_grid = stated or pooled_grid(queries.grid, count)
         if key_grid is not None and key_grid[0] * key_grid[1] == count:
             return grid_layout(key_grid, count, "keys pooled from the query grid")
-    if count > queries.count:
-        own = infer(count)
-        if own.grid is not None:
-            return own
-    return text_layout(count)
+    own = infer(count, guess=count > queries.count)
+    return own if own.grid is not None else text_layout(count)
 
 
 def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:

@@ -57,7 +57,8 @@ class TokenLayout:
 
     Tokens ``start .. start + H*W - 1`` are the grid, row-major; every other token is special and
     named in ``labels`` (in token order). ``grid=None`` means the tokens are not pixels at all
-    (text tokens of cross-attention): then every token is listed and none is special.
+    (text tokens of cross-attention): then every token is listed, and none is special unless
+    ``labels`` names them all (learned queries: ``query 0``, ... each reachable by its label).
     """
 
     count: int
@@ -76,6 +77,8 @@ class TokenLayout:
                 raise ValueError(f"a {h}x{w} grid at {self.start} does not fit {self.count} tokens")
             if len(self.labels) != self.count - h * w:
                 raise ValueError("every token outside the grid needs a label")
+        elif self.labels and len(self.labels) != self.count:
+            raise ValueError("tokens with no grid are labelled all or none")
 
     @property
     def grid_size(self) -> int:
@@ -89,6 +92,8 @@ class TokenLayout:
 
     def special_indices(self) -> list[int]:
         """Token indices outside the grid, in the order of ``labels``."""
+        if self.grid is None:
+            return list(range(self.count)) if self.labels else []
         end = self.start + self.grid_size  # the two ranges, not a loop over every token (a click's cost)
         return [*range(self.start), *range(end, self.count)]
 
@@ -104,7 +109,7 @@ class TokenLayout:
     def describe(self, index: int) -> str:
         """What token ``index`` is, in words: ``cell (y, x)``, a special token's label, or ``token j``."""
         if self.grid is None:
-            return f"token {index}"
+            return self.labels[index] if self.labels else f"token {index}"
         offset = index - self.start
         if 0 <= offset < self.grid_size:
             return f"cell ({offset // self.grid[1]}, {offset % self.grid[1]})"
@@ -148,6 +153,18 @@ class StatedGrid:
     grid: Grid
     source: str  # in words, for the layout's note: "the output of `patch_embed.proj`"
     special: str = "special"  # what the tokens outside the grid are ("text" for packed sequences)
+    suffix: tuple[str, ...] = ()  # tokens the model appends after the grid (YOLOS' detection tokens)
+
+
+@dataclass(frozen=True)
+class StatedQueries:
+    """Learned queries the model holds (DETR's object queries, a Q-Former's query tokens, Perceiver's
+    latents): a sequence of exactly ``count`` tokens is those queries, not pixels, unless a map of
+    ``count`` cells is stated as well."""
+
+    count: int
+    source: str
+    label: str = "query"
 
 
 def infer_layout(
@@ -155,27 +172,36 @@ def infer_layout(
     hints: list[Grid],
     input_hw: tuple[int, int] | None,
     override: Grid | None = None,
-    stated: Sequence[StatedGrid] = (),
+    stated: Sequence[StatedGrid | StatedQueries] = (),
+    guess: bool = True,
 ) -> TokenLayout:
     """Find the grid of ``count`` tokens, and say how it was found.
 
     In order: an explicit ``override``; a feature map seen on the way in (``hints``: the 4D inputs of
-    the enclosing modules, innermost first) with exactly ``count`` cells; a grid the model stated
+    the enclosing modules, innermost first) with exactly ``count`` cells; the model's learned queries
+    when they number ``count`` and no stated map does (DETR's object queries: no grid, each token
+    labelled ``query i``); a grid the model stated
     (``stated``, most recent last) with ``count - H*W`` special tokens before it, fewer than its
     cells (a ViT's CLS and any number of registers); otherwise a guess: the factorings of
     ``count - s`` (``s`` special tokens, assumed first) whose aspect ratio equals the model input's.
     A guess is marked ``ambiguous`` when it assumed special tokens or several factorings fit (the
     one with the fewest special tokens is taken); when none fits, the layout is not spatial and the
-    note says to pass ``grid=``.
+    note says to pass ``grid=``. ``guess=False`` stops before the guess (keys pooled to a size the
+    model states, never one factorised from their count).
     """
     if override is not None:
         return grid_layout(override, count, "grid given by the caller")
     for h, w in hints:
         if h * w == count:
             return TokenLayout(count, (h, w), note="grid from the enclosing module's feature map")
-    said = _from_stated(count, stated)
+    queries = _learned_queries(count, stated)
+    if queries is not None:
+        return queries
+    said = _from_stated(count, [s for s in stated if isinstance(s, StatedGrid)])
     if said is not None:
         return said
+    if not guess:
+        return text_layout(count, f"no map of {count} cells stated")
     if input_hw is None:
         return text_layout(count, f"no feature map of {count} cells seen; pass grid=(H, W)")
     hi, wi = input_hw
@@ -197,25 +223,46 @@ def infer_layout(
     return replace(grid_layout((h, w), count, note), ambiguous=bool(s) or len(fits) > 1)
 
 
+def _learned_queries(count: int, stated: Sequence[StatedGrid | StatedQueries]) -> TokenLayout | None:
+    """The layout of ``count`` learned queries, when the model holds that many and states no map of
+    exactly ``count`` cells: no grid, every token named (``query 0``, ...)."""
+    grids = {s.grid[0] * s.grid[1] for s in stated if isinstance(s, StatedGrid)}
+    said = next((s for s in stated if isinstance(s, StatedQueries) and s.count == count), None)
+    if said is None or count in grids:
+        return None
+    note = f"{count} learned queries ({said.source}): not pixels, each a token of its own"
+    return TokenLayout(count, None, labels=numbered(said.label, count), note=note)
+
+
 def _from_stated(count: int, stated: Sequence[StatedGrid]) -> TokenLayout | None:
-    """The layout of ``count`` tokens on the most recent stated grid they fit: its cells last, and
-    fewer special tokens before them than cells (so a coarse grid never claims a long sequence)."""
+    """The layout of ``count`` tokens on a stated grid they fit: its cells after any special tokens
+    the model put before them, fewer of those than cells (so a coarse grid never claims a long
+    sequence), and the suffix it appends (YOLOS' detection tokens) after. A grid the tokens fill
+    exactly wins (another one makes it ambiguous only if it is filled too), else the most recent;
+    a statement with a suffix that fits is preferred to the same grid stated without one (the
+    patch embedding inside the module that appends them)."""
     fits: dict[Grid, StatedGrid] = {}
     for said in reversed(stated):
         h, w = said.grid
-        if 0 <= count - h * w < h * w:
-            fits.setdefault(said.grid, said)
+        if 0 <= count - h * w - len(said.suffix) < h * w:
+            known = fits.get(said.grid)
+            if known is None or (said.suffix and not known.suffix):
+                fits[said.grid] = said
     if not fits:
         return None
-    said, *others = fits.values()
-    (h, w), extra = said.grid, count - said.grid[0] * said.grid[1]
+    exact = [s for s in fits.values() if count == s.grid[0] * s.grid[1] + len(s.suffix)]
+    # a grid the tokens fill is not made doubtful by one that would need special tokens
+    said, *others = exact or list(fits.values())
+    (h, w), extra = said.grid, count - said.grid[0] * said.grid[1] - len(said.suffix)
     note = f"{h}x{w} grid from {said.source}"
     if extra:
         note += f"; the first {extra} token(s) are {said.special} tokens"
+    if said.suffix:
+        note += f"; the last {len(said.suffix)} are {said.suffix[0].rsplit(' ', 1)[0]} tokens"
     if others:
         note += f"; ambiguous (also fits {', '.join(f'{o.grid[0]}x{o.grid[1]}' for o in others)})"
     labels = _special_labels(extra) if said.special == "special" else numbered(said.special, extra)
-    return TokenLayout(count, (h, w), extra, labels, note, ambiguous=bool(others))
+    return TokenLayout(count, (h, w), extra, labels + said.suffix, note, ambiguous=bool(others))
 
 
 def single_query_layout(keys: int) -> TokenLayout:

@@ -16,7 +16,7 @@ computed instead (:class:`StoredProbs`); both kinds answer the same two question
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -199,7 +199,7 @@ class QKScores:
         """Per-query log-sum-exp of the logits, ``(h, N)``: computed once, in bounded chunks."""
         if batch not in self._lse:
             _, h, n, m = self.shape
-            step = max(1, _BLOCK_BYTES // (4 * h * m))
+            step = block_rows(h, m)
             k_t = self.k[batch].transpose(-1, -2)  # (h, d, N')
             # Written into one preallocated output: appending each chunk's small result to a list
             # pinned every 16 MiB logits block in the heap (glibc could not give them back), and
@@ -525,6 +525,23 @@ def compare(expected: torch.Tensor, got: torch.Tensor, what: str) -> Verificatio
     scale = float(expected.abs().max()) if expected.numel() else 0.0
     ok = err <= 1e-4 + 2e-3 * scale
     return Verification(ok, err, f"{what}: max |difference| {err:.2e}")
+
+
+def block_rows(heads: int, keys: int) -> int:
+    """Query rows per block so that one block of float32 scores, ``(heads, rows, keys)``, stays within
+    :data:`_BLOCK_BYTES`: what bounds the memory of everything computed over a whole layer."""
+    return max(1, _BLOCK_BYTES // (4 * heads * keys))
+
+
+def query_blocks(scores: Scores, batch: int) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The probabilities of every query of batch entry ``batch``, a block of rows at a time:
+    ``(rows, probs (h, s, N'))``. Statistics over a whole layer (what every key receives, every
+    query's entropy, attention rollout) are sums over these blocks, so none holds the N x N' matrix."""
+    _, h, n, m = scores.shape
+    step = block_rows(h, m)
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        yield rows, scores.probs(batch, torch.arange(rows.start, rows.stop))
 
 
 def sample_queries(count: int, n: int = 16) -> torch.Tensor:

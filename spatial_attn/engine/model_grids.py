@@ -13,35 +13,85 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .grid import Grid, StatedGrid, as_grid
+from .grid import Grid, StatedGrid, StatedQueries, as_grid, numbered
 
 #: Forward arguments that carry the ids of packed image tokens: ``(L, 3)`` rows of
 #: ``(frame, row, column)`` (diffusers' Flux; ``(B, L, 3)`` in its older releases).
 _ID_ARGUMENTS = ("img_ids",)
 
+#: Parameters of ``(1, n, C)`` tokens a module appends after the patches it embeds (YOLOS' detection
+#: tokens: transformers' ``detection_tokens``, the original code's ``det_token``).
+_SUFFIX_TOKENS = {"detection_tokens": "detection", "det_token": "detection"}
 
-def stated_grids(name: str, module: nn.Module, image_hw: Grid | None, kwargs: dict) -> list[StatedGrid]:
+#: Learned queries a model holds, as an ``nn.Embedding`` or a ``(1,) n x C`` parameter: DETR and its
+#: descendants (``query_position_embeddings``, the original ``query_embed``), BLIP-2's Q-Former
+#: (``query_tokens``), Perceiver (``latents``).
+_QUERIES = ("query_position_embeddings", "query_embed", "query_tokens", "latents")
+
+Statement = StatedGrid | StatedQueries
+
+
+def stated_grids(name: str, module: nn.Module, image_hw: Grid | None, kwargs: dict) -> list[Statement]:
     """The grids ``module`` states by being called (usually none): ``image_hw`` is ``(H, W)`` of its
     first tensor argument when that is 4D (the capture reads it once per call), ``kwargs`` its
-    keyword arguments."""
-    said = [_patch_grid(name, module, image_hw)]
+    keyword arguments. Also the learned queries it holds (:class:`StatedQueries`)."""
+    said = [_patch_grid(name, module, image_hw), _queries(name, module)]
     said += [_ids_grid(name, kwargs[key]) for key in _ID_ARGUMENTS if key in kwargs]
     return [s for s in said if s is not None]
 
 
 def _patch_grid(name: str, module: nn.Module, image_hw: Grid | None) -> StatedGrid | None:
-    """The output grid of a strided convolution or of a module with a ``patch_size`` (timm's and
-    transformers' patch embeddings, RADIO's linear patch generator) called on a 4D image."""
+    """The output grid of a strided convolution, of an adaptive pooling (PVTv2's linear mode pools
+    its keys to 7x7), or of a module with a ``patch_size`` and no strided convolution of its own
+    (RADIO's linear patch generator) called on a 4D image. A ``patch_size`` is a kernel where a
+    convolution does the striding (PVTv2's overlapping embedding: kernel 3, stride 2): then the
+    convolution states the grid. A module that appends tokens after the patches it embeds (YOLOS)
+    states its grid with them."""
     if image_hw is None:
         return None
     hi, wi = image_hw
     if isinstance(module, nn.Conv2d) and max(module.stride) > 1:
         grid = _conv_out(module, (hi, wi))
         return StatedGrid(grid, f"the output of `{name}` (a stride-{_text(module.stride)} convolution)")
+    if isinstance(module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
+        size = module.output_size
+        h, w = (size, size) if isinstance(size, int) else size
+        return StatedGrid((h or hi, w or wi), f"the output of `{name}` (adaptive pooling)")
+    suffix = _suffix(module)
     patch = as_grid(vars(module).get("patch_size"))  # not getattr: diffusers warns on config keys
-    if patch is not None and min(patch) > 0:
+    if not suffix and patch is None:
+        return None  # the common case, decided without walking the module's children
+    conv = _strided_conv(module)
+    if suffix and conv is not None:
+        return StatedGrid(_conv_out(conv, (hi, wi)), f"the patches `{name}` embeds", suffix=suffix)
+    if patch is not None and min(patch) > 0 and conv is None:
         grid = (hi // patch[0], wi // patch[1])
         return StatedGrid(grid, f"`{name}`: a {hi}x{wi} input in {_text(patch)} patches")
+    return None
+
+
+def _strided_conv(module: nn.Module) -> nn.Conv2d | None:
+    """The first strided convolution inside ``module`` (its patch embedding's), if any."""
+    return next((m for m in module.modules() if isinstance(m, nn.Conv2d) and max(m.stride) > 1), None)
+
+
+def _suffix(module: nn.Module) -> tuple[str, ...]:
+    """Labels of the tokens ``module`` appends after its patches: ``detection 0``, ..."""
+    for attribute, kind in _SUFFIX_TOKENS.items():
+        tokens = vars(module)["_parameters"].get(attribute)
+        if tokens is not None and tokens.ndim == 3:
+            return numbered(kind, tokens.shape[1])
+    return ()
+
+
+def _queries(name: str, module: nn.Module) -> StatedQueries | None:
+    """The learned queries ``module`` holds, if any (DETR's object queries, ...)."""
+    for attribute in _QUERIES:
+        held = vars(module)["_modules"].get(attribute, vars(module)["_parameters"].get(attribute))
+        if isinstance(held, nn.Embedding):
+            return StatedQueries(held.num_embeddings, f"`{name}.{attribute}`" if name else f"`{attribute}`")
+        if isinstance(held, torch.Tensor) and held.ndim in (2, 3):
+            return StatedQueries(held.shape[-2], f"`{name}.{attribute}`" if name else f"`{attribute}`")
     return None
 
 

@@ -1,4 +1,4 @@
-"""Windowed attention (Swin, SwinV2, ViTDet, SAM) placed back on the whole token grid.
+"""Windowed attention (Swin, SwinV2, ViTDet, SAM, Twins, MaxViT) placed back on the whole token grid.
 
 A windowed block cuts its ``H x W`` token map into ``wh x ww`` windows (after a cyclic shift, for
 Swin's shifted blocks, and zero padding up to a multiple of the window) and runs one small
@@ -44,6 +44,10 @@ class WindowLayout:
     shift: Grid = (0, 0)
     pad_first: bool = False
     source: str = ""
+    #: ``"block"``: contiguous ``wh x ww`` windows (Swin, ViTDet, MaxViT's block attention);
+    #: ``"grid"``: MaxViT's grid attention, a ``wh x ww`` grid of tokens strided over the whole map,
+    #: one window per offset (``grid_partition``: ``(B, wh, H/wh, ww, W/ww, C) -> (B*nW, wh, ww, C)``).
+    kind: str = "block"
 
     @property
     def padded(self) -> Grid:
@@ -84,7 +88,10 @@ class WindowLayout:
             inside = (y < h) & (x < w)
             y, x = (y + sy) % h, (x + sx) % w
         index = np.where(inside, y * w + x, -1)  # (Hp, Wp)
-        index = index.reshape(hp // wh, wh, wp // ww, ww).transpose(0, 2, 1, 3)  # (nWh, nWw, wh, ww)
+        if self.kind == "grid":  # slot (gy, gx) of window (py, px) is token (gy*Hp/wh + py, gx*Wp/ww + px)
+            index = index.reshape(wh, hp // wh, ww, wp // ww).transpose(1, 3, 0, 2)  # (nWh, nWw, wh, ww)
+        else:
+            index = index.reshape(hp // wh, wh, wp // ww, ww).transpose(0, 2, 1, 3)  # (nWh, nWw, wh, ww)
         return index.reshape(-1, self.area)
 
     @cached_property
@@ -105,6 +112,8 @@ class WindowLayout:
         """The partition in words, for the layer's note."""
         (h, w), (wh, ww) = self.grid, self.window
         text = f"{h}x{w} grid in {wh}x{ww} windows"
+        if self.kind == "grid":
+            text = f"{h}x{w} grid in {self.windows} strided {wh}x{ww} grids (grid attention)"
         if any(self.shift):
             text += f" shifted by {self.shift[0]}x{self.shift[1]}"
         if self.has_padding:
@@ -194,22 +203,49 @@ def read_window(module: nn.Module, args: tuple, kwargs: dict, name: str) -> Wind
 
     Read when the attention call inside the block is recorded, so a size the block set in its own
     forward (transformers' Swin shrinks its window to a small map) is the one it used. Blocks are
-    recognised by what they hold: a ``window_size``, and a ``shift_size`` (Swin) or none (ViTDet,
-    SAM). Their input is a ``(B, H, W, C)`` map (timm, SAM, ViTDet) or ``(B, H*W, C)`` tokens with
-    the grid passed as ``input_dimensions`` (transformers' Swin) or kept as ``input_resolution``
-    (older timm).
+    recognised by what they hold: a ``window_size`` (``ws`` in Twins' locally-grouped attention), and
+    a ``shift_size`` (Swin) or none (ViTDet, SAM, Twins); or MaxViT's ``partition_size`` with
+    ``partition_block`` (True: block attention, False: grid attention) or a ``partition_type``. Their
+    input is a ``(B, H, W, C)`` map (timm, SAM), a ``(B, C, H, W)`` one (transformers' ViTDet; the
+    block's own norm says which axis holds its channels), or ``(B, H*W, C)`` tokens with the grid
+    passed as ``input_dimensions`` (transformers' Swin) or ``size`` (Twins), or kept as
+    ``input_resolution`` (older timm).
     """
     attrs = vars(module)  # the block's own attributes (getattr would also ask a diffusers config)
-    window, shift = as_grid(attrs.get("window_size")), as_grid(attrs.get("shift_size", 0))
+    window, shift = as_grid(attrs.get("window_size", attrs.get("ws"))), as_grid(attrs.get("shift_size", 0))
+    kind = "block"
+    if window is None and "partition_size" in attrs:
+        window, kind = as_grid(attrs["partition_size"]), _partition_kind(attrs)
     x = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("hidden_states")
-    if window is None or shift is None or not isinstance(x, torch.Tensor):
+    if window is None or shift is None or kind is None or not isinstance(x, torch.Tensor):
         return None  # window 0 (a global block in ViTDet, SAM) fits no call: read as any attention
     if x.ndim == 4:
-        grid = (int(x.shape[1]), int(x.shape[2]))
+        grid = _map_grid(module, x)
     else:
-        grid = as_grid(args[1] if len(args) > 1 else kwargs.get("input_dimensions"))
+        grid = as_grid(args[1] if len(args) > 1 else kwargs.get("input_dimensions", kwargs.get("size")))
         grid = grid or as_grid(attrs.get("input_resolution"))
         if grid is None:
             return None
     pad_first = hasattr(module, "maybe_pad")  # transformers' Swin pads, then shifts
-    return WindowLayout(grid, window, int(x.shape[0]), shift, pad_first, f"`{name}`")
+    return WindowLayout(grid, window, int(x.shape[0]), shift, pad_first, f"`{name}`", kind)
+
+
+def _partition_kind(attrs: dict) -> str | None:
+    """``"block"`` or ``"grid"`` as a MaxViT block states it; None when it states neither."""
+    block, named = attrs.get("partition_block"), attrs.get("partition_type")
+    if isinstance(block, bool):
+        return "block" if block else "grid"
+    named = getattr(named, "name", named)  # an enum member or a plain string
+    if isinstance(named, str) and named.lower() in ("block", "window", "grid"):
+        return "grid" if named.lower() == "grid" else "block"
+    return None
+
+
+def _map_grid(module: nn.Module, x: torch.Tensor) -> Grid:
+    """``(H, W)`` of a block's 4D input: channels last unless the block's first LayerNorm (its
+    width) matches axis 1 and not the last axis (``(B, C, H, W)``, as transformers' ViTDet passes)."""
+    norm = next((m for m in module.children() if isinstance(m, nn.LayerNorm)), None)
+    channels = norm.normalized_shape[-1] if norm is not None else None
+    if channels is not None and x.shape[1] == channels != x.shape[-1]:
+        return int(x.shape[2]), int(x.shape[3])
+    return int(x.shape[1]), int(x.shape[2])

@@ -12,7 +12,7 @@ twin the app shows beside the trained model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,8 @@ from PIL import Image
 from torch import nn
 
 from ..data.tensors import to_tensor, to_uint8
-from ..engine.grid import cell_at
 from ..resources import locate, searched
+from .preprocess import Preprocess
 from .sagan import SAGAN, SAGANConfig
 from .vit import ViT, ViTConfig
 from .weights import load_config, load_weights
@@ -33,6 +33,9 @@ from .weights import load_config, load_weights
 CHECKPOINTS = locate("checkpoints")
 #: The random twins' initialisation seed (fixed, so the untrained maps are the same every time).
 TWIN_SEED = 1234
+#: How an image that is not square becomes a square model's input: its centre square (the default, a
+#: round sun stays round), the whole image squeezed, or the whole image on a black square.
+FITS = ("crop", "stretch", "pad")
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class BundledModel:
     labels: list[str] | None = None
     num_timesteps: int | None = None
     config: dict = field(default_factory=dict, repr=False)
+    fit: str = "crop"  # one of FITS: how an image that is not square is made square
     #: Whether ``prepare(None, seed=s)`` makes its own input (the app then offers "new sample" and
     #: keeps a generated face when the user switches model); models that need an image leave it False.
     generates = False
@@ -91,24 +95,36 @@ class BundledModel:
         raise ValueError(f"{self.name} does not generate images: give it one")
 
     def input_pixel(self, point: tuple[float, float], source_hw: tuple[int, int]) -> tuple[int, int]:
-        """The pixel ``(y, x)`` of the model's input that shows pixel ``point`` of a ``source_hw`` image.
+        """The pixel ``(y, x)`` of the model's input that shows pixel ``point`` of a ``source_hw`` image
+        (through the same resize and crop or pad as :meth:`to_input`; a pixel the crop cut away is
+        refused with a message that says so)."""
+        return self._fitting().geometry(source_hw).to_input(point)
 
-        Bundled models resize the whole image, so this is proportional; models whose preprocessing
-        crops or pads override it with their own geometry.
-        """
-        return cell_at(point, source_hw, (self.image_size, self.image_size))
+    def with_fit(self, fit: str) -> BundledModel:
+        """This model (the same module) making images square by ``fit``, one of :data:`FITS`."""
+        if fit not in FITS:
+            raise ValueError(f"fit must be one of {', '.join(FITS)}; got {fit!r}")
+        return self if fit == self.fit else replace(self, fit=fit)
+
+    def _fitting(self) -> Preprocess:
+        s = self.image_size
+        resize = {"crop": ("shortest_edge", s), "pad": ("longest_edge", s), "stretch": ("exact", (s, s))}
+        return Preprocess(resize[self.fit], (s, s), resample=Image.Resampling.LANCZOS)
 
     def to_input(self, image: Image.Image | None) -> tuple[torch.Tensor, np.ndarray, str]:
-        """Any PIL image -> ((1, 3, S, S) in [-1, 1], the (S, S, 3) uint8 picture, a note)."""
+        """Any PIL image -> ((1, 3, S, S) in [-1, 1], the (S, S, 3) uint8 picture, a note that says
+        how it was made square)."""
         if image is None:
             raise ValueError(f"{self.name} needs an image: upload one or pick an example")
-        s = self.image_size
-        rgb = image.convert("RGB")
-        small = rgb if rgb.size == (s, s) else rgb.resize((s, s), Image.Resampling.LANCZOS)
-        pixels = np.array(small, dtype=np.uint8)  # (S, S, 3), a writable copy
+        _, pixels, geometry = self._fitting().apply(image)  # (S, S, 3) uint8
         x = to_tensor(pixels[None])  # (1, 3, S, S)
-        w, h = image.size
-        note = f"resized {w}x{h} -> {s}x{s}" if (w, h) != (s, s) else f"{s}x{s} image"
+        (h, w), s = geometry.source, self.image_size
+        if (h, w) == (s, s):
+            return x, pixels, f"{s}x{s} image"
+        if self.fit == "stretch":
+            note = f"resized {w}x{h} -> {s}x{s}" + (", stretched (fit: stretch)" if h != w else "")
+        else:
+            note = geometry.describe() + (f" (fit: {self.fit})" if h != w else "")
         return x, pixels, note
 
 

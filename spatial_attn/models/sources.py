@@ -9,12 +9,15 @@ pickles (``.bin``, ``.pt``, ``.ckpt``) are refused before anything is read: unpi
 A Hub id is looked up in the local Hugging Face cache only, unless the caller allows a download.
 
 Every mistake a user can make (a missing file, a pickle, an unknown class, timm not installed) is a
-``ValueError`` whose message says what to do.
+``ValueError`` whose message says what to do. Before anything is built, a folder's configs and
+safetensors headers are read for what the model would cost (:mod:`.budget`): one too large for the
+memory available, or naming code of its own (``auto_map``), is refused with the reason.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import re
 from pathlib import Path
@@ -23,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import preprocess
+from . import budget, preprocess
 from .bundle import TWIN_SEED, BundledModel
 from .own import DiffusionModel, ImageModel, SD3Text, TextEncoder
 
@@ -79,6 +82,8 @@ def open_folder(path: Path, name: str) -> BundledModel:
     if not config_file.is_file():
         raise ValueError(f"{path} holds neither model_index.json (a diffusers pipeline) nor config.json")
     config = json.loads(config_file.read_text())
+    budget.refuse_remote_code(config, config_file)
+    budget.check([path], [config], name)
     if "_class_name" in config:
         scheduler = path.parent / "scheduler"  # a pipeline's unet/ opened alone: its sibling scheduler
         return _diffusion(name, path, scheduler if scheduler.is_dir() else None, None, None)
@@ -108,6 +113,9 @@ def _refuse_pickle(file: Path) -> None:
 def _pipeline(path: Path, name: str) -> DiffusionModel:
     """A whole pipeline folder: its denoiser, scheduler, and (when present) VAE and text encoder."""
     index = json.loads((path / "model_index.json").read_text())
+    budget.refuse_remote_code(index, path / "model_index.json")
+    parts = [path / key for key in index if (path / key / "config.json").is_file()]
+    budget.check(parts, [json.loads((part / "config.json").read_text()) for part in parts], name)
     denoiser = next((k for k in ("unet", "transformer") if index.get(k)), None)
     if denoiser is None:
         raise ValueError(f"{path}/model_index.json names no unet or transformer")
@@ -145,10 +153,13 @@ def _component(path: Path, index: dict, key: str) -> Any:
         raise ValueError(f"{path}: component {key} comes from {library!r}; only diffusers and transformers")
     cls = getattr(importlib.import_module(library), cls_name)
     folder = path / key
+    if (folder / "config.json").is_file():
+        budget.refuse_remote_code(json.loads((folder / "config.json").read_text()), folder / "config.json")
     if key.startswith("tokenizer"):  # tokenizer, tokenizer_2 ...: vocabularies, no weights
         return cls.from_pretrained(folder, local_files_only=True)
     check_weights(folder)
-    quiet = {"low_cpu_mem_usage": False} if library == "diffusers" else {}  # see _diffusion
+    # diffusers: see _diffusion; transformers: never remote code, and never a [y/N] prompt about it
+    quiet = {"low_cpu_mem_usage": False} if library == "diffusers" else {"trust_remote_code": False}
     return _eval(cls.from_pretrained(folder, use_safetensors=True, local_files_only=True, **quiet))
 
 
@@ -180,7 +191,7 @@ def _diffusion(
     sample = module.config.sample_size
     latent = sample if isinstance(sample, int) else sample[0]
     factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
-    size = latent * factor
+    size = budget.check_side(latent * factor, f"{folder}/config.json (sample_size x the VAE's factor)")
     return DiffusionModel(
         name=name,
         kind=cls_name,
@@ -222,8 +233,9 @@ def _transformers(path: Path, name: str, config: dict) -> ImageModel:
     check_weights(path)
     classifier = any(a.endswith("ForImageClassification") for a in config.get("architectures") or [])
     cls = transformers.AutoModelForImageClassification if classifier else transformers.AutoModel
-    module = cls.from_pretrained(path, use_safetensors=True, local_files_only=True)
     steps = preprocess.from_transformers(json.loads(processor.read_text()))
+    _check_sides(steps, processor)  # before the model is built: a 10^9 crop fails every request
+    module = cls.from_pretrained(path, use_safetensors=True, local_files_only=True, trust_remote_code=False)
     labels = [module.config.id2label[i] for i in range(module.config.num_labels)] if classifier else None
     return ImageModel(
         name=name,
@@ -236,6 +248,13 @@ def _transformers(path: Path, name: str, config: dict) -> ImageModel:
         preprocess=steps,
         forward=_pixel_values,
     )
+
+
+def _check_sides(steps: Any, where: Path | str) -> None:
+    """Every size a preprocessing makes (its resize and its output) is a side the app can serve."""
+    _, target = steps.resize
+    for side in (*steps.out, *(target if isinstance(target, tuple) else (target,))):
+        budget.check_side(side, str(where))
 
 
 # -- timm and factories ----------------------------------------------------------------------------
@@ -266,15 +285,40 @@ def _factory(spec: str, weights: str | Path | None) -> ImageModel:
         raise ValueError(f"{spec}: cannot import it ({error})") from None
     if not callable(factory):
         raise ValueError(f"{spec}: {attr} is not callable; name a function that returns the nn.Module")
+    _takes_nothing(spec, factory)
     with torch.random.fork_rng(devices=[]):  # a random-weight factory gets the same weights every time
         torch.manual_seed(TWIN_SEED)
-        module = factory()
+        try:
+            module = factory()
+        except Exception as error:  # the factory's own failure, said as such
+            raise ValueError(
+                f"{spec}: calling {attr}() failed ({type(error).__name__}: {error}); a factory takes no "
+                "arguments and returns the nn.Module"
+            ) from None
     if not isinstance(module, nn.Module):
         raise ValueError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module")
     config = getattr(module, "preprocessor_config", None)
-    size = int(getattr(module, "image_size", 224))
+    size = budget.check_side(getattr(module, "image_size", 224), f"{spec}'s image_size")
     steps = preprocess.from_transformers(config) if config else preprocess.square(size)
+    _check_sides(steps, f"{spec}'s preprocessor_config")
     return _image_model(spec, "factory", module, weights, steps, getattr(module, "labels", None))
+
+
+def _takes_nothing(spec: str, factory: Any) -> None:
+    """A factory is called with no arguments: one that needs some is refused before it is called."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin without a signature: the call says
+        return
+    needed = [
+        p.name
+        for p in signature.parameters.values()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    if needed:
+        raise ValueError(
+            f"{spec} takes arguments ({', '.join(needed)}); a factory takes none and returns the nn.Module"
+        )
 
 
 def _image_model(
@@ -314,19 +358,42 @@ def _load(module: nn.Module, weights: str | Path | None) -> bool:
 def _from_cache(repo_id: str, allow_download: bool) -> Path:
     """The local snapshot of ``repo_id``; downloaded (safetensors and configs only) only if allowed."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         folder = snapshot_download(repo_id, local_files_only=not allow_download, allow_patterns=HUB_FILES)
     except LocalEntryNotFoundError:
+        if allow_download:  # allowed, yet the Hub was never reached
+            raise ValueError(
+                f"{repo_id} could not be downloaded: the Hub could not be reached (no network, or "
+                "HF_HUB_OFFLINE=1 is set), and it is not in the local cache"
+            ) from None
         raise ValueError(
             f"{repo_id} is not a folder here and not in the local Hugging Face cache "
             "(HF_HUB_CACHE, by default ~/.cache/huggingface/hub). Fetch it with "
             f"`hf download {repo_id}`, or pass --allow-download to let spatial-attn fetch its "
             "configs and safetensors"
         ) from None
-    except OSError as error:  # network and HTTP errors when a download was allowed
-        raise ValueError(f"{repo_id} could not be downloaded: {error}") from None
+    except GatedRepoError:  # before RepositoryNotFoundError: it is one
+        raise ValueError(
+            f"{repo_id} could not be downloaded: it is gated; accept its terms on the Hub and log in "
+            "(`hf auth login`)"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ValueError(
+            f"{repo_id} could not be downloaded: the Hub has no such repository (or it is private: "
+            "log in with `hf auth login`)"
+        ) from None
+    except RevisionNotFoundError:
+        raise ValueError(f"{repo_id} could not be downloaded: the Hub has no such revision") from None
+    except (OSError, HfHubHTTPError) as error:  # other network and HTTP errors
+        raise ValueError(f"{repo_id} could not be downloaded: {type(error).__name__}: {error}") from None
     return Path(folder)
 
 

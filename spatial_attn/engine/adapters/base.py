@@ -50,6 +50,13 @@ class Extracted:
     scale: float = 1.0  # multiplies q k^T where it is not already folded into q (folded lazily)
     name_suffix: str = ""  # appended to the module name (an encoder layer names its ``self_attn``)
     require_grid: bool = False  # drop the call if its queries match no spatial grid (not attention)
+    contracted: int | None = None  # the length the scores' product summed over, where q is not kept
+
+    @property
+    def summed(self) -> int | None:
+        """The length of the axis ``q k^T`` summed over: the head dimension, unless the call
+        multiplied over its tokens (channel attention)."""
+        return int(self.q.shape[-1]) if self.q is not None else self.contracted
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -58,6 +65,11 @@ class Extracted:
             b, h, n, m = self.probs.shape
             return b, h, n, m
         return (*self.q.shape[:3], self.k.shape[2])
+
+
+class Declined(Exception):
+    """A call that looks like attention but is no softmax over tokens (linear attention, a softmax
+    over channels): the capture reports it in ``cap.problems`` as what it is, never as a map."""
 
 
 @dataclass

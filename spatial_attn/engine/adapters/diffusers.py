@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..grid import Grid, numbered
-from .base import Call, Extracted, ModuleAdapter, check_output, keep, per_head, split_heads
+from .base import Call, Declined, Extracted, ModuleAdapter, check_output, keep, per_head, split_heads
 
 #: Processors whose scores come from ``attn.get_attention_scores`` (and so from ``attn.scale``).
 _SCALED_BY_ATTN = frozenset(
@@ -79,6 +79,12 @@ class DiffusersAdapter(ModuleAdapter):
 
     def extract(self, call: Call) -> Extracted:
         attn, heads = call.module, call.module.heads
+        processor = type(attn.processor).__name__
+        if "Linear" in processor:  # Sana's and its PAG variants: ReLU features, no softmax
+            raise Declined(
+                f"linear attention ({processor}: ReLU(q) (ReLU(k)^T v), normalised by a sum): no softmax "
+                "over tokens, so there is no map of probabilities to show"
+            )
         if "q" not in call.taps or ("k" not in call.taps and "added_k" not in call.taps):
             raise ValueError(
                 "its projections did not run one by one (fused to_qkv?): queries and keys are not "

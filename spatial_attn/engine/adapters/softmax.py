@@ -108,13 +108,24 @@ class SoftmaxAdapter(FunctionAdapter):
             return self._softmax(args, kwargs, out, batch)
         if origin is not None and isinstance(out, torch.Tensor):
             self._origins[out] = (origin, versions(out, *origin[:2]))
-        elif isinstance(out, torch.Tensor) and any(self._from_product(a) for a in args[:3]):
-            self._derived[out] = True
+        elif isinstance(out, torch.Tensor):
+            contracted = next((c for c in map(self._contracted, args[:3]) if c is not None), None)
+            if contracted is not None:
+                self._derived[out] = contracted
         return None
 
     def _from_product(self, t: Any) -> bool:
         """Whether ``t`` is a product's scores or was made from them out of place."""
-        return isinstance(t, torch.Tensor) and (t in self._origins or t in self._derived)
+        return self._contracted(t) is not None
+
+    def _contracted(self, t: Any) -> int | None:
+        """The length of the axis the product behind scores ``t`` summed over (the head dimension of
+        ordinary attention, the tokens of channel attention); None if ``t`` is no product's scores."""
+        if not isinstance(t, torch.Tensor):
+            return None
+        if t in self._origins:
+            return int(self._origins[t][0][0].shape[-1])
+        return self._derived.get(t)
 
     def _origin(self, scores: torch.Tensor) -> Origin | None:
         """Where ``scores`` came from, if it is still exactly that product (no in-place edit since)."""
@@ -162,6 +173,7 @@ class SoftmaxAdapter(FunctionAdapter):
                 probs=probs,
                 keys="auto",
                 require_grid=True,
+                contracted=self._contracted(scores),
                 verify=pending.watch(lambda layer: Verification(True, 0.0, f"probabilities stored ({why})")),
             )
         q, k, scale = origin
