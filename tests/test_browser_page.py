@@ -12,7 +12,7 @@ import json
 import pytest
 import tiny_models
 from browser import PANELS, click_and_wait, clicked_pixel, open_app
-from test_browser import chromium, shots  # noqa: F401  (fixtures)
+from test_browser import shots  # noqa: F401  (a fixture; chromium is conftest's)
 from test_browser_own import _serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -34,7 +34,7 @@ def _all_on_screen(page, width: int, height: int) -> list[list[float]]:
     return boxes
 
 
-def test_every_ddpm_layer_and_the_image_are_on_a_laptop_screen(app_url, chromium):  # noqa: F811
+def test_every_ddpm_layer_and_the_image_are_on_a_laptop_screen(app_url, chromium):
     with open_app(app_url, chromium, viewport=(1280, 800)) as page:
         boxes = _all_on_screen(page, 1280, 800)
         assert len(boxes) == 1 + 7
@@ -49,7 +49,7 @@ def test_every_ddpm_layer_and_the_image_are_on_a_laptop_screen(app_url, chromium
             assert all(a[1] + 2 <= b[0] for a, b in itertools.pairwise(ticks)), ticks
 
 
-def test_a_twelve_layer_vit_fits_a_full_hd_screen(tmp_path, chromium):  # noqa: F811
+def test_a_twelve_layer_vit_fits_a_full_hd_screen(tmp_path, chromium):
     url, demo = _serve(tiny_models.vit_classifier(tmp_path / "vit12", layers=12, size=224))
     try:
         with open_app(url, chromium, viewport=(1920, 1080)) as page:
@@ -58,7 +58,7 @@ def test_a_twelve_layer_vit_fits_a_full_hd_screen(tmp_path, chromium):  # noqa: 
         demo.close()
 
 
-def test_more_layers_than_fit_scroll_inside_the_panels_not_the_page(app_url, chromium):  # noqa: F811
+def test_more_layers_than_fit_scroll_inside_the_panels_not_the_page(app_url, chromium):
     with open_app(app_url, chromium, viewport=(1280, 560)) as page:
         panels = page.locator(PANELS)
         scrolls = panels.evaluate("e => [e.scrollHeight > e.clientHeight, getComputedStyle(e).overflowY]")
@@ -67,7 +67,7 @@ def test_more_layers_than_fit_scroll_inside_the_panels_not_the_page(app_url, chr
         assert bottom <= 560
 
 
-def test_arrow_keys_move_the_pin_and_every_panel_follows(app_url, chromium):  # noqa: F811
+def test_arrow_keys_move_the_pin_and_every_panel_follows(app_url, chromium):
     with open_app(app_url, chromium) as page:
         box = page.locator("#input-image img").bounding_box()
         click_and_wait(page, box["width"] * 0.5, box["height"] * 0.5)
@@ -146,7 +146,7 @@ def test_the_lesson_walks_through_its_steps_on_the_live_page(app_url, chromium, 
         page.wait_for_function("() => document.querySelector('.sa-lesson').dataset.step === '6'")
 
 
-def test_a_row_of_the_mechanics_matrix_pins_its_pixel(app_url, chromium):  # noqa: F811
+def test_a_row_of_the_mechanics_matrix_pins_its_pixel(app_url, chromium):
     with open_app(app_url, chromium) as page:
         page.get_by_role("tab", name="how a row is made").click()
         matrix = page.locator("#mechanics img.sa-pick")
@@ -163,7 +163,7 @@ def test_a_row_of_the_mechanics_matrix_pins_its_pixel(app_url, chromium):  # noq
         assert "one head: head 0" in page.locator("#mechanics .sa-which").inner_text()
 
 
-def test_compare_puts_a_beside_b_each_panel_with_its_colorbar(app_url, chromium):  # noqa: F811
+def test_compare_puts_a_beside_b_each_panel_with_its_colorbar(app_url, chromium):
     with open_app(app_url, chromium) as page:
         page.get_by_role("tab", name="compare").click()
         page.locator("#compare-run").click()

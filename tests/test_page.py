@@ -98,6 +98,7 @@ def test_serving_names_the_cli_flag_not_gradios_launch_argument(capsys, monkeypa
     def empty(model: str) -> gr.Blocks:  # the launch alone, without loading models
         with gr.Blocks() as demo:
             gr.Markdown("empty")
+        demo.attend = lambda *args, **kwargs: None  # what the JSON API would call
         return demo
 
     monkeypatch.setattr(blocks, "build_demo", empty)
