@@ -76,13 +76,20 @@ class MechanicsView:
     def wire(self, state: gr.State, tab: gr.Tab, panels_head: gr.Dropdown) -> None:
         """Filled when the tab is opened; then it follows every new run (here), every click and
         redraw (:meth:`follower`) and its own controls. Until opened, clicks cost it nothing."""
-        inputs = [state, self.layer, self.head, self.temperature, panels_head]
+        inputs = [state, panels_head, self.layer, self.head, self.temperature]  # the tab's own last
+
+        def show(session: Any, panels: str, layer: str | None, head: str | None, t: float) -> tuple:
+            return self.show(session, layer, head, t, panels)
+
+        def follow(session: Any, panels: str, layer: str | None, head: str | None, t: float) -> tuple:
+            return self.follow(session, layer, head, t, panels)
+
         outputs = [self.layer, self.head, self.html]
         quiet = {"api_name": False, "show_progress": "hidden", "trigger_mode": "always_last"}
-        tab.select(self.show, inputs, outputs, **quiet, **RUN_EVENTS)  # a forward, once per run
-        state.change(self.follow, inputs, outputs, **quiet, **RUN_EVENTS)  # a new run: a forward
+        tab.select(show, inputs, outputs, **quiet, **RUN_EVENTS)  # a forward, once per run
+        state.change(follow, inputs, outputs, **quiet, **RUN_EVENTS)  # a new run: a forward
         for control in (self.layer, self.head, self.temperature):
-            control.input(self.show, inputs, outputs, **quiet, **RUN_EVENTS)
+            control.input(show, inputs, outputs, **quiet, **RUN_EVENTS)
 
     def follower(self) -> Any:
         """What a click or a redraw of the panels also draws (see :class:`~spatial_attn.app.state.Follower`):
