@@ -35,8 +35,9 @@ def find_chromium() -> str | None:
 
 
 @contextmanager
-def served_app(model: str = "ddpm-faces") -> Iterator[str]:
-    """The app serving ``model`` on a free local port: its URL, until the block ends."""
+def served_app(model: Any = "ddpm-faces") -> Iterator[str]:
+    """The app serving ``model`` (a name, your own model, or a list: see ``launch``) on a free local
+    port: its URL, until the block ends."""
     import socket
 
     from spatial_attn.app.blocks import launch
@@ -52,13 +53,16 @@ def served_app(model: str = "ddpm-faces") -> Iterator[str]:
 
 
 @contextmanager
-def open_app(url: str, chromium: str, viewport: tuple[int, int] = (1280, 800)) -> Iterator[Any]:
-    """A page showing the app, once its first heatmaps are painted and it can follow the mouse."""
+def open_app(
+    url: str, chromium: str, viewport: tuple[int, int] = (1280, 800), **context: Any
+) -> Iterator[Any]:
+    """A page showing the app, once its first heatmaps are painted and it can follow the mouse;
+    ``context`` is passed to Playwright's ``new_page`` (a phone: ``has_touch=True, is_mobile=True``)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+        page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]}, **context)
         page.goto(url)
         page.wait_for_selector(f"{PANELS} figure .sa-stats:not(:empty)", timeout=60_000)
         page.wait_for_function("() => window.saReady && window.saReady()", timeout=30_000)  # hover data in

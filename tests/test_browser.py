@@ -3,7 +3,8 @@ every panel, the rows the page computes are the server's, what is drawn is those
 fits a laptop screen, and a timestep typed into the box re-runs the model.
 
 Screenshots go to a temporary folder, or to ``$SPATIAL_ATTN_SCREENSHOTS`` when set: the README's are
-refreshed with ``SPATIAL_ATTN_SCREENSHOTS=assets python -m pytest tests/test_browser.py``.
+refreshed with ``SPATIAL_ATTN_SCREENSHOTS=assets python -m pytest tests/test_browser.py
+tests/test_browser_page.py``.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def test_clicks_pin_and_what_is_drawn_is_the_rows_attend_returns(app_url, chromi
             assert marker.get_attribute("data-pixel") == f"{y},{x}" and marker.is_visible()
             m, at = marker.bounding_box(), (box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
             assert m["x"] <= at[0] <= m["x"] + m["width"] and m["y"] <= at[1] <= m["y"] + m["height"]
-            assert m["width"] == pytest.approx(DISPLAY / 32, abs=1) == m["height"]
+            assert m["width"] == pytest.approx(box["width"] / 32, abs=1) == m["height"]
             _, rows = client.predict(None, "ddpm-faces", 250, x, y, "mean", 0, api_name="/attend")
             layers = {layer["name"]: layer for layer in rows["layers"]}
             drawn = panels(page)
@@ -189,16 +190,23 @@ def test_hover_repaints_every_panel_and_its_rows_are_the_servers(app_url, chromi
 
 def test_layout_fits_a_laptop_screen_and_heads_are_labelled(app_url, chromium, shots):
     with open_app(app_url, chromium, viewport=(1280, 800)) as page:
-        for selector in ("#input-image img", "#model", "#timestep", f"{PANELS} figure canvas.sa-map"):
+        for selector in (
+            "#input-image img",
+            "#model",
+            "#timestep",
+            "#head",
+            f"{PANELS} figure canvas.sa-map",
+        ):
             box = page.locator(selector).first.bounding_box()
             assert box["y"] >= 0 and box["y"] + box["height"] <= 800, selector
         sizes = page.eval_on_selector_all(
             f"{PANELS} canvas.sa-map", "els => els.map(e => [e.clientWidth, e.clientHeight])"
         )
-        assert {tuple(s) for s in sizes} == {(192, 192)}
-        ticks = page.eval_on_selector_all(f"{PANELS} figure .sa-ticks", "els => els.map(e => e.innerText)")
-        assert all(t.split() == ["1/16×", "1/4×", "1×", "4×", "16×"] for t in ticks)  # numbers on every bar
+        assert len({tuple(s) for s in sizes}) == 1 and all(w == h >= 128 for w, h in sizes)  # square
+        ticks = page.eval_on_selector_all(f"{PANELS} figure .sa-ticks", "els => els.map(e => e.textContent)")
+        assert all(t == "1/16×1/4×1×4×16×" for t in ticks)  # every bar has its numbers (touching ones hidden)
         before = page.get_attribute(PANELS, "data-payload")
+        page.locator("#display-more").get_by_text("more display settings").click()
         page.get_by_label("layers × heads").check()
         page.wait_for_function(
             "([sel, prev]) => document.querySelector(sel).dataset.payload !== prev", arg=[PANELS, before]
@@ -242,6 +250,9 @@ def test_export_button_downloads_the_zip(app_url, chromium, tmp_path):
     import zipfile
 
     with open_app(app_url, chromium) as page:
+        page.locator("#export-box").get_by_text("export this click").click()
+        page.locator("#export").wait_for()
+        assert not page.locator("#export-file").is_visible()  # no empty file box before a file
         page.locator("#export").click()
         link = page.locator("#export-file a").first
         link.wait_for(timeout=60_000)

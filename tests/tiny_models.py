@@ -16,17 +16,17 @@ PROMPT_WORDS = ("a", "red", "cat", "on", "the", "mat", "photo", "of", "dog")
 LABELS = {0: "cat", 1: "dog", 2: "fish"}
 
 
-def vit_classifier(folder: Path) -> Path:
-    """transformers ViT classifier at 64 px (16 px patches: 4x4 grid + CLS), and a processor that
-    resizes the shortest edge to 72 and centre-crops 64 (so crops are visible)."""
+def vit_classifier(folder: Path, layers: int = 2, size: int = 64) -> Path:
+    """transformers ViT classifier at ``size`` px (16 px patches: a 4x4 grid + CLS at 64 px), and a
+    processor that resizes the shortest edge to ``size + 8`` and centre-crops (so crops are visible)."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     torch.manual_seed(0)
     config = ViTConfig(
-        image_size=64,
+        image_size=size,
         patch_size=16,
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         intermediate_size=64,
         num_labels=3,
@@ -35,7 +35,7 @@ def vit_classifier(folder: Path) -> Path:
     )
     ViTForImageClassification(config).save_pretrained(folder)
     processor = ViTImageProcessor(
-        size={"shortest_edge": 72}, crop_size={"height": 64, "width": 64}, do_center_crop=True
+        size={"shortest_edge": size + 8}, crop_size={"height": size, "width": size}, do_center_crop=True
     )
     processor.save_pretrained(folder)
     return folder

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..engine.adapters import MODULE_ADAPTERS
+from ..engine.adapters.base import map_tokens, split_heads
 from ..engine.grid import Grid, TokenLayout
 from ..engine.layer import _BLOCK_BYTES, AttentionLayer, QKScores
 
@@ -127,6 +129,28 @@ def thumbnail_row(token: int, n: int, size: int = 64) -> int:
     return token // math.ceil(n / min(size, n))
 
 
+def thumbnail_pixels(
+    layer: AttentionLayer, image_hw: tuple[int, int], size: int = 64
+) -> list[tuple[int, int] | None]:
+    """For each row of :func:`matrix_thumbnail`, a model-input pixel whose query is in that row (the
+    pixel at the centre of the row's first grid token), or None for a row of special tokens only:
+    clicking a row of the thumbnail pins that pixel."""
+    n, layout = layer.queries.count, layer.queries
+    if layout.grid is None:
+        return [None] * math.ceil(n / math.ceil(n / min(size, n)))
+    group = math.ceil(n / min(size, n))
+    (h, w), (ih, iw), end = layout.grid, image_hw, layout.start + layout.grid[0] * layout.grid[1]
+    out: list[tuple[int, int] | None] = []
+    for first in range(0, n, group):
+        token = max(first, layout.start)
+        if token >= min(first + group, end):
+            out.append(None)
+            continue
+        cy, cx = divmod(token - layout.start, w)
+        out.append((int((cy + 0.5) * ih / h), int((cx + 0.5) * iw / w)))  # the cell's centre pixel
+    return out
+
+
 def _counts(start: int, length: int, total: int, group: int) -> np.ndarray:
     """How many real entries each group of ``group`` indices starting at ``start`` holds."""
     firsts = np.arange(start, start + length, group)
@@ -141,6 +165,8 @@ class ModuleIO:
     x: torch.Tensor | None  # the first positional input
     out: torch.Tensor | None  # the output (the first element when it is a tuple)
     sequence_first: bool  # a MultiheadAttention that is not batch-first: (N, B, C)
+    v: torch.Tensor | None = None  # the value projection's output, where the module has one to observe
+    residual: bool = False  # the module adds its input back: diffusers' residual_connection, SAGAN's gamma
 
 
 def module_io(model: Any, prepared: Any, layer_name: str) -> ModuleIO:
@@ -161,10 +187,24 @@ def module_io(model: Any, prepared: Any, layer_name: str) -> ModuleIO:
         seen["out"] = (output[0] if isinstance(output, tuple) else output).detach()
 
     module.register_forward_hook(hook)
+    projection = _value_projection(module)
+    if projection is not None:  # the values, as the engine's adapter of this family reads them
+        projection.register_forward_hook(lambda _m, _a, out: seen.__setitem__("v", out.detach()))
     with torch.no_grad():
         private.run(prepared)
     first = isinstance(module, torch.nn.MultiheadAttention) and not module.batch_first
-    return ModuleIO(layer_name, seen.get("x"), seen.get("out"), first)
+    residual = bool(getattr(module, "residual_connection", False)) or hasattr(module, "gamma")
+    return ModuleIO(layer_name, seen.get("x"), seen.get("out"), first, seen.get("v"), residual)
+
+
+def _value_projection(module: torch.nn.Module) -> torch.nn.Module | None:
+    """The submodule whose output is the attention's values (``to_v``, SAGAN's ``value_conv``): the
+    "v" tap of the engine's adapter for this module, when it has one (fused projections have none)."""
+    for adapter in (cls() for cls in MODULE_ADAPTERS):
+        if adapter.matches(module):
+            tap = adapter.taps(module).get("v")
+            return tap[0] if tap is not None and tap[1] == "out" else None
+    return None
 
 
 def flattened_input(io: ModuleIO) -> np.ndarray | None:
@@ -249,3 +289,43 @@ def unet_levels(config: dict) -> list[UNetLevel]:
 def level_of(levels: list[UNetLevel], layer_name: str) -> UNetLevel | None:
     """The stage a layer belongs to, by its name prefix."""
     return next((lv for lv in levels if layer_name.startswith(lv.name + ".")), None)
+
+
+@dataclass(frozen=True)
+class OutputSteps:
+    """What the row does for its pixel: the weighted sum of the values, and where it goes."""
+
+    values: np.ndarray  # (N', dv): every key's value vector v_j, this head
+    attended: np.ndarray  # (dv,): o_i = sum_j p_j v_j, row i of A.V
+    x: np.ndarray | None  # (C,): the layer's input at the cell (None: no spatial input to read)
+    out: np.ndarray | None  # (C,): the layer's output at the cell
+    residual: bool  # the layer adds its input back (out = projected o + x, SAGAN's gamma o + x)
+
+    @property
+    def change(self) -> float | None:
+        """``||out - x|| / ||x||`` at the cell: how much the layer moves its input (residual layers)."""
+        if not self.residual or self.x is None or self.out is None:
+            return None
+        return float(np.linalg.norm(self.out - self.x) / max(np.linalg.norm(self.x), 1e-12))
+
+
+def output_steps(layer: AttentionLayer, io: ModuleIO, cell: tuple[int, int], head: int) -> OutputSteps | None:
+    """V and ``o_i = P[i] @ V`` for query ``cell`` and ``head`` (at temperature 1, what the model
+    computed), with the layer's input and output at the cell; None when the values were not observed.
+
+    ``io.v`` is the value projection's output: ``(B, C, H, W)`` (a convolution: one head of C
+    channels, token y*W + x) or ``(B, N', heads*d)`` (split into heads, as the layer does).
+    """
+    if io.v is None or not isinstance(layer.scores, QKScores):
+        return None
+    v = map_tokens(io.v) if io.v.ndim == 4 else split_heads(io.v, layer.heads)  # (B, h, N', dv)
+    if v.shape[1] != layer.heads or v.shape[2] != layer.keys.count:
+        return None  # values on another token set than the keys (a shape we do not know)
+    values = v[0, head].double().numpy()  # (N', dv)
+    token = layer.queries.token(*cell)
+    probs = layer.scores.probs(0, torch.tensor([token]))[head, 0].double().numpy()  # (N',)
+    x = out = None
+    if io.x is not None and io.out is not None and io.x.ndim == 4 and io.out.shape == io.x.shape:
+        y, xx = cell
+        x, out = io.x[0, :, y, xx].double().numpy(), io.out[0, :, y, xx].double().numpy()  # (C,)
+    return OutputSteps(values, probs @ values, x, out, io.residual and x is not None)

@@ -11,6 +11,7 @@
   let data = null; // the parsed payload of the panels on screen
   let hover = { id: null, layers: [] }; // decoded q, k, lse per layer, kept across re-renders
   let hovering = null; // the model-input pixel [y, x] under the mouse, or null
+  let keyed = null; // a pixel pinned with the arrow keys whose panels the server has not sent yet
   const images = new Map(); // data URI -> loaded <img>
 
   // -- decoding ---------------------------------------------------------------------------------
@@ -56,7 +57,7 @@
       if (!text || asked !== id) return;
       const raw = JSON.parse(text);
       hover = { id, layers: raw.map((h) => h && { d: h.d, q: halves(h.q), k: halves(h.k), lse: floats(h.lse) }) };
-      if (hovering) draw(hovering);
+      if (hovering || keyed) draw(hovering || keyed);
     });
   }
   // a layer's decoded queries and keys, if they are the run's on screen
@@ -114,7 +115,7 @@
     const cell = cellAt(pixel[0], pixel[1], data.image_hw, layout.grid);
     const token = tokenOf(layout, cell);
     const vector = mode === "row" ? rowFromQK(layer, qk, token) : columnFromQK(layer, qk, token);
-    return { mode, cell, token, vector };
+    return { mode, cell, token, vector, preview: true };
   }
 
   // -- heads, maps and scales ---------------------------------------------------------------------
@@ -228,7 +229,7 @@
       ctx.strokeStyle = "#fff";
       ctx.strokeRect(Math.round(x * cw) + 1.5, Math.round(y * ch) + 1.5, Math.round(cw) - 3, Math.round(ch) - 3);
     }
-    canvas.saMap = { values: map.values, grid: [gh, gw], scale, spatial: Boolean(layout.grid) };
+    canvas.saMap = { values: map.values, grid: [gh, gw], scale, spatial: Boolean(layout.grid), preview: Boolean(shown.preview) };
   }
   function colorbar(figure, scale) {
     const bar = figure.querySelector(".sa-bar");
@@ -251,16 +252,36 @@
           return span;
         }),
       );
-      figure.querySelector(".sa-bar-label").textContent = scale.uniform ? `× uniform: 1× = 1/${scale.tokens}, what every key gets when attention is even` : "probability";
+      // the colour axis's unit, on the line that reads a value under the mouse (readout)
+      const label = figure.querySelector(".sa-value");
+      label.dataset.unit = scale.uniform ? `× uniform (1× = 1/${scale.tokens})` : "probability";
+      label.textContent = label.dataset.unit;
+      label.title = scale.uniform ? `1× = 1/${scale.tokens}: what every key gets when attention is even` : "";
     }
+    spaced(labels);
+  }
+  function spaced(labels) {
+    // hide a tick label that would touch the one kept before it (narrow panels); the last one is kept
+    const spans = [...labels.children];
+    spans.forEach((s) => s.classList.remove("sa-hidden"));
+    let right = -Infinity;
+    const boxes = spans.map((s) => s.getBoundingClientRect());
+    if (!boxes.length || !boxes[0].width) return; // not laid out (a hidden tab)
+    const last = boxes[boxes.length - 1];
+    spans.forEach((s, i) => {
+      const b = boxes[i];
+      const clash = b.left < right + 4 || (i < spans.length - 1 && b.right > last.left - 4);
+      if (clash) s.classList.add("sa-hidden");
+      else right = b.right;
+    });
   }
   function stats(layer, shown, map) {
     if (shown.mode !== "row") return `key cell (${shown.cell.join(", ")})`;
     const dist = data.view.head === "max" ? reduce(shown.vector, layer.heads, "mean") : map.tokens;
     const parts = [
-      `query cell (${shown.cell.join(", ")}), token ${shown.token}`,
-      `entropy ${entropyBits(dist).toFixed(2)} of ${Math.log2(layer.keys.count).toFixed(2)} bits` +
-        (data.view.head === "max" && layer.heads > 1 ? " (of the head mean)" : ""),
+      `cell (${shown.cell.join(", ")}) · token ${shown.token}`,
+      `entropy ${entropyBits(dist).toFixed(2)}/${Math.log2(layer.keys.count).toFixed(2)} bits` +
+        (data.view.head === "max" && layer.heads > 1 ? " (head mean)" : ""),
     ];
     layer.keys.special.forEach((j, s) => parts.push(`${layer.keys.labels[s]} ${(map.tokens[j] * 100).toFixed(1)}%`));
     return parts.join(" · ");
@@ -269,7 +290,7 @@
   function draw(pixel) {
     // every panel, for `pixel` (hover) or the pinned click (null)
     if (!data) return;
-    const base = picture(data.base, () => draw(hovering));
+    const base = picture(data.base, () => draw(hovering || keyed));
     const figures = root().querySelectorAll("figure.sa-panel");
     const shown = data.layers.map((layer, i) => (pixel && hovered(i, pixel)) || { ...layer.pinned, vector: layer.pinnedValues });
     const all = data.layers.map((layer, i) => maps(layer, shown[i]));
@@ -280,7 +301,8 @@
       const canvases = figure.querySelectorAll("canvas.sa-map");
       all[i].forEach((map, k) => canvases[k] && paint(canvases[k], map, layer, shown[i], scale, base));
       colorbar(figure, scale);
-      figure.querySelector(".sa-stats").textContent = stats(layer, shown[i], all[i][all[i].length - 1]);
+      const preview = shown[i].preview ? " · float16 preview" : ""; // see readout
+      figure.querySelector(".sa-stats").textContent = stats(layer, shown[i], all[i][all[i].length - 1]) + preview;
       const followed = pixel && live(i);
       figure.dataset.pixel = (followed ? pixel : data.pixel).join(",");
       figure.classList.toggle("sa-stale", Boolean(pixel) && !followed);
@@ -318,13 +340,13 @@
     }
     const p = placed(img), h = host.getBoundingClientRect();
     const left = p.left - h.left, top = p.top - h.top;
-    const [H, W] = data.image_hw, [y, x] = data.pixel;
+    const [H, W] = data.image_hw, [y, x] = keyed || data.pixel;
     const cw = (p.nw * p.s) / W, ch = (p.nh * p.s) / H;
     box.style.cssText =
       `position:absolute;pointer-events:none;box-sizing:border-box;left:${left + x * cw}px;` +
       `top:${top + y * ch}px;width:${Math.max(cw, 2)}px;height:${Math.max(ch, 2)}px;` +
       "border:1px solid #fff;outline:2px solid #000;";
-    box.dataset.pixel = data.pixel.join(",");
+    box.dataset.pixel = (keyed || data.pixel).join(",");
   }
   window.addEventListener("resize", () => mark());
 
@@ -345,6 +367,10 @@
     if (y < 0 || x < 0 || y >= p.nh || x >= p.nw) return null;
     return cellAt(y, x, [p.nh, p.nw], data.image_hw);
   }
+  document.addEventListener("pointerdown", (event) => {
+    // a click (or tap) on the image pins its pixel: a pending arrow-key pixel gives way to it
+    if (event.target.closest && event.target.closest("#input-image img")) keyed = null;
+  });
   document.addEventListener("mousemove", (event) => {
     if (!data || !root()) return;
     const img = event.target.closest ? event.target.closest("#input-image img") : null;
@@ -352,20 +378,33 @@
     if (pixel) {
       if (!hovering || pixel[0] !== hovering[0] || pixel[1] !== hovering[1]) draw((hovering = pixel));
     } else if (hovering) {
-      draw((hovering = null));
+      hovering = null;
+      draw(keyed);
     }
     const canvas = event.target.closest ? event.target.closest("canvas.sa-map") : null;
     if (canvas && canvas.saMap && element.contains(canvas)) readout(event, canvas);
+    else if (reading) unread();
   });
+  let reading = null; // the value line showing a readout, put back to its unit when the mouse leaves
+  function unread() {
+    reading.textContent = reading.dataset.unit || "";
+    reading.title = "";
+    reading = null;
+  }
   function readout(event, canvas) {
-    const { values, grid, scale, spatial } = canvas.saMap;
+    const { values, grid, scale, spatial, preview } = canvas.saMap;
     const r = canvas.getBoundingClientRect();
     const y = Math.min(grid[0] - 1, Math.floor(((event.clientY - r.top) * grid[0]) / r.height));
     const x = Math.min(grid[1] - 1, Math.floor(((event.clientX - r.left) * grid[1]) / r.width));
     const v = values[y * grid[1] + x];
     const where = spatial ? `cell (${y}, ${x})` : `token ${x}`;
-    canvas.closest("figure").querySelector(".sa-value").textContent =
-      `${where}: p = ${v.toPrecision(3)} = ${(v * scale.tokens).toPrecision(3)}× uniform`;
+    // a hovered (or arrow-key) pixel's row is computed here from float16 queries and keys: its values
+    // may differ from the pinned row's (float32, from the server) in the third digit
+    const value = canvas.closest("figure").querySelector(".sa-value");
+    if (reading && reading !== value) unread();
+    reading = value;
+    value.textContent = `${where}: p = ${v.toPrecision(3)} = ${(v * scale.tokens).toPrecision(3)}× uniform` + (preview ? " (float16 preview)" : "");
+    value.title = preview ? "computed in the page from float16 queries and keys: may differ from the pinned (float32) row in the third digit; click to pin for exact values" : "";
   }
 
   // for tests and scripts: every hoverable layer's head-mean row (where model pixel (y, x) looks,
@@ -385,10 +424,77 @@
   // whether the page can follow the mouse yet: the run's queries and keys have arrived
   window.saReady = () => Boolean(data) && hover.id === data.id;
 
+  // -- the keyboard: after a click, the arrow keys move the pinned pixel (shift: 4 pixels) ----------
+  // The panels follow at once (drawn here from the run's queries and keys, as hover is); the server
+  // is then asked to pin it (a "select" event of the panels), so the explanation, the other tabs and
+  // an export follow too. The pin is said in words in #sa-pin, a polite live region.
+  const STEPS = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] };
+  document.addEventListener("keydown", (event) => {
+    const frame = document.querySelector("#input-image");
+    const move = STEPS[event.key];
+    if (!move || !data || !root() || !frame || !frame.contains(document.activeElement)) return;
+    event.preventDefault();
+    const step = event.shiftKey ? 4 : 1, [h, w] = data.image_hw, from = keyed || data.pixel;
+    const clamp = (v, top) => Math.min(Math.max(v, 0), top - 1);
+    keyed = [clamp(from[0] + step * move[0], h), clamp(from[1] + step * move[1], w)];
+    draw(hovering || keyed);
+    mark();
+    announce(keyed);
+    trigger("select", { index: keyed, value: "keys" });
+  });
+  function announce(pixel) {
+    const live = document.querySelector("#sa-pin");
+    if (live && data) {
+      const [h, w] = data.image_hw;
+      live.textContent = `pinned pixel (y, x) = (${pixel[0]}, ${pixel[1]}) of ${h}×${w}`;
+    }
+  }
+
+  // -- the panels' grid: as many columns as keep every layer on screen, maps as large as that allows --
+  function fit() {
+    const el = root();
+    if (!el || !data) return;
+    const figures = el.querySelectorAll("figure.sa-panel");
+    const narrow = window.innerWidth <= 720 || data.view.heads_grid;
+    el.style.gridTemplateColumns = "";
+    el.style.maxHeight = "";
+    if (narrow || !figures.length || !el.clientWidth) return; // a phone scrolls the page; heads fill rows
+    const top = el.getBoundingClientRect().top + window.scrollY;
+    const room = Math.max(280, window.innerHeight - top - 8); // more layers than fit scroll in here
+    el.style.maxHeight = `${room}px`;
+    const gap = 12, width = el.clientWidth, n = figures.length;
+    const most = Math.max(1, Math.min(n, Math.floor((width + gap) / (128 + gap))));
+    const fewest = Math.min(most, Math.max(1, Math.ceil((width + gap) / (320 + gap))));
+    const text = Math.max(...[...figures].map((f) => f.offsetHeight - f.querySelector(".sa-maps").offsetHeight));
+    let chosen = most;
+    for (let c = fewest; c <= most; c++) {
+      const side = (width - gap * (c - 1)) / c, rows = Math.ceil(n / c);
+      if (rows * (side + text) + (rows - 1) * 10 <= room) {
+        chosen = c;
+        break;
+      }
+    }
+    el.style.gridTemplateColumns = `repeat(${chosen}, minmax(0, 1fr))`;
+    if (el.scrollHeight > el.clientHeight + 1 && chosen < most) {
+      el.style.gridTemplateColumns = `repeat(${chosen + 1}, minmax(0, 1fr))`; // captions wrapped more
+    }
+  }
+  const refit = () => {
+    fit();
+    draw(hovering || keyed);
+  };
+  window.addEventListener("resize", refit);
+  // whatever sits above the views (the lesson, opened or closed) moves the panels: fit them again
+  const above = new ResizeObserver(refit);
+  document.querySelectorAll("#sa-right > :not(#views)").forEach((e) => above.observe(e));
+
   const render = () => {
     load();
-    draw(hovering);
+    if (keyed && data && keyed[0] === data.pixel[0] && keyed[1] === data.pixel[1]) keyed = null;
+    fit();
+    draw(hovering || keyed);
     mark();
+    if (data && !keyed) announce(data.pixel);
   };
   watch("value", render);
   render();

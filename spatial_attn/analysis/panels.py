@@ -19,20 +19,29 @@ from typing import Any
 SCRIPT = (Path(__file__).with_name("panels.js")).read_text()
 
 STYLE = """
-.sa-panels { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
-.sa-panel { margin: 0; }
-.sa-title { font-weight: 600; font-size: 13px; margin-bottom: 3px; overflow-wrap: anywhere; }
-.sa-maps { display: flex; flex-wrap: wrap; gap: 8px; }
-.sa-map-title { font-size: 12px; }
-canvas.sa-map { display: block; border-radius: 3px; image-rendering: pixelated; cursor: crosshair; }
-.sa-bar { display: block; height: 10px; margin-top: 4px; }
-.sa-ticks { position: relative; height: 14px; font-size: 11px; }
+.sa-panels { display: grid; grid-template-columns: repeat(auto-fill, minmax(128px, 1fr)); gap: 10px 12px;
+  align-items: start; overflow-y: auto; overscroll-behavior: contain; }
+.sa-panel { margin: 0; min-width: 0; }
+.sa-panel.sa-wide { grid-column: 1 / -1; }
+.sa-panel.sa-wide .sa-maps { grid-template-columns: repeat(auto-fill, minmax(128px, 192px)); }
+.sa-title { font-weight: 600; font-size: 12px; margin-bottom: 2px; white-space: nowrap; overflow: hidden;
+  text-overflow: ellipsis; }
+.sa-maps { display: grid; grid-template-columns: repeat(auto-fit, minmax(128px, 1fr)); gap: 6px; }
+.sa-map-title { font-size: 11px; }
+canvas.sa-map { display: block; width: 100%; height: auto; border-radius: 3px; image-rendering: pixelated;
+  cursor: crosshair; }
+.sa-bar { display: block; width: 100%; height: 8px; margin-top: 3px; }
+.sa-ticks { position: relative; height: 13px; font-size: 11px; line-height: 13px; }
 .sa-ticks span { position: absolute; transform: translateX(-50%); white-space: nowrap; }
 .sa-ticks span:first-child { transform: none; }
 .sa-ticks span:last-child { transform: translateX(-100%); }
-.sa-bar-label, .sa-value { font-size: 11px; opacity: 0.8; }
-.sa-panel figcaption { font-size: 12px; line-height: 1.35; margin-top: 2px; }
+.sa-ticks span.sa-hidden { visibility: hidden; }
+.sa-value { font-size: 11px; opacity: 0.8; white-space: nowrap; overflow: hidden;
+  text-overflow: ellipsis; }
+.sa-value { min-height: 14px; }
+.sa-panel figcaption { font-size: 11px; line-height: 1.3; margin-top: 1px; }
 .sa-stale canvas.sa-map { opacity: 0.5; }
+.sa-live { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); }
 """
 
 
@@ -62,15 +71,14 @@ def _figure(layer: dict[str, Any], data: dict[str, Any], size: int) -> str:
         for t in titles
     )
     pixel = ",".join(map(str, data["pixel"]))
+    wide = " sa-wide" if len(titles) > 1 else ""  # a layer's heads side by side take a whole row
+    caption = html.escape(_static_caption(layer, view["head"]))
     return (
-        f'<figure class="sa-panel" data-layer="{name}" data-pixel="{pixel}">'
-        f'<div class="sa-title">{name}</div><div class="sa-maps">{maps}</div>'
-        f'<canvas class="sa-bar" width="{size}" height="10" style="width:{size}px"></canvas>'
-        f'<div class="sa-ticks" style="width:{size}px"></div>'
-        f'<div class="sa-bar-label"></div><div class="sa-value">hover a map to read its values</div>'
-        f'<figcaption style="max-width:{size * len(titles) + 8 * (len(titles) - 1)}px">'
-        f"{html.escape(_static_caption(layer, view['head']))}"
-        f'<br><span class="sa-stats"></span></figcaption></figure>'
+        f'<figure class="sa-panel{wide}" data-layer="{name}" data-pixel="{pixel}">'
+        f'<div class="sa-title" title="{name}">{name}</div><div class="sa-maps">{maps}</div>'
+        f'<canvas class="sa-bar" width="{size}" height="8"></canvas><div class="sa-ticks"></div>'
+        f'<div class="sa-value"></div>'
+        f'<figcaption title="{caption}">{caption}<br><span class="sa-stats"></span></figcaption></figure>'
     )
 
 
@@ -86,7 +94,7 @@ def _static_caption(layer: dict[str, Any], head: str) -> str:
     else:
         chosen = f" ({head})"
     parts = [
-        f"{grid(layer['queries']['grid'])} queries → {grid(layer['keys']['grid'])} keys",
+        f"q {grid(layer['queries']['grid'])} → k {grid(layer['keys']['grid'])}",
         f"{heads} head{'s' if heads > 1 else ''}{chosen}",
     ]
     if layer["verified"] is not True:

@@ -20,12 +20,14 @@ from __future__ import annotations
 import base64
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from ..engine.grid import Grid, cell_box
 
@@ -250,11 +252,99 @@ def matrix_image(
     return picture
 
 
-def labelled(image: Image.Image, text: str, height: int = 18) -> Image.Image:
-    """``image`` with a line of text above it, on white (a frame's timestep, a model's name)."""
+#: Text drawn into pictures, px: readable beside the page's own 11-13 px type.
+TEXT = 13
+INK = (20, 20, 20)
+
+
+@cache
+def font(size: int = TEXT) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans at ``size`` px, from matplotlib's own files (it has "×", "·" and Greek, which
+    Pillow's bundled font lacks; Pillow's bitmap default is ~7 px, too small to read)."""
+    from matplotlib import get_data_path  # imported on first use only, as in lut
+
+    return ImageFont.truetype(str(Path(get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
+
+
+def labelled(image: Image.Image, text: str, size: int = TEXT) -> Image.Image:
+    """``image`` with a line of ``size`` px text above it, on white (a frame's timestep, a model's
+    name). A picture the page shows scaled down needs a larger ``size`` to stay readable."""
+    height = size + 7
     out = Image.new("RGB", (image.width, image.height + height), (255, 255, 255))
     out.paste(image, (0, height))
-    ImageDraw.Draw(out).text((2, 3), text, fill=(20, 20, 20))
+    ImageDraw.Draw(out).text((2, 3), text, fill=INK, font=font(size))
+    return out
+
+
+def colorbar(
+    width: int, ticks: list[tuple[float, str]], *, cmap: str = "viridis", label: str = "", height: int = 10
+) -> Image.Image:
+    """A horizontal colorbar ``width`` px wide with its tick labels under it, and ``label`` below.
+
+    A label that would come within 4 px of the one kept before it (or of the last one, always kept)
+    is left out: on a narrow bar "1/16×" and "1/4×" would touch.
+    """
+    f = font(TEXT - 2)
+    rows = TEXT + 2
+    out = Image.new("RGB", (width, height + rows + (rows if label else 0) + 2), (255, 255, 255))
+    strip = Image.fromarray(lut(cmap)[None]).resize((width, height), Image.Resampling.BILINEAR)
+    out.paste(strip, (0, 0))
+    draw = ImageDraw.Draw(out)
+    for left, text in tick_places(width, ticks, lambda text: draw.textlength(text, font=f)):
+        draw.text((left, height + 1), text, fill=INK, font=f)
+    if label:
+        draw.text((0, height + rows), label, fill=(90, 90, 90), font=f)
+    return out
+
+
+def tick_places(
+    width: float, ticks: list[tuple[float, str]], measure: Callable[[str], float], gap: float = 4
+) -> list[tuple[float, str]]:
+    """Where each tick label of a ``width`` px bar starts: the first flush left, the last flush right,
+    the others centred on their position; one that would come within ``gap`` px of the label kept
+    before it, or of the last, is left out."""
+    spans = []
+    for i, (position, text) in enumerate(ticks):
+        size = measure(text)
+        left = 0 if i == 0 else width - size if i == len(ticks) - 1 else position * width - size / 2
+        spans.append((max(0.0, min(left, width - size)), size, text))
+    kept, right, last = [], -math.inf, spans[-1][0] if spans else 0.0
+    for i, (left, size, text) in enumerate(spans):
+        if i == len(spans) - 1 or (left >= right + gap and left + size <= last - gap):
+            kept.append((left, text))
+            right = left + size
+    return kept
+
+
+def framed(
+    picture: Image.Image,
+    *,
+    x_label: str,
+    y_label: str,
+    low: float,
+    high: float,
+    cmap: str = "viridis",
+    unit: str = "",
+) -> Image.Image:
+    """``picture`` with its axes named (``y_label`` turned up the left side, ``x_label`` under it)
+    and a colorbar from ``low`` to ``high`` under that: a step of "how a row is made" read alone."""
+    f = font(TEXT - 1)
+    side = TEXT + 4 if picture.height >= 48 else 0  # a strip's name goes with the x axis's
+    if not side:
+        x_label = f"{y_label}: {x_label}"
+    ticks = [(0.0, f"{low:.3g}"), (0.5, f"{(low + high) / 2:.3g}"), (1.0, f"{high:.3g}")]
+    bar = colorbar(picture.width, ticks, cmap=cmap, label=unit)
+    width = side + max(
+        picture.width, round(f.getlength(x_label)) + 2, round(font(TEXT - 2).getlength(unit)) + 2
+    )
+    out = Image.new("RGB", (width, picture.height + TEXT + 4 + bar.height + 2), (255, 255, 255))
+    if side:
+        up = Image.new("RGB", (picture.height, side), (255, 255, 255))
+        ImageDraw.Draw(up).text((2, 2), y_label, fill=INK, font=f)
+        out.paste(up.rotate(90, expand=True), (0, 0))
+    out.paste(picture, (side, 0))
+    ImageDraw.Draw(out).text((side, picture.height + 2), x_label, fill=INK, font=f)
+    out.paste(bar, (side, picture.height + TEXT + 6))
     return out
 
 

@@ -42,6 +42,7 @@ from .views import panels
 from .views.ablation import AblationView
 from .views.compare import CompareView
 from .views.download import DownloadView
+from .views.lesson import LessonView
 from .views.mechanics import MechanicsView
 from .views.modelwide import ModelWideView
 from .views.prompt import PromptView
@@ -51,10 +52,37 @@ ASSETS = locate("assets")  # the checkout's, an installed wheel's, or $SPATIAL_A
 DISPLAY = 384  # the clickable image, px: a 32x32 input at 12x, crisp
 DEFAULT_TIMESTEP = 250
 
-# the image at its own size: Gradio's click position assumes it is not stretched (and hover follows it)
+# The image at its own size or smaller (Gradio's click position allows a picture scaled down, not
+# up), focusable for the arrow keys with its focus shown; on a laptop's height, 320 px, so that the
+# model's controls are in view too. No empty export box before there is a file. Below 720 px (a
+# phone) the left column dissolves so that the panels come right under the image, before the
+# model's controls.
 CSS = f"""
-#input-image img {{ image-rendering: pixelated; cursor: crosshair; width: {DISPLAY}px; height: {DISPLAY}px; }}
+#input-image img {{ image-rendering: pixelated; cursor: crosshair; width: min({DISPLAY}px, 100%);
+  height: auto; aspect-ratio: 1; }}
+#input-image button:focus-visible, #input-image button:focus {{ outline: 3px solid #f59e0b;
+  outline-offset: 2px; }}
 #model-input img {{ image-rendering: pixelated; }}
+#sa-pin {{ font-size: 13px; min-height: 1.3em; margin: 2px 4px; }}
+#intro {{ font-size: 14px; }}
+#intro .sa-touch {{ display: none; }}
+@media (hover: none) {{ #intro .sa-mouse {{ display: none; }} #intro .sa-touch {{ display: inline; }} }}
+#export-file:not(:has(a)) {{ display: none; }}
+#explanation table {{ display: block; overflow-x: auto; }}
+#explanation td, #explanation th {{ min-width: 4.5em; }}
+#examples .caption-label {{ white-space: normal; overflow-wrap: anywhere; text-overflow: clip;
+  max-width: 100%; }}
+#input-image {{ height: auto !important; }}
+@media (max-height: 900px) and (min-width: 721px) {{ #input-image img {{ width: 320px; }} }}
+@media (max-width: 720px) {{
+  #sa-main {{ flex-direction: column; }}
+  #sa-left {{ display: contents; }}
+  #sa-left > * {{ order: 2; }}
+  #sa-left > #input-image, #sa-left > #pin-status {{ order: 0; }}
+  #sa-right {{ display: contents; }}
+  #sa-right > #views {{ order: 1; }}
+  #sa-right > #lesson {{ order: 3; }}
+}}
 """
 
 
@@ -232,6 +260,13 @@ def attend(
     }
 
 
+def pixel_of(index: Any, image_hw: tuple[int, int]) -> tuple[int, int]:
+    """A model-input pixel ``[y, x]`` sent by the page, checked: whole numbers inside the image."""
+    if not isinstance(index, list | tuple) or len(index) != 2:
+        raise ValueError(f"a pixel is [y, x]; got {index!r}")
+    return serving.whole(index[0], "y", 0, image_hw[0] - 1), serving.whole(index[1], "x", 0, image_hw[1] - 1)
+
+
 def guarded(fn: Callable[..., tuple]) -> Callable[..., tuple]:
     """User mistakes become a short message in the app (``gr.Error``); the app keeps serving."""
 
@@ -368,6 +403,16 @@ class Handlers:
         return self._shown(session, ticket, args)
 
     @guarded
+    def pinned(self, evt: gr.SelectData, session: Session | None, *args: Any) -> tuple:
+        """A pixel pinned by the page itself, in model-input pixels ``[y, x]``: the arrow keys
+        (``panels.js``) or a row of the mechanics tab's matrix. Checked, then drawn as a click."""
+        if session is None:
+            raise ValueError("the image is still loading; try again in a moment")
+        ticket = session.tickets.take()
+        session.point = pixel_of(evt.index, session.exploration.image_hw)
+        return self._shown(session, ticket, args)
+
+    @guarded
     def redraw(self, session: Session | None, *args: Any) -> tuple:
         """A display control changed: same rows, drawn anew (dropped if overtaken, as a click)."""
         if session is None:
@@ -420,14 +465,18 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
     # Gradio's files (uploads, /attend's images) are deleted an hour after they were made, checked
     # every ten minutes, and all of them when the server stops.
     with gr.Blocks(title="spatial-attn", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
-        gr.Markdown(
-            "**spatial-attn** · move the mouse over the image: every attention layer shows where that "
-            "pixel looks (its row of the softmax matrix), drawn over the image; click to pin a pixel.",
+        gr.HTML(
+            '<b>spatial-attn</b> · <span class="sa-mouse">move the mouse over the image</span>'
+            '<span class="sa-touch">tap the image</span>: every attention layer shows where that pixel looks '
+            "(its row of the softmax matrix), drawn over the image. Click to pin a pixel, then the arrow "
+            "keys move it (shift: 4 pixels). New here? Open the <b>lesson</b>.",
             elem_id="intro",
+            js_on_load=None,
+            padding=False,
         )
         state = gr.State(None)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=2, min_width=400):
+        with gr.Row(equal_height=False, elem_id="sa-main"):
+            with gr.Column(scale=0, min_width=400, elem_id="sa-left"):
                 image = gr.Image(
                     label="hover or click a pixel",
                     elem_id="input-image",
@@ -436,6 +485,12 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                     height=DISPLAY + 16,
                     width=DISPLAY + 16,
                     buttons=[],
+                )
+                gr.HTML(  # panels.js says the pinned pixel here, in words (a polite live region)
+                    '<div id="sa-pin" role="status" aria-live="polite"></div>',
+                    elem_id="pin-status",
+                    js_on_load=None,
+                    padding=False,
                 )
                 with gr.Row():
                     models = gr.Dropdown(library.choices(), value=model, label="model", elem_id="model")
@@ -448,6 +503,8 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                     label="timestep t (noise level)",
                     elem_id="timestep",
                 )
+                # beside the panels: what a panel means (head, row or column, colour scale)
+                head, mode, cmap, scale, upsampling, opacity, layout, over = panels.controls()
                 with gr.Row():
                     sample = gr.Button("new sample from seed", elem_id="new-sample")
                     upload = gr.UploadButton("upload an image", file_types=["image"], elem_id="upload")
@@ -469,19 +526,22 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
                 gallery = gr.Gallery(
                     [(str(p), p.stem) for p in on.example_paths],
                     label="example faces (valid, then broken)",
-                    columns=4,
+                    columns=3,
                     allow_preview=False,
                     height=380,
                     object_fit="contain",
                     elem_id="examples",
                 )
-            with gr.Column(scale=3):
+            with gr.Column(scale=1, elem_id="sa-right"):
+                LessonView()  # folded above the views; it points at them
                 with gr.Tabs(elem_id="views"):
                     with gr.Tab("panels", id="panels"):
                         heatmaps = panels.component()
-                        head, mode, cmap, scale, upsampling, opacity, layout, over = panels.controls()
-                        download_view = DownloadView()
-                        explanation = gr.Markdown(elem_id="explanation")
+                        with gr.Accordion("what the panels show", open=False, elem_id="explain"):
+                            gr.Markdown(panels.HELP, elem_id="panels-help")
+                            explanation = gr.Markdown(elem_id="explanation")
+                        with gr.Accordion("export this click", open=False, elem_id="export-box"):
+                            download_view = DownloadView()
                     with gr.Tab("how a row is made", id="mechanics") as mechanics_tab:
                         mechanics_view = MechanicsView()
                     with gr.Tab("timesteps", id="timesteps"):
@@ -523,6 +583,9 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
         # always_last, not Gradio's default "once": a click made while the previous one is still
         # pending is sent when it ends, instead of being ignored (a lost click under load)
         image.select(on.clicked, drawing, drawn, trigger_mode="always_last", **raw)
+        # the arrow keys: every press is sent ("always_last" would resend a pending press's data, not
+        # the newest); an answer that a later press overtook is dropped, as for clicks
+        heatmaps.select(on.pinned, drawing, drawn, trigger_mode="multiple", **raw)
         for control in view_inputs:  # redrawing is cheap: follow every change, sliders included
             control.change(on.redraw, drawing, drawn, trigger_mode="always_last", **raw)
 
@@ -541,7 +604,8 @@ def build_demo(model: str | Any = "ddpm-faces", library: Library | None = None) 
             api_outputs = [gr.Gallery(format="png", label="heatmaps"), gr.JSON(label="rows")]
             api_only = gr.Button()  # never shown nor clicked: gr.on(None) would also run on page load
         api_only.click(on.attend, api_inputs, api_outputs, api_name="attend", **RUN_EVENTS)
-        mechanics_view.wire(state, mechanics_tab)
+        mechanics_view.wire(state, mechanics_tab, head)
+        mechanics_view.html.select(on.pinned, drawing, drawn, trigger_mode="multiple", **raw)  # a matrix row
         download_view.wire(state, view_inputs, view_of)
         timesteps_view.wire(state)
         compare_view.wire(state, view_inputs, view_of)
@@ -571,9 +635,10 @@ def launch(
     # no handler outside the queue, and a bounded one: past 256 waiting events, "queue full" (503)
     demo.queue(default_concurrency_limit=RUNS, api_open=False, max_size=256)
     theme = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-    if not kwargs.get("prevent_thread_lock"):
+    quiet, blocking = kwargs.pop("quiet", False), not kwargs.pop("prevent_thread_lock", False)
+    if blocking:
         public.stop_on_sigterm()
-    demo.launch(
+    demo.launch(  # quiet: Gradio would tell a CLI user to "set share=True in launch()"
         server_name=host,
         server_port=port,
         share=share,
@@ -583,8 +648,15 @@ def launch(
         max_file_size=f"{MAX_UPLOAD_MB:g}mb",
         footer_links=["api"],
         app_kwargs=public.app_kwargs(demo, demo.attend),
+        quiet=True,
+        prevent_thread_lock=True,
         **kwargs,
     )
-    if not kwargs.get("prevent_thread_lock"):  # Gradio's wait loop ended: Ctrl-C or SIGTERM
+    if not quiet:
+        print(f"* Running on local URL:  {demo.local_url}")
+        if not share:
+            print("* For a public link: spatial-attn serve --share")
+    if blocking:
+        demo.block_thread()  # Gradio's wait loop: until Ctrl-C or SIGTERM
         public.stopped(demo, folder)
     return demo

@@ -1,5 +1,6 @@
-"""The "compare" tab: two models side by side for the same click (by default the trained model and
-its untrained twin, so what training taught the attention is what differs).
+"""The "compare" tab: two models side by side (A left, B right) for the same click (by default the
+trained model and its untrained twin, so what training taught the attention is what differs). Each
+panel has the colorbar of the scale it was drawn with.
 
 Each model runs once on the session's image (same timestep and seed) and is kept beside the
 session's own run while that lasts; later clicks only read rows. The panels are drawn on the server
@@ -23,10 +24,13 @@ from ..serving import RUN_EVENTS
 from ..state import Follower
 
 STYLE = """
-.sa-compare h4 { margin: 10px 0 4px; }
-.sa-compare .sa-row { display: flex; flex-wrap: wrap; gap: 12px; }
-.sa-compare figure { margin: 0; font-size: 11px; line-height: 1.3; }
-.sa-compare img { display: block; image-rendering: pixelated; border-radius: 3px; }
+.sa-compare { display: grid; grid-template-columns: repeat(auto-fit, minmax(260px, 1fr)); gap: 16px; }
+.sa-compare h4 { margin: 4px 0 6px; }
+.sa-compare .sa-row { display: grid; grid-template-columns: repeat(auto-fill, minmax(140px, 1fr));
+  gap: 10px; }
+.sa-compare figure { margin: 0; font-size: 11px; line-height: 1.3; min-width: 0; }
+.sa-compare img { display: block; width: 100%; height: auto; image-rendering: pixelated; border-radius: 3px; }
+.sa-compare img.sa-bar { image-rendering: auto; border-radius: 0; margin-top: 2px; }
 """
 
 #: Runs of other models on a session's image, kept as long as the session's own run is.
@@ -119,19 +123,26 @@ class CompareView:
         return runs[name]
 
     def _row(self, session: Any, name: str, view: Any) -> str:
+        """One model's column: its name, then each layer's panel with its colorbar."""
         ex = self._run(session, name)
         point = cell_at(session.point, session.exploration.image_hw, ex.image_hw)
         clicks = ex.click(point, ex.image_hw, view)
-        figures = "".join(_figure(c) for c in clicks)
+        shared = max((float(c.values.max()) for c in clicks), default=1.0)  # the "shared" scale's top
+        figures = "".join(_figure(c, view, shared) for c in clicks)
         label = html.escape(name)
-        return f'<h4>{label}</h4><div class="sa-row" data-model="{label}">{figures}</div>'
+        return f'<div><h4>{label}</h4><div class="sa-row" data-model="{label}">{figures}</div></div>'
 
 
-def _figure(c: Any) -> str:
-    """One layer's server-drawn panel with its caption."""
+def _figure(c: Any, view: Any, shared: float) -> str:
+    """One layer's server-drawn panel, its colorbar (the scale it was drawn with) and its caption."""
     name = html.escape(c.layer.name)
+    scale = render.colour_scale(c.values, view.scale, c.layer.keys.count, shared)
+    unit = f"× uniform (1× = 1/{scale.tokens})" if scale.uniform else "probability"
+    bar = render.colorbar(min(c.panel.width, 192), scale.ticks(), cmap=view.cmap, label=unit)
     return (
-        f'<figure data-layer="{name}" style="width:{c.panel.width}px">'
-        f'<img src="{render.png_data_uri(c.panel)}" width="{c.panel.width}" alt="{name}">'
+        f'<figure data-layer="{name}">'
+        f'<img src="{render.png_data_uri(c.panel)}" alt="{name}">'
+        f'<img class="sa-bar" src="{render.png_data_uri(bar)}" alt="colour scale: {html.escape(unit)}"'
+        f' style="max-width:{bar.width}px">'
         f"{html.escape(c.caption())}</figure>"
     )

@@ -10,6 +10,7 @@ and how much the branch adds to the input; a DDPM layer, where it sits in the UN
 from __future__ import annotations
 
 import html
+import json
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +25,9 @@ from ..state import Follower
 
 STYLE = """
 .sa-steps { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
-.sa-step { margin: 0; max-width: 230px; font-size: 12px; line-height: 1.35; }
+.sa-step { margin: 0; max-width: 240px; font-size: 12px; line-height: 1.35; }
+.sa-step img.sa-pick { cursor: pointer; }
+.sa-which { font-size: 14px; margin: 0 0 8px; }
 .sa-step img { display: block; image-rendering: pixelated; border-radius: 3px; margin: 4px 0; }
 .sa-step b { font-size: 13px; }
 .sa-unet { border-collapse: collapse; font-size: 12px; margin-top: 8px; }
@@ -32,6 +35,20 @@ STYLE = """
 .sa-unet .sa-here { background: #fde68a; font-weight: 600; }
 """
 SIDE = 192  # px of every picture's longer side
+NARROW = 128  # px across a matrix of vectors (queries, keys, values)
+#: A click on the matrix's row pins that row's pixel: a "select" event of this HTML, answered as the
+#: arrow keys' (``Handlers.pinned``), so the panels and every tab follow.
+SCRIPT = """
+element.addEventListener('click', (event) => {
+  const img = event.target.closest && event.target.closest('img.sa-pick');
+  if (!img) return;
+  const pixels = JSON.parse(img.dataset.pixels), top = Number(img.dataset.top);
+  const y = event.offsetY * (img.naturalHeight / img.clientHeight);
+  if (y < 0 || y >= top) return;
+  const pixel = pixels[Math.min(pixels.length - 1, Math.floor((y * pixels.length) / top))];
+  if (pixel) trigger('select', { index: pixel, value: 'matrix row' });
+});
+"""
 #: What each run's steps need that a click does not change (a layer's input and output, its matrix
 #: thumbnails), made once and kept as long as the run is.
 _KEPT: weakref.WeakKeyDictionary[Any, dict[tuple, Any]] = weakref.WeakKeyDictionary()
@@ -45,20 +62,34 @@ class MechanicsView:
             self.layer = gr.Dropdown([], label="layer", elem_id="mech-layer", scale=3)
             self.head = gr.Dropdown(["0"], value="0", label="head", elem_id="mech-head", scale=1)
             self.temperature = gr.Slider(
-                0.1, 5.0, value=1.0, step=0.05, label="temperature T (logits / T)", elem_id="mech-temperature"
+                0.1,
+                5.0,
+                value=1.0,
+                step=0.05,
+                label="temperature T (logits / T)",
+                elem_id="mech-temperature",
+                min_width=260,
+                scale=2,
             )
-        self.html = gr.HTML(elem_id="mechanics", css_template=STYLE, js_on_load=None)
+        self.html = gr.HTML(elem_id="mechanics", css_template=STYLE, js_on_load=SCRIPT)
 
-    def wire(self, state: gr.State, tab: gr.Tab) -> None:
+    def wire(self, state: gr.State, tab: gr.Tab, panels_head: gr.Dropdown) -> None:
         """Filled when the tab is opened; then it follows every new run (here), every click and
         redraw (:meth:`follower`) and its own controls. Until opened, clicks cost it nothing."""
-        inputs = [state, self.layer, self.head, self.temperature]
+        inputs = [state, panels_head, self.layer, self.head, self.temperature]  # the tab's own last
+
+        def show(session: Any, panels: str, layer: str | None, head: str | None, t: float) -> tuple:
+            return self.show(session, layer, head, t, panels)
+
+        def follow(session: Any, panels: str, layer: str | None, head: str | None, t: float) -> tuple:
+            return self.follow(session, layer, head, t, panels)
+
         outputs = [self.layer, self.head, self.html]
         quiet = {"api_name": False, "show_progress": "hidden", "trigger_mode": "always_last"}
-        tab.select(self.show, inputs, outputs, **quiet, **RUN_EVENTS)  # a forward, once per run
-        state.change(self.follow, inputs, outputs, **quiet, **RUN_EVENTS)  # a new run: a forward
+        tab.select(show, inputs, outputs, **quiet, **RUN_EVENTS)  # a forward, once per run
+        state.change(follow, inputs, outputs, **quiet, **RUN_EVENTS)  # a new run: a forward
         for control in (self.layer, self.head, self.temperature):
-            control.input(self.show, inputs, outputs, **quiet, **RUN_EVENTS)
+            control.input(show, inputs, outputs, **quiet, **RUN_EVENTS)
 
     def follower(self) -> Any:
         """What a click or a redraw of the panels also draws (see :class:`~spatial_attn.app.state.Follower`):
@@ -67,15 +98,17 @@ class MechanicsView:
         def draw(session: Any, view: Any, layer_name: str | None, head: str | None, t: float) -> tuple:
             if layer_name is None and session is not None and self._kept_queries(session):
                 return ("",)  # never opened: the tab stays as it is, empty
-            return self.show(session, layer_name, head, t)[2:]
+            return self.show(session, layer_name, head, t, view.head)[2:]
 
         return Follower([self.layer, self.head, self.temperature], [self.html], draw)
 
-    def follow(self, session: Any, layer_name: str | None, head: str | None, temperature: float) -> tuple:
+    def follow(
+        self, session: Any, layer_name: str | None, head: str | None, temperature: float, panels_head: str
+    ) -> tuple:
         """A new run: its layers and the steps, once the tab has been opened; nothing before."""
         if layer_name is None:
             return gr.skip(), gr.skip(), gr.skip()
-        return self.show(session, layer_name, head, temperature)
+        return self.show(session, layer_name, head, temperature, panels_head)
 
     @staticmethod
     def _kept_queries(session: Any) -> list[Any]:
@@ -83,8 +116,11 @@ class MechanicsView:
         return [layer for layer in session.exploration.layers if layer.q is not None]
 
     @staticmethod
-    def show(session: Any, layer_name: str | None, head: str | None, temperature: float) -> tuple:
-        """The steps for the session's pinned pixel in the chosen layer and head."""
+    def show(
+        session: Any, layer_name: str | None, head: str | None, temperature: float, panels_head: str = "mean"
+    ) -> tuple:
+        """The steps for the session's pinned pixel in the chosen layer and head (``panels_head``: the
+        panels' own choice, said beside it)."""
         if session is None:
             return gr.skip(), gr.skip(), gr.skip()
         ex = session.exploration
@@ -102,7 +138,11 @@ class MechanicsView:
         steps = mechanics.row_steps(layer, cell, int(chosen), float(temperature))
         io = _module_io(ex, layer.name)
         features = mechanics.flattened_input(io)
-        body = _steps_html(steps, layer, ex.image, features, _thumbnail(ex, layer, steps.head))
+        output = mechanics.output_steps(layer, io, cell, steps.head)
+        pixels = _once(ex, ("pixels", layer.name), lambda: mechanics.thumbnail_pixels(layer, ex.image_hw))
+        thumb = _thumbnail(ex, layer, steps.head)
+        body = _which_head(layer, steps.head, panels_head)
+        body += _steps_html(steps, layer, ex.image, features, thumb, output, pixels)
         body += _extras_html(ex, layer, io, session.point)
         return (
             gr.Dropdown([la.name for la in layers], value=layer.name),
@@ -111,12 +151,37 @@ class MechanicsView:
         )
 
 
-def _figure(title: str, image: Any, text: str) -> str:
+def _figure(title: str, image: Any, text: str, pixels: list | None = None) -> str:
+    """One step: title, picture, text. ``pixels`` (one per row of the picture's matrix) make the
+    picture a row picker: ``SCRIPT`` pins the pixel of the row clicked."""
+    pick = (
+        f' class="sa-pick" tabindex="0" data-pixels="{html.escape(json.dumps(pixels))}"'
+        f' data-top="{SIDE}" title="click a row to pin its pixel"'
+        if pixels is not None
+        else ""
+    )
     return (
         f'<figure class="sa-step"><b>{title}</b>'
         f'<img src="{render.png_data_uri(image)}" width="{image.width}" height="{image.height}"'
-        f' alt="{title}">'
+        f' alt="{title}"{pick}>'
         f"{text}</figure>"
+    )
+
+
+def _which_head(layer: Any, head: int, panels_head: str) -> str:
+    """The head these steps show, beside what the panels show (often the mean of all heads)."""
+    word, _, k = str(panels_head).partition(" ")
+    if layer.heads == 1:
+        panels = "the panels show the same (one head)"
+    elif word == "head" and k.isdigit() and int(k) < layer.heads:
+        panels = f"the panels show head {k}"
+    elif word == "max":
+        panels = f"the panels show the maximum over its {layer.heads} heads"
+    else:
+        panels = f"the panels show the mean of its {layer.heads} heads"
+    return (
+        f'<p class="sa-which">These steps follow <b>one head: head {head}</b> of {layer.name} '
+        f"({layer.heads} head{'s' if layer.heads > 1 else ''}); {panels}.</p>"
     )
 
 
@@ -145,20 +210,32 @@ def _steps_html(
     picture: np.ndarray,
     features: np.ndarray | None,
     thumb: np.ndarray,
+    output: mechanics.OutputSteps | None,
+    pixels: list[tuple[int, int] | None],
 ) -> str:
     (h, w), (y, x), i = steps.query_grid, steps.cell, steps.token
     n, d = steps.queries.shape
     m = steps.key_vectors.shape[0]
-    tall = lambda rows: (min(SIDE * 2, max(SIDE, rows)), 96)  # noqa: E731  rows of a matrix, px
+    tall = lambda rows: (min(SIDE * 2, max(SIDE, rows)), NARROW)  # noqa: E731  rows of a matrix, px
     spread = float(np.abs(np.concatenate([steps.queries.ravel(), steps.key_vectors.ravel()])).max())
     pair = {"cmap": "viridis", "low": -spread, "high": spread}
+    tokens, keys = f"token i (0..{n - 1})", f"key j (0..{m - 1})"
     figures = []
     if features is not None and features.shape[0] == n:
         c = features.shape[1]
+        low, high = float(features.min()), float(features.max())
         figures.append(
             _figure(
                 "0 · the feature map, flattened",
-                render.matrix_image(features, tall(n), cmap="cividis", row=i),
+                render.framed(
+                    render.matrix_image(features, tall(n), cmap="cividis", row=i),
+                    x_label=f"channel (0..{c - 1})",
+                    y_label=tokens,
+                    low=low,
+                    high=high,
+                    cmap="cividis",
+                    unit="feature value",
+                ),
                 f"What the layer receives: C = {c} channels on the {h}×{w} grid, flattened row by row to "
                 f"N = {n} tokens of {c} numbers (rows). Your cell (y, x) = ({y}, {x}) is token "
                 f"i = {y}·{w} + {x} = <b>{i}</b> (outlined).",
@@ -167,17 +244,31 @@ def _steps_html(
     figures += [
         _figure(
             "1 · queries",
-            render.matrix_image(steps.queries, tall(n), row=i, **pair),
+            render.framed(
+                render.matrix_image(steps.queries, tall(n), row=i, **pair),
+                x_label=f"query dim (0..{d - 1})",
+                y_label=tokens,
+                low=-spread,
+                high=spread,
+                unit="q, scale folded in",
+            ),
             f"Each token's {d}-number query, made from its row alone (a 1×1 convolution or a linear map). "
             f"Your cell (y, x) = ({y}, {x}) is token i = {y}·{w} + {x} = <b>{i}</b> (outlined).",
         ),
         _figure(
             "2 · q_i against every key",
-            render.stacked(
-                [
-                    render.matrix_image(steps.query[None], (10, 96), **pair),
-                    render.matrix_image(steps.key_vectors, tall(m), **pair),
-                ]
+            render.framed(
+                render.stacked(
+                    [
+                        render.matrix_image(steps.query[None], (10, NARROW), **pair),
+                        render.matrix_image(steps.key_vectors, tall(m), **pair),
+                    ]
+                ),
+                x_label=f"key dim (0..{d - 1})",
+                y_label=f"q_i, then {keys}",
+                low=-spread,
+                high=spread,
+                unit="q and k",
             ),
             f"q_i (the strip on top) and the {m} keys k_j (rows below): each key is compared with q_i "
             "by a dot product, logit_j = q_i · k_j (the layer's scale is already in q).",
@@ -190,9 +281,15 @@ def _steps_html(
         figures.append(
             _figure(
                 "3 · logits on the key grid",
-                render.matrix_image(logits, (side, side)),
-                f"The {m} logits put back on the {kh}×{kw} key grid: "
-                f"from {logits.min():.2f} (dark) to {logits.max():.2f} (bright).",
+                render.framed(
+                    render.matrix_image(logits, (side, side)),
+                    x_label=f"key x (0..{kw - 1})",
+                    y_label=f"key y (0..{kh - 1})",
+                    low=float(logits.min()),
+                    high=float(logits.max()),
+                    unit="logit q_i · k_j",
+                ),
+                f"The {m} logits put back on the {kh}×{kw} key grid: key j = y·{kw} + x.",
             )
         )
         base = render.upscale(picture, (side, side))
@@ -202,7 +299,7 @@ def _steps_html(
         figures.append(
             _figure(
                 f"4 · softmax(logits / {steps.temperature:g}) → row {i}",
-                heat,
+                _uniform_framed(heat, scale, f"key x (0..{kw - 1})", f"key y (0..{kh - 1})"),
                 f"p_j = exp(logit_j / T) / Σ exp(logit_j′ / T). The largest p is {top:.3f} "
                 f"({top * m:.1f}× uniform), entropy {steps.entropy:.2f} of {np.log2(m):.2f} bits. "
                 "T = 1 is what the model computed; smaller T sharpens, larger flattens. "
@@ -210,16 +307,81 @@ def _steps_html(
             )
         )
     row = mechanics.thumbnail_row(i, n, 64)
+    matrix = render.framed(
+        render.matrix_image(thumb, (SIDE, SIDE), low=0.0, row=row),
+        x_label=keys,
+        y_label=tokens,
+        low=0.0,
+        high=float(thumb.max()),
+        unit="p (block mean)",
+    )
     figures.append(
         _figure(
             f"5 · the {n} × {m} matrix",
-            render.matrix_image(thumb, (SIDE, SIDE), low=0.0, row=row),
-            f"Every row is some token's softmax; row {i} is yours (outlined). Computed in blocks of "
-            f"rows and shown as block means ({thumb.shape[0]}×{thumb.shape[1]}); "
-            "the full matrix is never held.",
+            matrix,
+            f"Every row is some token's softmax; row {i} is yours (outlined). <b>Click a row</b> to pin "
+            f"its pixel. Computed in blocks of rows and shown as block means "
+            f"({thumb.shape[0]}×{thumb.shape[1]}); the full matrix is never held.",
+            pixels=pixels,
         )
     )
+    if output is not None:
+        figures += _output_figures(output, i, m)
+    else:  # said, not silently left out
+        figures.append(
+            '<figure class="sa-step"><b>6 · values V and the output A·V</b>Not shown: this layer makes its '
+            "values in a projection that cannot be observed on its own (q, k and v from one fused "
+            "matrix), so V is unknown here.</figure>"
+        )
     return '<div class="sa-steps">' + "".join(figures) + "</div>"
+
+
+def _uniform_framed(heat: Any, scale: Any, x_label: str, y_label: str) -> Any:
+    """A heatmap on the "× uniform" axis, with its axes named and its colorbar."""
+    bar = render.colorbar(heat.width, scale.ticks(), label=f"× uniform (1× = 1/{scale.tokens})")
+    return render.stacked([render.labelled(heat, f"{y_label} ↓, {x_label} →"), bar], gap=2)
+
+
+def _output_figures(output: mechanics.OutputSteps, i: int, m: int) -> list[str]:
+    """Steps 6-7: the values and the row's weighted sum of them (and, for a residual layer, how much
+    that moves the layer's input at the cell)."""
+    dv = output.values.shape[1]
+    spread = float(np.abs(output.values).max()) or 1.0
+    pair = {"cmap": "viridis", "low": -spread, "high": spread}
+    tall = (min(SIDE * 2, max(SIDE, m)), NARROW)
+    moved = (
+        f" The layer then projects the heads' outputs back to its channels and adds its input (a "
+        f"residual): at your cell that moves the feature vector by {output.change:.1%} of its length."
+        if output.change is not None
+        else ""
+    )
+    return [
+        _figure(
+            "6 · values V",
+            render.framed(
+                render.matrix_image(output.values, tall, **pair),
+                x_label=f"value dim (0..{dv - 1})",
+                y_label=f"key j (0..{m - 1})",
+                low=-spread,
+                high=spread,
+                unit="v_j",
+            ),
+            f"Every key token also carries a value v_j of {dv} numbers: what it hands on when attended to.",
+        ),
+        _figure(
+            f"7 · output o_{i} = Σ_j p_j v_j",
+            render.framed(
+                render.matrix_image(output.attended[None], (16, NARROW), **pair),
+                x_label=f"value dim (0..{dv - 1})",
+                y_label="o_i",
+                low=-spread,
+                high=spread,
+                unit="row i of A·V (T = 1)",
+            ),
+            f"Row {i} of A·V: the values averaged with the row's weights p_j, as the model computed it "
+            f"(T = 1).{moved}",
+        ),
+    ]
 
 
 def _extras_html(ex: Any, layer: Any, io: mechanics.ModuleIO, point: tuple[int, int]) -> str:

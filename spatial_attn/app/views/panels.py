@@ -18,6 +18,19 @@ import gradio as gr
 
 from ...analysis.panels import SCRIPT, STYLE, panels_html
 
+#: What a reader of the panels needs once, folded under them rather than repeated in every caption.
+HELP = (
+    "Each panel is one attention layer: for the pixel you point at (outlined), its row of the softmax "
+    "matrix reshaped to the key grid, drawn over the image. **× uniform** colours divide by 1/N′, what "
+    "every key would get if attention were even: 1× is even, 16× is sixteen times that. "
+    "The caption gives the query → key grids, the heads shown, the query cell and token "
+    "(i = y·W + x) and the row's entropy. "
+    "**Pointing and pinning.** While you hover (or move the pin with the arrow keys), the rows are "
+    "computed in the page from queries and keys sent as float16: values can differ from the pinned "
+    "row's in the third digit (marked *float16 preview*). A click pins the pixel and the server sends "
+    "its exact (float32) row; the export, `/attend` and the other tabs use those."
+)
+
 #: The choices of the display controls (app.view_of checks a value against them).
 MODES = ("row: where it looks", "column: who looks at it")
 LAYOUTS = ("per layer", "layers × heads")
@@ -51,22 +64,18 @@ def controls() -> tuple[gr.components.Component, ...]:
     colour scale, upsampling, opacity, layout, draw over."""
     from ...analysis import render
 
-    with gr.Accordion("display", open=True, elem_id="display"):
+    # the three that change what a panel means, in view; how it looks, folded away
+    with gr.Row(elem_id="display"):
+        head = gr.Dropdown(["mean", "max"], value="mean", label="head", elem_id="head", min_width=100)
+        scale = gr.Dropdown(list(render.SCALES), value="× uniform", label="colour scale", elem_id="scale")
+    mode = gr.Radio(list(MODES), value=MODES[0], label="show", elem_id="mode")
+    with gr.Accordion("more display settings", open=False, elem_id="display-more"):
+        layout = gr.Radio(list(LAYOUTS), value=LAYOUTS[0], label="layout", elem_id="layout")
         with gr.Row():
-            head = gr.Dropdown(["mean", "max"], value="mean", label="head", elem_id="head")
-            mode = gr.Radio(
-                list(MODES),
-                value=MODES[0],
-                label="show",
-                elem_id="mode",
-            )
-            layout = gr.Radio(list(LAYOUTS), value=LAYOUTS[0], label="layout")
-            scale = gr.Dropdown(list(render.SCALES), value="× uniform", label="colour scale", elem_id="scale")
-        with gr.Row():
-            cmap = gr.Dropdown(list(render.COLORMAPS), value="viridis", label="colormap")
-            upsampling = gr.Radio(list(UPSAMPLING), value=UPSAMPLING[0], label="upsampling")
-            over = gr.Radio(list(OVER), value=OVER[0], label="draw over")
-            opacity = gr.Slider(0, 1, value=0.65, step=0.05, label="heatmap opacity", elem_id="opacity")
+            cmap = gr.Dropdown(list(render.COLORMAPS), value="viridis", label="colormap", min_width=100)
+            upsampling = gr.Radio(list(UPSAMPLING), value=UPSAMPLING[0], label="upsampling", min_width=100)
+        over = gr.Radio(list(OVER), value=OVER[0], label="draw over")
+        opacity = gr.Slider(0, 1, value=0.65, step=0.05, label="heatmap opacity", elem_id="opacity")
     return head, mode, cmap, scale, upsampling, opacity, layout, over
 
 

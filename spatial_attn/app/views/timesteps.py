@@ -16,6 +16,10 @@ from PIL import Image
 from ...analysis import render, timesteps
 from ..serving import RUN_EVENTS
 
+#: Frames per row of the filmstrip, and its labels' size: the page shows the strip (5 x 192 px) at
+#: about 600 px in a 1280 px window, so 22 px labels read as ~13 px.
+COLUMNS, LABEL = 5, 22
+
 
 class TimestepsView:
     """Layer and count controls, a button, and the filmstrip with its GIF."""
@@ -23,7 +27,9 @@ class TimestepsView:
     def __init__(self) -> None:
         with gr.Row():
             self.layer = gr.Dropdown([], label="layer", elem_id="film-layer", scale=3)
-            self.count = gr.Slider(2, 20, value=10, step=1, label="timesteps", elem_id="film-count")
+            self.count = gr.Slider(
+                2, 20, value=10, step=1, label="timesteps", elem_id="film-count", min_width=200
+            )
             self.button = gr.Button("show the pinned pixel across t", elem_id="film-run", scale=1)
         self.note = gr.Markdown(elem_id="film-note")
         self.strip = gr.Image(
@@ -67,6 +73,7 @@ class TimestepsView:
                     outline=(f.cell, f.grid),
                 ),
                 f"t = {f.timestep} · {f.entropy:.2f} bits",
+                size=LABEL,
             )
             for f in frames
         ]
@@ -77,4 +84,4 @@ class TimestepsView:
             f"Pixel (y, x) = ({y}, {x}) in `{layer_name}`, noise seed {ex.seed}, over x_t at "
             f"t = {', '.join(map(str, steps))}; colours × uniform (1/16× to 16×), entropy in bits beside t."
         )
-        return render.tiled(pictures, 5), str(gif), note
+        return render.tiled(pictures, COLUMNS), str(gif), note
