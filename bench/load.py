@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -171,25 +172,14 @@ def bench_attend(server: Server, clients: int, calls: int) -> list[tuple[str, st
                     errors.append(repr(error)[:200])
                 continue
             elapsed = time.perf_counter() - start
-            same = all(
-                np.allclose(got["values"], want, atol=1e-6)
-                for got, want in zip(rows["layers"], reference[i, x, y], strict=True)
-            )
+            same = _same_rows(rows["layers"], reference[i, x, y])
             with lock:
                 times.append(elapsed)
                 mismatches += not same
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
+    wall = _crowd(client, clients, errors)
     rss_end = server.rss()
     total = clients * calls
-    for error in sorted(set(errors))[:5]:
-        print("error:", error)
     return [
         (f"/attend: {clients} clients x {calls} calls", f"{total / wall:.1f} calls/s", f"{wall:.0f} s", ""),
         ("  errors / mismatched rows", f"{len(errors)} / {mismatches}", f"of {total}", "goal 0 / 0"),
@@ -310,25 +300,14 @@ def bench_json_soak(server: Server, clients: int, calls: int) -> list[tuple[str,
                     with lock:
                         errors.append(answer.text[:200])
                     continue
-                same = all(
-                    np.allclose(got["values"], want, atol=1e-6)
-                    for got, want in zip(answer.json()["layers"], reference[i, x, y], strict=True)
-                )
+                same = _same_rows(answer.json()["layers"], reference[i, x, y])
                 with lock:
                     times.append(elapsed)
                     mismatches += not same
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
+    wall = _crowd(client, clients, errors)
     rss_end = server.rss()
     total = clients * calls
-    for error in sorted(set(errors))[:5]:
-        print("error:", error)
     return [
         (
             f"JSON API: {clients} clients x {calls} calls (base64 images)",
@@ -520,6 +499,26 @@ async def _click_sessions(
         await asyncio.gather(*(session(page, s) for s, page in enumerate(pages)))
         await browser.close()
     return times
+
+
+def _crowd(client: Callable[[int], None], clients: int, errors: list[str]) -> float:
+    """Run ``client(c)`` for every client ``c`` in a thread of its own; the crowd's wall time. The
+    first few distinct errors the clients collected are printed."""
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    for error in sorted(set(errors))[:5]:
+        print("error:", error)
+    return wall
+
+
+def _same_rows(layers: list[dict], want: list[np.ndarray]) -> bool:
+    """Whether an answer's per-layer values equal the reference rows (to float32 rounding)."""
+    return all(np.allclose(got["values"], w, atol=1e-6) for got, w in zip(layers, want, strict=True))
 
 
 def _ms(times: list[float], q: int) -> str:

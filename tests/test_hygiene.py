@@ -80,20 +80,19 @@ def test_layers_hold_no_graph():
     assert all(not layer.q.requires_grad and not layer.k.requires_grad for layer in cap.layers)
 
 
-@pytest.mark.parametrize("same_model", [False, True])
-def test_threads_do_not_see_each_other(same_model):
-    """Four threads enter and leave captures of one model as fast as they can while a fifth runs it
-    without capturing: nothing keeps them apart but the capture's own design. Each capture must see
-    exactly its own thread's calls (sizes differ per thread), and no forward may fail."""
-    shared = _net()
-    nets = [shared if same_model else _net() for _ in range(4)]
-    sizes = [(4, 4), (6, 3), (2, 5), (3, 3)]
+SIZES = [(4, 4), (6, 3), (2, 5), (3, 3)]  # one map size per capturing thread
+
+
+def crowd(nets: list[nn.Module], shared: nn.Module, rounds: int) -> tuple[list[str], dict[int, set]]:
+    """Four threads capture ``nets[i]`` (each at its own map size, ``rounds`` times) while a fifth runs
+    ``shared`` plainly, twice as often. The failures of any thread, and the layer grids each capturing
+    thread saw."""
     failures: list[str] = []
-    seen: dict[int, set] = {i: set() for i in range(4)}
+    seen: dict[int, set] = {i: set() for i in range(len(SIZES))}
 
     def capturing(i: int) -> None:
-        x = torch.randn(1, 16, *sizes[i])
-        for _ in range(60):
+        x = torch.randn(1, 16, *SIZES[i])
+        for _ in range(rounds):
             try:
                 with torch.no_grad(), sa.capture(nets[i]) as cap:
                     _run(nets[i], x)
@@ -103,22 +102,33 @@ def test_threads_do_not_see_each_other(same_model):
 
     def plain() -> None:
         x = torch.randn(1, 16, 4, 4)
-        for _ in range(120):
+        for _ in range(2 * rounds):
             try:
                 with torch.no_grad():
                     _run(shared, x)
             except Exception as error:
                 failures.append(f"plain forward: {error!r}")
 
-    threads = [threading.Thread(target=capturing, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=capturing, args=(i,)) for i in range(len(SIZES))]
     threads.append(threading.Thread(target=plain))
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return failures, seen
+
+
+@pytest.mark.parametrize("same_model", [False, True])
+def test_threads_do_not_see_each_other(same_model):
+    """Four threads enter and leave captures of one model as fast as they can while a fifth runs it
+    without capturing: nothing keeps them apart but the capture's own design. Each capture must see
+    exactly its own thread's calls (sizes differ per thread), and no forward may fail."""
+    shared = _net()
+    nets = [shared if same_model else _net() for _ in range(4)]
+    failures, seen = crowd(nets, shared, rounds=60)
     assert failures == []
-    for i in range(4):
-        assert seen[i] == {(sizes[i], sizes[i])}  # 2 layers per forward, both of this thread's size
+    for i, size in enumerate(SIZES):
+        assert seen[i] == {(size, size)}  # 2 layers per forward, both of this thread's size
     assert _hook_count(shared) == 0
 
 

@@ -3,10 +3,8 @@ capture only joins and leaves them; the same layers, the same output, the same i
 
 from __future__ import annotations
 
-import threading
-
 import torch
-from test_hygiene import _hook_count, _net, _run
+from test_hygiene import SIZES, _hook_count, _net, _run, crowd
 
 import spatial_attn as sa
 from spatial_attn.engine import keep_hooks
@@ -53,40 +51,12 @@ def test_a_capture_active_when_released_keeps_them_until_it_ends() -> None:
 def test_threads_capturing_a_kept_model_see_only_their_own_calls() -> None:
     """As tests/test_hygiene.py's, on hooks that stay: four threads capture one model, a fifth runs it."""
     shared = _net()
-    sizes = [(4, 4), (6, 3), (2, 5), (3, 3)]
-    failures: list[str] = []
-    seen: dict[int, set] = {i: set() for i in range(4)}
-
-    def capturing(i: int) -> None:
-        x = torch.randn(1, 16, *sizes[i])
-        for _ in range(40):
-            try:
-                with torch.no_grad(), sa.capture(shared) as cap:
-                    _run(shared, x)
-                seen[i].add(tuple(layer.query_grid for layer in cap.layers))
-            except Exception as error:
-                failures.append(repr(error))
-
-    def plain() -> None:
-        x = torch.randn(1, 16, 4, 4)
-        for _ in range(80):
-            try:
-                with torch.no_grad():
-                    _run(shared, x)
-            except Exception as error:
-                failures.append(f"plain forward: {error!r}")
-
     with keep_hooks(shared):
         registered = _hooks(shared)
-        threads = [threading.Thread(target=capturing, args=(i,)) for i in range(4)]
-        threads.append(threading.Thread(target=plain))
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        failures, seen = crowd([shared] * len(SIZES), shared, rounds=40)
         assert _hooks(shared) == registered
     assert failures == []
-    assert all(seen[i] == {(sizes[i], sizes[i])} for i in range(4))
+    assert all(seen[i] == {(size, size)} for i, size in enumerate(SIZES))
     assert _hook_count(shared) == 0
 
 

@@ -63,7 +63,7 @@ def test_an_offloaded_model_is_captured_exactly(kind: str, tmp_path):
         out = model(x)
     torch.testing.assert_close(out, plain_out, rtol=0, atol=0)  # the capture changes no bit
     assert len(cap.layers) == 2 and cap.problems == []
-    for layer, probs in zip(cap.layers, expected):
+    for layer, probs in zip(cap.layers, expected, strict=True):
         assert layer.query_grid == (SIDE, SIDE) and layer.verification.ok
         for batch in (0, 1):
             for y, x_ in ((0, 0), (3, 5), (7, 7)):
