@@ -26,7 +26,13 @@ PIXELS = f"""() => [JSON.parse(document.querySelector('{PANELS}').dataset.payloa
 
 
 def _all_on_screen(page, width: int, height: int) -> list[list[float]]:
-    """The boxes of the image and every map, each asserted inside the viewport and >= 128 px wide."""
+    """The boxes of the image and every map, each asserted inside the viewport and >= 128 px wide
+    (once the input image has loaded: under load the panels can be painted before it is)."""
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#input-image img'); return i && i.complete"
+        " && i.naturalWidth > 0 && i.getBoundingClientRect().width > 0; }",
+        timeout=30_000,
+    )
     boxes = page.evaluate(BOXES)
     for top, bottom, left, right, w in boxes:
         assert top >= 0 and bottom <= height and left >= 0 and right <= width, boxes

@@ -95,7 +95,7 @@ def test_serving_names_the_cli_flag_not_gradios_launch_argument(capsys, monkeypa
 
     from spatial_attn.app import blocks
 
-    def empty(model: str) -> gr.Blocks:  # the launch alone, without loading models
+    def empty(model: str, library: object = None) -> gr.Blocks:  # the launch alone, no models built
         with gr.Blocks() as demo:
             gr.Markdown("empty")
         demo.attend = lambda *args, **kwargs: None  # what the JSON API would call
