@@ -9,7 +9,7 @@ it becomes a layer:
 * :func:`check_token_axes`: a product that contracts over the tokens and leaves channels on both
   axes (XCiT's cross-covariance attention, ``softmax(q^T k)`` of ``d x d``) is channel attention, not
   a map over the image: declined, and said in ``cap.problems``.
-* :func:`check_token_order`: tokens the model shuffled or unrolled (MAE, Hiera) are not row-major,
+* :func:`token_order_problem`: tokens the model shuffled or unrolled (MAE, Hiera) are not row-major,
   and are declined rather than drawn at the wrong cells.
 * :func:`check_heads`: a head axis that holds a multiple of the heads the block states has windows
   folded into it (VitDet, Twins, NesT, Hiera mask units). Averaging it would mix rows of different
@@ -47,24 +47,25 @@ def check_token_axes(ex: Extracted, token_counts: Iterable[int]) -> None:
         )
 
 
-def check_token_order(modules: Iterable[nn.Module]) -> None:
-    """Decline a call made where the running model states that its tokens are not the grid in
-    row-major order: MAE's ``random_masking`` keeps a random subset of the patches, shuffled, and
-    Hiera unrolls its map (``unroll_schedule``) so that mask units are contiguous. Placing such tokens
-    row-major would draw each row at the wrong cells; the order lives in per-image indices the
-    forward makes and returns, not in anything the capture reads here."""
-    for module in modules:
-        if isinstance(vars(module).get("unroll_schedule"), list | tuple):
-            raise Declined(
-                "its tokens are in Hiera's unrolled order (`unroll_schedule`), not row-major: "
-                "placing them on the grid would put each row at the wrong cells"
-            )
-        if any(callable(getattr(child, "random_masking", None)) for child in (module, *module.children())):
-            raise Declined(
-                "its tokens are a random subset of the patches in shuffled order (MAE's `random_masking`, "
-                "`ids_restore`): placing them row-major would put each row at the wrong cells, and the "
-                "per-image indices are not read"
-            )
+def token_order_problem(module: nn.Module) -> str | None:
+    """Why tokens made inside ``module`` are not the grid in row-major order, or None: MAE's
+    ``random_masking`` keeps a random subset of the patches, shuffled, and Hiera unrolls its map
+    (``unroll_schedule``) so that mask units are contiguous. Placing such tokens row-major would draw
+    each row at the wrong cells; the order lives in per-image indices the forward makes and returns,
+    not in anything the capture reads here. A property of the module, not of one call: the capture
+    asks once per module when it makes its hooks."""
+    if isinstance(vars(module).get("unroll_schedule"), list | tuple):
+        return (
+            "its tokens are in Hiera's unrolled order (`unroll_schedule`), not row-major: "
+            "placing them on the grid would put each row at the wrong cells"
+        )
+    if any(callable(getattr(type(c), "random_masking", None)) for c in (module, *module.children())):
+        return (
+            "its tokens are a random subset of the patches in shuffled order (MAE's `random_masking`, "
+            "`ids_restore`): placing them row-major would put each row at the wrong cells, and the "
+            "per-image indices are not read"
+        )
+    return None
 
 
 def stated_heads(modules: Iterable[nn.Module]) -> int | None:

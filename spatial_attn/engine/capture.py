@@ -35,7 +35,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -43,7 +43,7 @@ from torch.overrides import TorchFunctionMode, _get_current_function_mode, _pop_
 
 from .adapters import FUNCTION_ADAPTERS, MODULE_ADAPTERS
 from .adapters.base import Call, Declined, Extracted, FunctionAdapter, ModuleAdapter, keep
-from .axes import check_heads, check_token_axes, check_token_order, per_sequence, stated_heads
+from .axes import check_heads, check_token_axes, per_sequence, stated_heads, token_order_problem
 from .grid import (
     Grid,
     StatedGrid,
@@ -55,10 +55,36 @@ from .grid import (
     text_layout,
 )
 from .layer import AttentionLayer, LayerList, QKScores, StoredProbs, Verification
-from .model_grids import Statement, stated_grids
-from .windows import WindowLayout, read_window
+from .model_grids import Statement, may_state, stated_grids
+from .windows import WindowLayout, may_window, read_window
 
 GridOverride = Grid | dict[str, Grid] | None
+
+
+class _Owner(NamedTuple):
+    """What the hooks know of one module of the model, decided once when they are made."""
+
+    name: str
+    adapter: ModuleAdapter | None  # the adapter that claims its calls, if any
+    states: bool  # whether it can state a grid or learned queries (model_grids.may_state)
+    windowed: bool  # whether it can partition its input into windows (windows.may_window)
+    reorders: str | None  # why tokens made inside it are not row-major (axes.token_order_problem)
+
+
+#: Torch's own leaf modules, whose forward is one or two ops and never attention: they get no hook
+#: (and so no frame). Nothing is lost: a frame names a functional attention call after the module
+#: whose code made it, which such a leaf cannot be; a grid is read from the modules that state one
+#: (a strided convolution is hooked for that); and a 4D feature map reaches the attention module
+#: that flattens it as that module's own input. Exact types only: a subclass may override forward.
+_INERT = frozenset(
+    {
+        nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+        nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.RMSNorm,
+        nn.InstanceNorm1d, nn.InstanceNorm2d, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity,
+        nn.GELU, nn.SiLU, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Mish, nn.Hardswish,
+        nn.Embedding, nn.Flatten, nn.Unflatten, nn.Upsample, nn.AvgPool2d, nn.MaxPool2d,
+    }
+)  # fmt: skip
 
 
 @dataclass
@@ -94,7 +120,7 @@ class Capture:
         self._exclude = _patterns(exclude)
         self._grid = grid
         self._hooks: _ModelHooks | None = None
-        self._owners: dict[nn.Module, tuple[str, ModuleAdapter | None]] = {}
+        self._owners: dict[nn.Module, _Owner] = {}
         self._functions: list[FunctionAdapter] = []
         self._mode: _Watch | None = None
         self._lifted = False
@@ -156,7 +182,7 @@ class Capture:
         return threading.get_ident() == self._thread and _forward_pass()
 
     def _on_enter(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        name, adapter = self._owners[module]
+        name, adapter, states, _, _ = self._owners[module]
         first = _first_tensor(args, kwargs)
         map_hw = (first.shape[-2], first.shape[-1]) if first is not None and first.ndim == 4 else None
         frame = _Frame(name, module, map_hw, inputs=(args, kwargs))
@@ -164,7 +190,8 @@ class Capture:
             if first is not None and first.ndim >= 1:
                 self._input = (first.shape[0], map_hw)
             self._stated = []
-        self._stated += stated_grids(name, module, map_hw, kwargs)
+        if states:
+            self._stated += stated_grids(name, module, map_hw, kwargs)
         self._frames.append(frame)
         if adapter is not None and self._claim is None:
             frame.call = Call(module, args, kwargs)
@@ -182,7 +209,7 @@ class Capture:
             return
         try:  # the adapter runs while the claim holds, so its own math is not seen as attention
             if output is not None:  # None: the forward raised, and the exception is on its way
-                call, adapter = frame.call, self._owners[module][1]
+                call, adapter = frame.call, self._owners[module].adapter
                 assert call is not None and adapter is not None
                 call.output = output
                 with _own_math():
@@ -222,7 +249,9 @@ class Capture:
             if not self._wanted(base):
                 return
             check_token_axes(extracted, self._token_counts())
-            check_token_order(f.module for f in self._frames)
+            problem = next((r for f in self._frames if (r := self._owners[f.module].reorders)), None)
+            if problem is not None:
+                raise Declined(problem)
             window = self._window(extracted)
             if window is not None:  # one window per batch entry: placed on the grid below
                 queries = keys = window.local_layout()
@@ -300,6 +329,8 @@ class Capture:
         """The window partition of the innermost running block that made this call's sequences."""
         shape = ex.shape
         for frame in reversed(self._frames):
+            if not self._owners[frame.module].windowed:
+                continue
             window = read_window(frame.module, *frame.inputs, frame.name)
             if window is not None and window.fits(shape):
                 return window
@@ -389,14 +420,18 @@ class _ModelHooks:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.pins = 0  # keep_hooks() holders: while any, the hooks stay when the last capture leaves
-        self.owners: dict[nn.Module, tuple[str, ModuleAdapter | None]] = {}
+        self.owners: dict[nn.Module, _Owner] = {}
         self._captures: dict[int, list[weakref.ref[Capture]]] = {}  # thread id -> its captures
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         ref = weakref.ref(self)
         adapters = [cls() for cls in MODULE_ADAPTERS]
         for name, module in model.named_modules():
+            if type(module) in _INERT and module is not model and not may_state(module):
+                continue  # see _INERT: its calls need no frame, and its ops no watching
             adapter = next((a for a in adapters if a.matches(module)), None)
-            self.owners[module] = (name, adapter)
+            self.owners[module] = _Owner(
+                name, adapter, may_state(module), may_window(module), token_order_problem(module)
+            )
             self._handles += [
                 module.register_forward_pre_hook(partial(_enter, ref, module), with_kwargs=True),
                 module.register_forward_hook(partial(_exit, ref, module), with_kwargs=True, always_call=True),
@@ -514,8 +549,11 @@ def _enter(
     ref: weakref.ref[_ModelHooks], module: nn.Module, _: nn.Module, args: tuple, *kwargs: dict
 ) -> None:
     hooks = ref()
-    for cap in hooks.receivers() if hooks is not None else ():
-        cap._on_enter(module, args, kwargs[0] if kwargs else {})
+    receivers = hooks.receivers() if hooks is not None else ()
+    if receivers:
+        with torch._C.DisableTorchFunction():  # the bookkeeping's shape reads are not the model's ops
+            for cap in receivers:
+                cap._on_enter(module, args, kwargs[0] if kwargs else {})
 
 
 def _exit(ref: weakref.ref[_ModelHooks], module: nn.Module, _: nn.Module, args: tuple, *rest: Any) -> None:

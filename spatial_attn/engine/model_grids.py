@@ -10,6 +10,9 @@ them before any guess (:func:`spatial_attn.engine.grid.infer_layout`).
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from torch import nn
 
@@ -38,6 +41,30 @@ def stated_grids(name: str, module: nn.Module, image_hw: Grid | None, kwargs: di
     said = [_patch_grid(name, module, image_hw), _queries(name, module)]
     said += [_ids_grid(name, kwargs[key]) for key in _ID_ARGUMENTS if key in kwargs]
     return [s for s in said if s is not None]
+
+
+def may_state(module: nn.Module) -> bool:
+    """Whether :func:`stated_grids` can ever find something in ``module``'s calls, decided once when
+    the capture's hooks are made, so that the ~90% of modules that never state a grid cost nothing
+    per call: a strided convolution or an adaptive pooling, a module with ``patch_size``, appended
+    tokens or learned queries, or one whose forward takes image ids (or any keyword)."""
+    if isinstance(module, nn.Conv2d):
+        return max(module.stride) > 1
+    if isinstance(module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
+        return True
+    if "patch_size" in vars(module) or _suffix(module) or _queries("", module) is not None:
+        return True
+    return _takes_ids(type(module))
+
+
+@functools.cache
+def _takes_ids(cls: type[nn.Module]) -> bool:
+    """Whether ``cls.forward`` can be passed one of :data:`_ID_ARGUMENTS` (by name, or as ``**kwargs``)."""
+    try:
+        params = inspect.signature(cls.forward).parameters.values()
+    except (TypeError, ValueError):
+        return True  # unreadable: keep asking at every call
+    return any(p.name in _ID_ARGUMENTS or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def _patch_grid(name: str, module: nn.Module, image_hw: Grid | None) -> StatedGrid | None:

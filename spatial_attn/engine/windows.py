@@ -198,6 +198,12 @@ def _per_window(scores: Scores, entries: int) -> Scores:
     return scores.regrouped(entries)  # lazy: no copy of q and k during the forward
 
 
+def may_window(module: nn.Module) -> bool:
+    """Whether :func:`read_window` can find a partition in ``module``'s calls: it holds a window or
+    partition size. Asked once per module when the capture makes its hooks."""
+    return not {"window_size", "ws", "partition_size"}.isdisjoint(vars(module))
+
+
 def read_window(module: nn.Module, args: tuple, kwargs: dict, name: str) -> WindowLayout | None:
     """How ``module``, a running block, partitions its input into windows; None if it does not.
 

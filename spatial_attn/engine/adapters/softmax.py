@@ -103,6 +103,8 @@ class SoftmaxAdapter(FunctionAdapter):
         elif func in _SCALINGS:
             origin = self._scaled(func, args, kwargs)
         elif func in _EDITS:
+            if not self._origins and not self._derived:
+                return None  # no product made scores in this forward yet: nothing to follow
             origin = None
         else:
             return self._softmax(args, kwargs, out, batch)
