@@ -130,7 +130,9 @@ def test_hooks_only_where_attention_or_a_grid_can_be() -> None:
         probs = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)  # (B, h, 12, 12); 1/sqrt(4)
     for b in range(2):
         row = attn.row(1, 2, batch=b)  # token 1 * 4 + 2 = 6
-        torch.testing.assert_close(torch.from_numpy(row), probs[b, :, 6].mean(0).reshape(3, 4), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            torch.from_numpy(row), probs[b, :, 6].mean(0).reshape(3, 4), atol=1e-6, rtol=0
+        )
 
 
 def test_the_captures_bookkeeping_is_not_seen_by_the_function_mode() -> None:
@@ -143,7 +145,7 @@ def test_the_captures_bookkeeping_is_not_seen_by_the_function_mode() -> None:
             super().__init__()
             self.calls = 0
 
-        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        def __torch_function__(self, func, types, args=(), kwargs=None):
             self.calls += 1
             return func(*args, **(kwargs or {}))
 

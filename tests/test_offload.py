@@ -85,3 +85,47 @@ def test_offload_hooks_stay_in_place_after_the_capture(tmp_path):
         model(torch.randn(1, 3, 32, 32))
     assert {name: dict(m._forward_pre_hooks) for name, m in model.named_modules()} == before
     assert all(hasattr(m, "_hf_hook") for m in model.modules() if list(m.parameters(recurse=False)))
+
+
+class _SelfAttn(torch.nn.Module):
+    """SAGAN's ``Self_Attn`` (no spectral norm), its gamma trained away from 0."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.query_conv = torch.nn.Conv2d(c, c // 8, 1)
+        self.key_conv = torch.nn.Conv2d(c, c // 8, 1)
+        self.value_conv = torch.nn.Conv2d(c, c, 1)
+        self.gamma = torch.nn.Parameter(torch.tensor([0.7]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q = self.query_conv(x).view(b, -1, h * w).permute(0, 2, 1)
+        attention = torch.softmax(torch.bmm(q, self.key_conv(x).view(b, -1, h * w)), dim=-1)
+        out = torch.bmm(self.value_conv(x).view(b, -1, h * w), attention.permute(0, 2, 1))
+        return self.gamma * out.view(b, c, h, w) + x
+
+
+@pytest.mark.parametrize("kind", ["cpu", "disk"])
+def test_an_offloaded_sagan_layer_is_verified_without_reading_gamma(kind: str, tmp_path):
+    """accelerate puts gamma back on the meta device before the block returns: the check fits the
+    one number instead, and still catches rows that are not the model's (two keys swapped)."""
+    torch.manual_seed(0)
+    reference, x = _SelfAttn().eval(), torch.randn(2, 16, 5, 6)
+    with torch.no_grad():
+        q = reference.query_conv(x).flatten(2).transpose(1, 2)  # (B, N, 2)
+        probs = torch.softmax(q @ reference.key_conv(x).flatten(2), dim=-1)  # (B, N, N), no scale
+    model = _offloaded(kind, copy.deepcopy(reference), tmp_path)
+    assert model.gamma.device.type == "meta"
+    with torch.no_grad(), sa.capture(model) as cap:
+        model(x)
+    (layer,) = cap.layers
+    assert layer.verification.ok, layer.verification
+    for b in (0, 1):
+        torch.testing.assert_close(torch.from_numpy(layer.row(2, 3, batch=b)), probs[b, 15].reshape(5, 6))
+    with torch.no_grad(), sa.capture(model) as wrong:
+        model(x)
+    k = wrong.layers[0].scores._sources[1]  # the keys the layer holds, (B, 1, N, d): two of them swapped
+    k[:, :, [0, 7]] = k[:, :, [7, 0]]
+    wrong.layers[0].scores._versions = None  # held as if in inference mode: the swap is not "stale"
+    with pytest.warns(UserWarning, match="does not reproduce the output"):
+        assert wrong.layers[0].verification.ok is False
