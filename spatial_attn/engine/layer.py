@@ -546,8 +546,9 @@ class AttentionLayer:
         Adapters compare this with what the model produced to verify the capture, on a sample of
         queries so that verification stays O(s N' d).
         """
-        v = values.detach().float()
-        return torch.stack([self.scores.probs(b, queries) @ v[b] for b in range(self.batch_size)])
+        v = values.detach().float()  # rows of windowed scores are placed on the host: bring them to v
+        rows = (self.scores.probs(b, queries).to(v.device) for b in range(self.batch_size))
+        return torch.stack([p @ v[b] for b, p in enumerate(rows)])
 
     # -- helpers --------------------------------------------------------------------------------
     def _batch(self, batch: int) -> int:
