@@ -111,3 +111,23 @@ def test_flux_ids_that_are_no_grid_ask_for_one() -> None:
     with torch.no_grad(), sa.capture(model, grid=(H, W)) as cap:
         model(**_inputs(1, transposed))
     assert cap.layers[0].query_grid == (H, W)
+
+
+def test_flux_ids_are_read_once_per_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading the ids is a host read (a device sync on a GPU): the same ids tensor, passed to every
+    denoising step, is read by the first captured forward only; ids changed in place are read again,
+    and a grid they no longer make is no longer stated."""
+    from test_host_copies import HostReads
+
+    model, ids = _flux(), image_ids()
+    reads = HostReads(monkeypatch)
+    counts, grids = [], []
+    with torch.no_grad():
+        for step in range(3):
+            if step == 2:
+                ids[:, [1, 2]] = ids[:, [2, 1]].clone()  # in place: now column-major
+            with sa.capture(model) as cap:
+                counts.append(len(reads.forward(lambda: model(**_inputs(1, ids)), ())))
+            grids.append(cap.layers[0].query_grid)
+    assert counts[1] == 0 < counts[0] and counts[2] > 0
+    assert grids == [(H, W), (H, W), None]
