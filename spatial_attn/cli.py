@@ -16,7 +16,7 @@ from typing import Any
 
 from .data.faces import LAYOUTS
 
-MODELS = ("ddpm", "sagan", "vit")
+MODELS = ("ddpm", "sagan", "vit", "vit-inpaint")
 DEFAULT_MODEL = "ddpm-faces"
 
 
@@ -59,7 +59,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a bundled model on procedural faces made on the fly", formatter_class=PlainHelp
     )
-    p.add_argument("model", choices=MODELS, help="which model: ddpm, sagan or vit")
+    p.add_argument("model", choices=MODELS, help="which model: ddpm, sagan, vit or vit-inpaint")
     p.add_argument("--steps", type=int, help="optimisation steps (default: the model's)")
     p.add_argument("--batch-size", type=int, help="faces per step (default: the model's)")
     p.add_argument(

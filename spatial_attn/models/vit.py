@@ -13,9 +13,13 @@ so the capture engine sees a standard attention module under a readable name:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .vit_inpaint import InpaintConfig
 
 
 @dataclass(frozen=True)
@@ -35,13 +39,30 @@ class ViTConfig:
 class PatchEmbed(nn.Module):
     """Non-overlapping ``patch x patch`` patches -> one token each (a strided conv is exactly that)."""
 
-    def __init__(self, cfg: ViTConfig) -> None:
+    def __init__(self, cfg: ViTConfig | InpaintConfig) -> None:
         super().__init__()
         self.proj = nn.Conv2d(3, cfg.dim, kernel_size=cfg.patch, stride=cfg.patch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)  # (B, D, 8, 8)
         return x.flatten(2).transpose(1, 2)  # (B, 64, D): token y*8 + x is patch (y, x)
+
+
+def encoder_blocks(cfg: ViTConfig | InpaintConfig) -> nn.ModuleList:
+    """``cfg.depth`` pre-norm ``nn.TransformerEncoderLayer`` blocks (GELU, no dropout), batch first:
+    each one's ``self_attn`` is the ``nn.MultiheadAttention`` the capture engine reads."""
+    return nn.ModuleList(
+        nn.TransformerEncoderLayer(
+            cfg.dim,
+            cfg.heads,
+            cfg.mlp_ratio * cfg.dim,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        for _ in range(cfg.depth)
+    )
 
 
 class ViT(nn.Module):
@@ -54,18 +75,7 @@ class ViT(nn.Module):
         self.patch_embed = PatchEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos_embed = nn.Parameter(torch.randn(1, 1 + n, cfg.dim) * 0.02)
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(
-                cfg.dim,
-                cfg.heads,
-                cfg.mlp_ratio * cfg.dim,
-                dropout=0.0,
-                activation="gelu",
-                batch_first=True,
-                norm_first=True,
-            )
-            for _ in range(cfg.depth)
-        )
+        self.blocks = encoder_blocks(cfg)
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.num_classes)
 
