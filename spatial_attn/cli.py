@@ -156,6 +156,12 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument(
+        "--models",
+        nargs="+",
+        metavar="NAME",
+        help="only these models' rows, e.g. vit-inpaint (default: all; --sealed: all)",
+    )
+    p.add_argument(
         "--write-cards", action="store_true", help="put the tables into each model card and README.md"
     )
     p.add_argument(
@@ -167,11 +173,18 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .faces.evaluate import evaluate_all, format_table, sealed_run, write_cards, write_grids
 
+    if args.sealed and args.models:
+        raise SystemExit("--sealed runs every model: leave out --models")
     if args.sealed:
         results = sealed_run(args.checkpoints, force=args.force, threads=args.threads)
     else:
         results = evaluate_all(
-            args.checkpoints, split=args.split, samples=args.samples, faces=args.faces, threads=args.threads
+            args.checkpoints,
+            split=args.split,
+            samples=args.samples,
+            faces=args.faces,
+            threads=args.threads,
+            **({"models": tuple(args.models)} if args.models else {}),
         )
     table = format_table(results)
     print(table)
