@@ -59,7 +59,7 @@ def _face() -> Image.Image:
 
 
 def test_available_models_and_unknown_name():
-    assert available_models() == ["ddpm-faces", "sagan-faces", "vit-faces"]
+    assert available_models() == ["ddpm-faces", "sagan-faces", "vit-faces", "vit-inpaint"]
     with pytest.raises(ValueError, match="choose one of"):
         load_model("gpt-faces")
 

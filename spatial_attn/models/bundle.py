@@ -56,7 +56,7 @@ class BundledModel:
     """A ready-to-run model; subclasses say how images become inputs and what a forward returns."""
 
     name: str
-    kind: str  # "ddpm" | "sagan" | "vit" for the bundled ones; any label for your own
+    kind: str  # "ddpm" | "sagan" | "vit" | "vit-inpaint" for the bundled ones; any label for your own
     pretrained: bool
     module: nn.Module  # eval mode, CPU: the root to pass to ``sa.capture``
     image_size: int = 32
@@ -195,8 +195,8 @@ class InpaintModel(BundledModel):
         grid = hidden.reshape(cfg.grid, cfg.grid).repeat(cfg.patch, 0).repeat(cfg.patch, 1)  # (H, W)
         side = "left" if centre[1] < self.image_size / 2 else "right"
         note = (
-            f"{prepared.note}; {side} eye masked: its {int(hidden.sum())} patches (grey) are the mask token; "
-            "click it to see where it looks for the other eye"
+            f"{prepared.note}; {side} eye masked: its {int(hidden.sum())} patches are the mask token (grey "
+            "in the model input); click it to see where it looks for the other eye"
         )
         return replace(
             prepared,
