@@ -618,8 +618,7 @@ def format_table(report: Report) -> str:
     summary = [["model", "metric", "target", "trained [95% CI]", "met", "control"], ["---"] * 6]
     summary += [r.cells() for r in report.rows]
     layers = [LAYER_HEADER, ["---"] * len(LAYER_HEADER)] + [r.cells() for r in report.layers]
-    measured = dict.fromkeys(r.model for r in report.layers)  # the models whose attention was measured
-    verdicts = [verdict(name, [r for r in report.layers if r.model == name]) for name in measured]
+    verdicts = [verdict(name, [r for r in report.layers if r.model == name]) for name in NAMES]
     verdicts += [
         f"- **collapse** in {r.model} `{r.layer.split(',')[0]}`: {r.collapsed:.0%} of eye queries put >= "
         f"{COLLAPSE:.0%} of their mass on one grid row that misses the other eye"
