@@ -12,6 +12,7 @@ twin the app shows beside the trained model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from .placement import Placement, place
 from .preprocess import Preprocess
 from .sagan import SAGAN, SAGANConfig
 from .vit import ViT, ViTConfig
+from .vit_inpaint import InpaintConfig, InpaintViT, eye_mask
 from .weights import load_config, load_weights
 
 #: Where the bundled weights live: the checkout's ``checkpoints/``, an installed wheel's copy, or
@@ -188,8 +190,6 @@ class InpaintModel(BundledModel):
     def mask_eye(self, prepared: Prepared, centre: np.ndarray, radius: float) -> Prepared:
         """Every patch the eye's pixels can touch (:func:`~.vit_inpaint.eye_mask`) set to the mask
         token; the display shows those patches grey, as the model sees no pixel of them."""
-        from .vit_inpaint import InpaintConfig, eye_mask
-
         cfg = InpaintConfig(**{k: self.config[k] for k in InpaintConfig.__dataclass_fields__})
         hidden = eye_mask(np.asarray(centre, np.float32)[None], np.array([radius]), cfg)  # (1, N)
         grid = hidden.reshape(cfg.grid, cfg.grid).repeat(cfg.patch, 0).repeat(cfg.patch, 1)  # (H, W)
@@ -280,43 +280,26 @@ class DDPMModel(BundledModel):
         return to_uint8(sample(self.module, self.scheduler, seed, n=n))
 
 
-def _load_vit(path: Path, pretrained: bool) -> ViTModel:
-    config, cfg, module = _build(ViT, ViTConfig, path, pretrained)
-    return ViTModel(
-        name="vit-faces",
-        kind="vit",
-        pretrained=pretrained,
-        module=module,
-        image_size=cfg.image_size,
-        labels=list(config["labels"]),
-        config=config,
-    )
+def _load_plain(
+    wrapper: type[BundledModel], model_cls: type[nn.Module], config_cls: type, name: str, kind: str
+) -> Callable[[Path, bool], BundledModel]:
+    """A loader for a model of this package's own (``model_cls(config_cls(...))``) served as ``wrapper``;
+    the labels, where its config lists them (the judge's kinds), come along."""
 
+    def load(path: Path, pretrained: bool) -> BundledModel:
+        config, cfg, module = _build(model_cls, config_cls, path, pretrained)
+        labels = list(config["labels"]) if "labels" in config else None
+        return wrapper(
+            name=name,
+            kind=kind,
+            pretrained=pretrained,
+            module=module,
+            image_size=cfg.image_size,
+            labels=labels,
+            config=config,
+        )
 
-def _load_inpaint(path: Path, pretrained: bool) -> InpaintModel:
-    from .vit_inpaint import InpaintConfig, InpaintViT
-
-    config, cfg, module = _build(InpaintViT, InpaintConfig, path, pretrained)
-    return InpaintModel(
-        name="vit-inpaint",
-        kind="vit-inpaint",
-        pretrained=pretrained,
-        module=module,
-        image_size=cfg.image_size,
-        config=config,
-    )
-
-
-def _load_sagan(path: Path, pretrained: bool) -> SAGANModel:
-    config, cfg, module = _build(SAGAN, SAGANConfig, path, pretrained)
-    return SAGANModel(
-        name="sagan-faces",
-        kind="sagan",
-        pretrained=pretrained,
-        module=module,
-        image_size=cfg.image_size,
-        config=config,
-    )
+    return load
 
 
 def _load_ddpm(path: Path, pretrained: bool) -> DDPMModel:
@@ -364,9 +347,9 @@ def _build(
 
 _LOADERS = {
     "ddpm-faces": _load_ddpm,
-    "sagan-faces": _load_sagan,
-    "vit-faces": _load_vit,
-    "vit-inpaint": _load_inpaint,
+    "sagan-faces": _load_plain(SAGANModel, SAGAN, SAGANConfig, "sagan-faces", "sagan"),
+    "vit-faces": _load_plain(ViTModel, ViT, ViTConfig, "vit-faces", "vit"),
+    "vit-inpaint": _load_plain(InpaintModel, InpaintViT, InpaintConfig, "vit-inpaint", "vit-inpaint"),
 }
 
 

@@ -13,33 +13,40 @@ so the capture engine sees a standard attention module under a readable name:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from .vit_inpaint import InpaintConfig
-
 
 @dataclass(frozen=True)
-class ViTConfig:
+class EncoderConfig:
+    """The patch grid and the encoder blocks, shared by the judge and the in-painter."""
+
     image_size: int = 32
     patch: int = 4
     dim: int = 96
     depth: int = 4
     heads: int = 4
     mlp_ratio: int = 2
-    num_classes: int = 5
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def grid(self) -> int:
+        """Patches per side (8: an 8 x 8 grid of tokens)."""
+        return self.image_size // self.patch
+
+
+@dataclass(frozen=True)
+class ViTConfig(EncoderConfig):
+    num_classes: int = 5
 
 
 class PatchEmbed(nn.Module):
     """Non-overlapping ``patch x patch`` patches -> one token each (a strided conv is exactly that)."""
 
-    def __init__(self, cfg: ViTConfig | InpaintConfig) -> None:
+    def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
         self.proj = nn.Conv2d(3, cfg.dim, kernel_size=cfg.patch, stride=cfg.patch)
 
@@ -48,7 +55,7 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2)  # (B, 64, D): token y*8 + x is patch (y, x)
 
 
-def encoder_blocks(cfg: ViTConfig | InpaintConfig) -> nn.ModuleList:
+def encoder_blocks(cfg: EncoderConfig) -> nn.ModuleList:
     """``cfg.depth`` pre-norm ``nn.TransformerEncoderLayer`` blocks (GELU, no dropout), batch first:
     each one's ``self_attn`` is the ``nn.MultiheadAttention`` the capture engine reads."""
     return nn.ModuleList(

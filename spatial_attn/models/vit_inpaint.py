@@ -15,13 +15,13 @@ linear decoder from each token to its patch's pixels. The loss (L1) is taken on 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from .vit import PatchEmbed, encoder_blocks
+from .vit import EncoderConfig, PatchEmbed, encoder_blocks
 
 #: How far an eye's pixels reach from its centre, in eye radii plus pixels: the bars' corners
 #: (1.15 r by 0.38 r, 1.21 r) and their 1-px anti-aliased edge. Every patch within that is masked, so
@@ -30,20 +30,8 @@ EYE_REACH = (1.22, 0.5)
 
 
 @dataclass(frozen=True)
-class InpaintConfig:
-    image_size: int = 32
-    patch: int = 4
-    dim: int = 96
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: int = 2
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def grid(self) -> int:
-        return self.image_size // self.patch
+class InpaintConfig(EncoderConfig):
+    """The judge's grid and encoder; no classes (it paints patches)."""
 
 
 class InpaintViT(nn.Module):

@@ -14,18 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from ...data import FaceBatch
 from ...models.vit_inpaint import EYE_REACH, InpaintConfig, InpaintViT, eye_mask
 from ...models.weights import save_weights
-from .common import Settings, cosine_lr, set_lr, to_tensor
+from .common import OneModel, Settings, cosine_lr, set_lr, to_tensor
 
 DEFAULTS = {"steps": 6000, "batch_size": 128, "lr": 1e-3}
 EYE_WEIGHT = 4.0  # an eye pixel's weight in the loss, against 1 for the masked skin around it
 
 
-class InpaintTrainer:
+class InpaintTrainer(OneModel):
     """AdamW with warm-up and cosine decay on valid faces, one eye masked per face."""
 
     name = "vit-inpaint"
@@ -38,19 +37,10 @@ class InpaintTrainer:
         self.model = InpaintViT(self.cfg)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=0.05)
 
-    def modules(self) -> dict[str, nn.Module]:
-        return {"model": self.model}
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"opt": self.opt}
-
     def step(self, step: int, batch: FaceBatch, gen: torch.Generator) -> dict[str, float]:
         set_lr(self.opt, cosine_lr(step, self.s.steps, self.s.lr, warmup=300))
         loss = self.loss(batch, gen)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
+        self.update(loss)
         return {"loss": loss.item()}
 
     def loss(self, batch: FaceBatch, gen: torch.Generator) -> torch.Tensor:
