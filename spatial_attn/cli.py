@@ -159,7 +159,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         "--models",
         nargs="+",
         metavar="NAME",
-        help="only these models' rows, e.g. vit-inpaint (default: all; --sealed: all)",
+        help="only these models' rows, e.g. vit-inpaint; --write-cards then writes only their cards "
+        "(default: all; --sealed: all)",
     )
     p.add_argument(
         "--write-cards", action="store_true", help="put the tables into each model card and README.md"
@@ -189,7 +190,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     table = format_table(results)
     print(table)
     if args.write_cards:
-        write_cards(args.checkpoints, table, results, readme=Path("README.md"))
+        # a table of some models only goes into their cards, not over README.md's table of all
+        write_cards(args.checkpoints, table, results, readme=None if args.models else Path("README.md"))
     if args.grids:
         for path in write_grids(args.grids, results):
             print(path)

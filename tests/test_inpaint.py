@@ -158,3 +158,14 @@ def test_a_model_that_hides_no_eye_refuses_to():
     judge = load_model("vit-faces")
     with pytest.raises(ValueError, match="hides no eye"):
         judge.mask_eye(judge.prepare(Image.new("RGB", (32, 32))), np.array([10.0, 10.0]), 3.0)
+
+
+def test_eval_of_some_models_names_known_ones_and_never_the_sealed_seeds(tmp_path):
+    from spatial_attn.cli import main
+    from spatial_attn.faces.evaluate import evaluate_all
+
+    with pytest.raises(SystemExit, match="unknown model"):
+        evaluate_all(tmp_path, models=("vit-inpainter",))
+    with pytest.raises(SystemExit, match="--sealed runs every model"):
+        main(["eval", "--sealed", "--models", "vit-inpaint", "--checkpoints", str(tmp_path)])
+    assert not list(tmp_path.iterdir())  # refused before any record was written
