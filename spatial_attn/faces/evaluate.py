@@ -227,6 +227,7 @@ class Report:
     rows: list[Row]
     layers: list[LayerRow]
     samples: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # model -> (n, 32, 32, 3)
+    models: tuple[str, ...] = NAMES  # the models asked for: each gets a verdict line, measured or not
 
 
 # -- the judge ------------------------------------------------------------------------------------
@@ -519,7 +520,7 @@ def evaluate_all(
     }
     judge = twins[JUDGE][0]
     rows = judge_rows(judge, seeds, 4 * faces) if JUDGE in models else []
-    report = Report(split, rows, [])
+    report = Report(split, rows, [], models=models)
     for name in ("ddpm-faces", "sagan-faces"):
         if name in models:
             gen_rows, report.samples[name] = sample_rows(twins[name][0], judge, seeds, samples)
@@ -618,7 +619,7 @@ def format_table(report: Report) -> str:
     summary = [["model", "metric", "target", "trained [95% CI]", "met", "control"], ["---"] * 6]
     summary += [r.cells() for r in report.rows]
     layers = [LAYER_HEADER, ["---"] * len(LAYER_HEADER)] + [r.cells() for r in report.layers]
-    verdicts = [verdict(name, [r for r in report.layers if r.model == name]) for name in NAMES]
+    verdicts = [verdict(name, [r for r in report.layers if r.model == name]) for name in report.models]
     verdicts += [
         f"- **collapse** in {r.model} `{r.layer.split(',')[0]}`: {r.collapsed:.0%} of eye queries put >= "
         f"{COLLAPSE:.0%} of their mass on one grid row that misses the other eye"
