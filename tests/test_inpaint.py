@@ -7,6 +7,8 @@ not the bundled weights (tests/test_models.py loads those with pickle refused).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -169,3 +171,19 @@ def test_eval_of_some_models_names_known_ones_and_never_the_sealed_seeds(tmp_pat
     with pytest.raises(SystemExit, match="--sealed runs every model"):
         main(["eval", "--sealed", "--models", "vit-inpaint", "--checkpoints", str(tmp_path)])
     assert not list(tmp_path.iterdir())  # refused before any record was written
+
+
+def test_a_table_of_some_models_goes_into_their_cards_only(monkeypatch, tmp_path):
+    from spatial_attn.cli import main
+    from spatial_attn.faces import evaluate
+
+    written = []
+    monkeypatch.setattr(
+        evaluate,
+        "evaluate_all",
+        lambda *a, **k: evaluate.Report("dev", [], [], models=k.get("models", evaluate.NAMES)),
+    )
+    monkeypatch.setattr(evaluate, "write_cards", lambda root, table, report, readme: written.append(readme))
+    main(["eval", "--models", "vit-inpaint", "--write-cards", "--checkpoints", str(tmp_path)])
+    main(["eval", "--write-cards", "--checkpoints", str(tmp_path)])
+    assert written == [None, Path("README.md")]  # README.md's table is of every model
