@@ -627,13 +627,11 @@ def format_table(report: Report) -> str:
         if r.collapsed >= COLLAPSE_REPORTED
     ]
     seeds = ", ".join(map(str, SPLITS[report.split]))
+    tables = [summary, layers] if report.rows else [layers]  # no summary rows: some models' layers only
     return "\n".join(
         [
             f"Seeds: {report.split} ({seeds}). 95% bootstrap intervals in brackets.",
-            "",
-            *("| " + " | ".join(row) + " |" for row in summary),
-            "",
-            *("| " + " | ".join(row) + " |" for row in layers),
+            *(line for table in tables for line in ["", *("| " + " | ".join(row) + " |" for row in table)]),
             "",
             *verdicts,
         ]
