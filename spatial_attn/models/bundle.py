@@ -196,7 +196,7 @@ class InpaintModel(BundledModel):
         side = "left" if centre[1] < self.image_size / 2 else "right"
         note = (
             f"{prepared.note}; {side} eye masked: its {int(hidden.sum())} patches are the mask token (grey "
-            "in the model input); click it to see where it looks for the other eye"
+            "in what the model sees); click it to see where it looks for the other eye"
         )
         return replace(
             prepared,
