@@ -187,3 +187,20 @@ def test_a_table_of_some_models_goes_into_their_cards_only(monkeypatch, tmp_path
     main(["eval", "--models", "vit-inpaint", "--write-cards", "--checkpoints", str(tmp_path)])
     main(["eval", "--write-cards", "--checkpoints", str(tmp_path)])
     assert written == [None, Path("README.md")]  # README.md's table is of every model
+
+
+def test_training_moves_only_the_kept_eye_and_never_into_the_mask():
+    from spatial_attn.faces.train.vit_inpaint import KEEP_APART, SHIFT_PX, SHIFT_SHARE, masked_side
+
+    trainer = InpaintTrainer(Settings(steps=1, batch_size=256, lr=1e-3), cfg=TINY)
+    seed, n = 11, 256
+    plain = make_faces(n, seed, trainer.kinds, layout="wide")
+    moved = trainer.augment(plain, seed, "wide")
+    rows, side = np.arange(n), masked_side(seed, n)
+    np.testing.assert_array_equal(moved.eyes[rows, side], plain.eyes[rows, side])  # the painted eye stays
+    step = moved.eyes[rows, 1 - side] - plain.eyes[rows, 1 - side]  # (n, (dy, dx))
+    assert (np.abs(step) <= np.array(SHIFT_PX) + 1e-5).all()
+    assert abs((np.abs(step).sum(1) > 0).mean() - SHIFT_SHARE) < 0.08
+    before = np.abs(plain.eyes[:, 1, 1] - plain.eyes[:, 0, 1])
+    after = np.abs(moved.eyes[:, 1, 1] - moved.eyes[:, 0, 1])
+    assert (after >= np.minimum(KEEP_APART, before) - 1e-4).all()
