@@ -16,7 +16,7 @@ from typing import Any
 
 from .data.faces import LAYOUTS
 
-MODELS = ("ddpm", "sagan", "vit")
+MODELS = ("ddpm", "sagan", "vit", "vit-inpaint")
 DEFAULT_MODEL = "ddpm-faces"
 
 
@@ -59,7 +59,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a bundled model on procedural faces made on the fly", formatter_class=PlainHelp
     )
-    p.add_argument("model", choices=MODELS, help="which model: ddpm, sagan or vit")
+    p.add_argument("model", choices=MODELS, help="which model: ddpm, sagan, vit or vit-inpaint")
     p.add_argument("--steps", type=int, help="optimisation steps (default: the model's)")
     p.add_argument("--batch-size", type=int, help="faces per step (default: the model's)")
     p.add_argument(
@@ -156,6 +156,13 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument(
+        "--models",
+        nargs="+",
+        metavar="NAME",
+        help="only these models' rows, e.g. vit-inpaint; --write-cards then writes only their cards "
+        "(default: all; --sealed: all)",
+    )
+    p.add_argument(
         "--write-cards", action="store_true", help="put the tables into each model card and README.md"
     )
     p.add_argument(
@@ -167,16 +174,24 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .faces.evaluate import evaluate_all, format_table, sealed_run, write_cards, write_grids
 
+    if args.sealed and args.models:
+        raise SystemExit("--sealed runs every model: leave out --models")
     if args.sealed:
         results = sealed_run(args.checkpoints, force=args.force, threads=args.threads)
     else:
         results = evaluate_all(
-            args.checkpoints, split=args.split, samples=args.samples, faces=args.faces, threads=args.threads
+            args.checkpoints,
+            split=args.split,
+            samples=args.samples,
+            faces=args.faces,
+            threads=args.threads,
+            **({"models": tuple(args.models)} if args.models else {}),
         )
     table = format_table(results)
     print(table)
     if args.write_cards:
-        write_cards(args.checkpoints, table, results, readme=Path("README.md"))
+        # a table of some models only goes into their cards, not over README.md's table of all
+        write_cards(args.checkpoints, table, results, readme=None if args.models else Path("README.md"))
     if args.grids:
         for path in write_grids(args.grids, results):
             print(path)

@@ -59,7 +59,7 @@ def _face() -> Image.Image:
 
 
 def test_available_models_and_unknown_name():
-    assert available_models() == ["ddpm-faces", "sagan-faces", "vit-faces"]
+    assert available_models() == ["ddpm-faces", "sagan-faces", "vit-faces", "vit-inpaint"]
     with pytest.raises(ValueError, match="choose one of"):
         load_model("gpt-faces")
 
@@ -99,6 +99,18 @@ def test_vit_layers_and_probs(models):
         bm.prepare(None)
     with pytest.raises(ValueError):
         bm.sample(0)
+
+
+def test_inpaint_layers_with_the_left_eye_masked(models):
+    bm = models["vit-inpaint"]
+    prepared = bm.prepare(_face())
+    assert "left eye masked" in prepared.note and prepared.kwargs["mask"].sum() >= 4
+    layers, summary = _captured(bm, prepared)
+    assert [layer.name for layer in layers] == [f"blocks.{i}.self_attn" for i in range(bm.config["depth"])]
+    for layer in layers:
+        assert layer.query_grid == layer.key_grid == (8, 8) and layer.heads == bm.config["heads"]
+        assert abs(layer.row(3, 2).sum() - 1) < 1e-5  # no CLS: the whole row is on the grid
+    assert summary == {"masked_patches": int(prepared.kwargs["mask"].sum())}
 
 
 def test_ddpm_layers_on_a_noised_image(models):

@@ -29,7 +29,7 @@ def _train(model: str, tmp: Path, steps: int, resume: bool = False) -> dict[str,
     return {f"{part}.{k}": v.clone() for part, m in parts for k, v in m.state_dict().items()}
 
 
-@pytest.mark.parametrize("model", ["vit", "sagan", "ddpm"])
+@pytest.mark.parametrize("model", ["vit", "sagan", "ddpm", "vit-inpaint"])
 def test_interrupted_and_resumed_equals_uninterrupted(model, tmp_path):
     straight = _train(model, tmp_path / "a", 4)
     _train(model, tmp_path / "b", 2)

@@ -41,6 +41,15 @@ ARCHITECTURE = {
         "`discriminator.attn`. The generator weights are an EMA (decay {ema_decay}) with re-measured "
         "BatchNorm statistics."
     ),
+    "vit-inpaint": (
+        "Masked-patch ViT in-painter, SimMIM-style (`spatial_attn/models/vit_inpaint.py`): 4 x 4 "
+        "patches of the 32 x 32 image -> 8 x 8 tokens, no CLS (token y*8 + x is patch (y, x)); the "
+        "masked patches' embeddings replaced by a learned mask token; learned positions; {depth} of "
+        "the judge's pre-norm `nn.TransformerEncoderLayer` blocks (width {dim}, {heads} heads, MLP "
+        "x{mlp_ratio}, GELU); a linear decoder from each token to its patch's pixels. Attention "
+        "layers: `blocks.<i>.self_attn` (`nn.MultiheadAttention`). Its eye queries are measured with "
+        "the query eye masked, the input it was trained on."
+    ),
 }
 
 LOADING = {
@@ -50,6 +59,10 @@ LOADING = {
         '`DDPMPipeline.from_pretrained("checkpoints/ddpm-faces")` (safetensors; no pickle).'
     ),
     "sagan-faces": '`sa.load_model("sagan-faces")` (safetensors + config.json; no pickle).',
+    "vit-inpaint": (
+        '`sa.load_model("vit-inpaint")` (safetensors + config.json; no pickle); '
+        "`model.module(x, mask)` paints the patches where `mask` (B, 64) is True."
+    ),
 }
 
 DATA = {
@@ -61,6 +74,13 @@ DATA = {
         "batch with Gaussian pixel noise up to 24/255, a quarter blurred (sigma up to 1.4 px)"
     ),
     "ddpm-faces": "valid faces only",
+    "vit-inpaint": (
+        "valid faces only, one eye of each (left or right at random) masked: every patch its pixels "
+        "can reach (1.22 radii + 0.5 px); the kept eye of 3 faces in 4 drawn moved, up to 5 px in y "
+        "and 3 px in x (not closer than 9.5 px to the masked eye in x), so that it must be found, "
+        "not placed by the head's symmetry; loss L1 on the masked patches' pixels, those within "
+        "the eye's reach weighted 5x"
+    ),
     "sagan-faces": (
         "valid faces as real; faces with mismatched eyes ({negative_kinds}) shown to the discriminator "
         "as fake, half a batch per step (negative data augmentation){seeking}"

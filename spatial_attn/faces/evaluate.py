@@ -57,7 +57,8 @@ from .protocol import (
 from .sample_eval import coverage, generator_figures
 
 SPLITS = {"dev": DEV_SEEDS, "spent": SPENT_SEEDS, "sealed": SEALED_SEEDS}
-NAMES = ("vit-faces", "ddpm-faces", "sagan-faces")
+NAMES = ("vit-faces", "ddpm-faces", "sagan-faces", "vit-inpaint")
+JUDGE = "vit-faces"  # scores the generators' samples, whichever models are measured
 COLLAPSE_REPORTED = 0.05  # share of collapsed rows from which a layer's collapse is spelled out
 Twins = tuple[BundledModel, BundledModel]  # (trained, random twin)
 
@@ -226,6 +227,7 @@ class Report:
     rows: list[Row]
     layers: list[LayerRow]
     samples: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # model -> (n, 32, 32, 3)
+    models: tuple[str, ...] = NAMES  # the models asked for: each gets a verdict line, measured or not
 
 
 # -- the judge ------------------------------------------------------------------------------------
@@ -503,28 +505,37 @@ def evaluate_all(
     samples: int = protocol.SAMPLES_PER_SEED,
     faces: int = protocol.FACES_PER_SEED,
     threads: int = 2,
+    models: tuple[str, ...] = NAMES,
 ) -> Report:
-    """Every figure of the tables on ``split``'s seeds: ``samples`` and ``faces`` per seed."""
+    """Every figure of the tables on ``split``'s seeds: ``samples`` and ``faces`` per seed; only the
+    rows of ``models`` (the judge still scores the generators' samples)."""
     torch.set_num_threads(threads)
     seeds = SPLITS[split]
-    vit, ddpm, sagan = (
-        (load_model(n, True, root=checkpoints), load_model(n, False, root=checkpoints)) for n in NAMES
-    )
-    rows = judge_rows(vit[0], seeds, 4 * faces)
-    report = Report(split, rows, [])
-    for gen in (ddpm, sagan):
-        gen_rows, report.samples[gen[0].name] = sample_rows(gen[0], vit[0], seeds, samples)
+    unknown = set(models) - set(NAMES)
+    if unknown:
+        raise SystemExit(f"unknown model(s) {sorted(unknown)}: choose from {', '.join(NAMES)}")
+    twins = {
+        n: (load_model(n, True, root=checkpoints), load_model(n, False, root=checkpoints))
+        for n in dict.fromkeys((JUDGE, *models))
+    }
+    judge = twins[JUDGE][0]
+    rows = judge_rows(judge, seeds, 4 * faces) if JUDGE in models else []
+    report = Report(split, rows, [], models=models)
+    for name in ("ddpm-faces", "sagan-faces"):
+        if name in models:
+            gen_rows, report.samples[name] = sample_rows(twins[name][0], judge, seeds, samples)
+            rows += gen_rows
+    for name in (n for n in NAMES if n in models):
+        trained_bm, twin_bm = twins[name]
+        timesteps = noise_levels(trained_bm)
+        trained = pooled_figures(trained_bm, seeds, faces, timesteps)
+        twin = pooled_figures(twin_bm, seeds, faces, timesteps)
+        dev = trained if split == "dev" else pooled_figures(trained_bm, DEV_SEEDS, faces, timesteps)
+        report.layers += layer_rows(name, trained, twin, headline_rule(dev))
+    if "sagan-faces" in models:
+        gen_layer, gen_rows = generator_rows(twins["sagan-faces"], seeds, samples)
+        report.layers.append(gen_layer)
         rows += gen_rows
-    for models in (vit, ddpm, sagan):
-        timesteps = noise_levels(models[0])
-        trained = pooled_figures(models[0], seeds, faces, timesteps)
-        twin = pooled_figures(models[1], seeds, faces, timesteps)
-        dev = trained if split == "dev" else pooled_figures(models[0], DEV_SEEDS, faces, timesteps)
-        headline = headline_rule(dev)
-        report.layers += layer_rows(models[0].name, trained, twin, headline)
-    gen_layer, gen_rows = generator_rows(sagan, seeds, samples)
-    report.layers.append(gen_layer)
-    rows += gen_rows
     return report
 
 
@@ -608,7 +619,7 @@ def format_table(report: Report) -> str:
     summary = [["model", "metric", "target", "trained [95% CI]", "met", "control"], ["---"] * 6]
     summary += [r.cells() for r in report.rows]
     layers = [LAYER_HEADER, ["---"] * len(LAYER_HEADER)] + [r.cells() for r in report.layers]
-    verdicts = [verdict(name, [r for r in report.layers if r.model == name]) for name in NAMES]
+    verdicts = [verdict(name, [r for r in report.layers if r.model == name]) for name in report.models]
     verdicts += [
         f"- **collapse** in {r.model} `{r.layer.split(',')[0]}`: {r.collapsed:.0%} of eye queries put >= "
         f"{COLLAPSE:.0%} of their mass on one grid row that misses the other eye"
@@ -616,13 +627,11 @@ def format_table(report: Report) -> str:
         if r.collapsed >= COLLAPSE_REPORTED
     ]
     seeds = ", ".join(map(str, SPLITS[report.split]))
+    tables = [summary, layers] if report.rows else [layers]  # no summary rows: some models' layers only
     return "\n".join(
         [
             f"Seeds: {report.split} ({seeds}). 95% bootstrap intervals in brackets.",
-            "",
-            *("| " + " | ".join(row) + " |" for row in summary),
-            "",
-            *("| " + " | ".join(row) + " |" for row in layers),
+            *(line for table in tables for line in ["", *("| " + " | ".join(row) + " |" for row in table)]),
             "",
             *verdicts,
         ]
@@ -663,10 +672,11 @@ README_END = "<!-- end of eval table -->"
 
 
 def write_cards(checkpoints: Path, table: str, report: Report, readme: Path | None = None) -> None:
-    """Put the tables into every model card and ``readme``'s marked block, the numbers in metrics.json."""
+    """Put the tables into the card of every model measured and ``readme``'s marked block, the numbers
+    in metrics.json."""
     from .cards import write_card
 
-    for name in NAMES:
+    for name in (n for n in NAMES if any(r.model == n for r in report.rows + report.layers)):
         mine = [_row_json(r) for r in report.rows + report.layers if r.model == name]
         (checkpoints / name / "metrics.json").write_text(json.dumps(mine, indent=2, default=str) + "\n")
         write_card(checkpoints, name, table, [r for r in mine if "detail" in r])

@@ -50,7 +50,7 @@ FIGURES = ("valid", "erased", "blank", "cheek", "follows", "decoy", "stays", "ch
 BATCH = 32
 
 Figures = dict[str, dict[str, np.ndarray]]  # layer -> figure -> (n,) per face
-Runner = Callable[[FaceBatch, range], dict[str, AttentionLayer]]
+Runner = Callable[[FaceBatch, range, int], dict[str, AttentionLayer]]
 
 
 @dataclass(frozen=True)
@@ -109,20 +109,20 @@ def measure(
 
     for start in range(0, n, BATCH):
         rows = range(start, min(n, start + BATCH))
-        for layer, lv in run(v.valid, rows).items():
-            for key, value in _on_valid(lv, v, rows).items():
-                add(layer, key, value)
-            for src in (0, 1):
+        for src in (0, 1):  # query eye src: the valid faces' figures, one direction at a time
+            for layer, lv in run(v.valid, rows, src).items():
+                for key, value in _on_valid(lv, v, rows, src).items():
+                    add(layer, key, value)
                 add(layer, "cheek", _lifts(lv, faces, rows, src, 1 - src, (cheek_px, 0.0))["valid"])
         for e in (0, 1):  # query the kept eye 1 - e; the erased / moved eye is e
-            for layer, lv in run(v.erased[e], rows).items():
+            for layer, lv in run(v.erased[e], rows, 1 - e).items():
                 for key, value in _lifts(lv, faces, rows, src=1 - e, dst=e).items():
                     add(layer, key.replace("valid", "erased"), value)
             for key, edited in (("follows", v.moved[e]), ("decoy", v.decoy[e])):
-                for layer, lv in run(edited, rows).items():
+                for layer, lv in run(edited, rows, 1 - e).items():
                     add(layer, key, [_follows(lv, b, faces, edited, i, e) for b, i in enumerate(rows)])
-        for layer, lv in run(v.blank, rows).items():
-            for src in (0, 1):
+        for src in (0, 1):
+            for layer, lv in run(v.blank, rows, src).items():
                 for key, value in _lifts(lv, faces, rows, src, 1 - src).items():
                     add(layer, key.replace("valid", "blank"), value)
     return {layer: {k: _per_face(vals, n) for k, vals in figs.items()} for layer, figs in per.items()}
@@ -146,13 +146,26 @@ def _pair_mean(arr: np.ndarray, n: int) -> np.ndarray:
 
 
 def _runner(bm: BundledModel, timestep: int | None) -> Runner:
-    """A function that runs ``bm`` once on some faces of a batch and returns its captured layers."""
+    """A function that runs ``bm`` on some faces of a batch, queried from eye ``src``, and returns
+    its captured layers. A model that :attr:`~spatial_attn.models.BundledModel.masks_eye` (an
+    in-painter) gets eye ``src`` hidden, as it was trained: the row that matters is the hidden eye's.
+    Any other model sees the same input from either eye, so its last run is reused."""
+    last: dict[tuple, dict[str, AttentionLayer]] = {}
 
-    def run(faces: FaceBatch, rows: range) -> dict[str, AttentionLayer]:
-        prepared = [bm.prepare(Image.fromarray(faces.images[i]), timestep=timestep, seed=i) for i in rows]
-        with capture(bm.module) as cap, torch.no_grad():
-            bm.run(stack(prepared))
-        return {layer.name: layer for layer in cap.layers}
+    def run(faces: FaceBatch, rows: range, src: int) -> dict[str, AttentionLayer]:
+        key = (id(faces), rows, src if bm.masks_eye else None)
+        if key not in last:
+            prepared = [bm.prepare(Image.fromarray(faces.images[i]), timestep=timestep, seed=i) for i in rows]
+            if bm.masks_eye:
+                prepared = [
+                    bm.mask_eye(p, faces.eyes[i, src], faces.eye_radius[i, src])
+                    for p, i in zip(prepared, rows, strict=True)
+                ]
+            with capture(bm.module) as cap, torch.no_grad():
+                bm.run(stack(prepared))
+            last.clear()
+            last[key] = {layer.name: layer for layer in cap.layers}
+        return last[key]
 
     return run
 
@@ -169,20 +182,17 @@ def stack(prepared: Sequence[Prepared]) -> Prepared:
     return Prepared(args=args, kwargs=kwargs, display=first.display, note=first.note)
 
 
-def _on_valid(layer: AttentionLayer, v: Variants, rows: range) -> dict[str, list[float]]:
-    """On the unmoved faces: lifts both ways, the position-only peak test and chance, collapse."""
-    faces = v.valid
-    out: dict[str, list[float]] = {}
-    for src in (0, 1):
-        for key, value in _lifts(layer, faces, rows, src, 1 - src).items():
-            out.setdefault(key, []).extend(value)
+def _on_valid(layer: AttentionLayer, v: Variants, rows: range, src: int) -> dict[str, list[float]]:
+    """On the unmoved faces, from eye ``src``: its lift, the position-only peak test (eye ``1 - src``
+    as if moved) and chance, collapse."""
+    faces, dst = v.valid, 1 - src
+    out = _lifts(layer, faces, rows, src, dst)
     out["stays"], out["chance"], out["collapsed"] = [], [], []
     for b, i in enumerate(rows):
-        stays = [_peak_on(layer, b, faces, i, 1 - e, v.moved[e].eyes[i, e]) for e in (0, 1)]
-        out["stays"].append(float(np.mean([s for s, _ in stays])))
-        out["chance"].append(float(np.mean([c for _, c in stays])))
-        pair = [(row_at(layer, b, faces.eyes[i, e]), _cells(layer, faces, i, 1 - e)) for e in (0, 1)]
-        out["collapsed"].append(float(np.mean([collapsed(*p) for p in pair])))
+        stays, chance = _peak_on(layer, b, faces, i, src, v.moved[dst].eyes[i, dst])
+        out["stays"].append(stays)
+        out["chance"].append(chance)
+        out["collapsed"].append(collapsed(row_at(layer, b, faces.eyes[i, src]), _cells(layer, faces, i, dst)))
     return out
 
 

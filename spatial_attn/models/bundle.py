@@ -12,6 +12,7 @@ twin the app shows beside the trained model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from .placement import Placement, place
 from .preprocess import Preprocess
 from .sagan import SAGAN, SAGANConfig
 from .vit import ViT, ViTConfig
+from .vit_inpaint import InpaintConfig, InpaintViT, eye_mask
 from .weights import load_config, load_weights
 
 #: Where the bundled weights live: the checkout's ``checkpoints/``, an installed wheel's copy, or
@@ -56,7 +58,7 @@ class BundledModel:
     """A ready-to-run model; subclasses say how images become inputs and what a forward returns."""
 
     name: str
-    kind: str  # "ddpm" | "sagan" | "vit" for the bundled ones; any label for your own
+    kind: str  # "ddpm" | "sagan" | "vit" | "vit-inpaint" for the bundled ones; any label for your own
     pretrained: bool
     module: nn.Module  # eval mode, CPU: the root to pass to ``sa.capture``
     image_size: int = 32
@@ -72,6 +74,9 @@ class BundledModel:
     max_source = 256
     #: Whether ``prepare`` accepts ``prompt=`` (text-conditioned models; the app then shows a prompt box).
     takes_prompt = False
+    #: Whether the model was trained with one eye hidden (an in-painter): its eye query is then the
+    #: hidden eye's, so the evaluation hides the query eye with :meth:`mask_eye` before it runs.
+    masks_eye = False
 
     @property
     def placement(self) -> Placement:
@@ -105,6 +110,11 @@ class BundledModel:
     def run(self, prepared: Prepared) -> dict:
         """One forward pass on prepared inputs; returns a small JSON-able summary."""
         raise NotImplementedError
+
+    def mask_eye(self, prepared: Prepared, centre: np.ndarray, radius: float) -> Prepared:
+        """``prepared`` with the eye at ``centre`` (y, x) of ``radius`` pixels hidden from the model:
+        only a model that :attr:`masks_eye` can."""
+        raise ValueError(f"{self.name} sees the whole image: it hides no eye")
 
     def sample(self, seed: int, n: int = 1) -> np.ndarray:
         """(n, S, S, 3) uint8 images drawn from ``seed``: what "new sample" shows, and what eval judges."""
@@ -150,6 +160,54 @@ class ViTModel(BundledModel):
     def run(self, prepared: Prepared) -> dict:
         probs = torch.softmax(self.module(*prepared.args, **prepared.kwargs)[0], dim=-1)  # (classes,)
         return {"probs": {label: round(float(p), 4) for label, p in zip(self.labels, probs, strict=True)}}
+
+
+class InpaintModel(BundledModel):
+    """Paints back the patches hidden under the mask token: on a face, the left eye is hidden."""
+
+    masks_eye = True
+    #: The app's mask is placed around the located eye's centre as for the largest eye faces draw:
+    #: a located radius can run small (a bar's area reads as a smaller disc) and leave its tips.
+    APP_RADIUS = 3.4
+
+    def prepare(
+        self, image: Image.Image | None = None, *, timestep: int | None = None, seed: int = 0
+    ) -> Prepared:
+        from ..data.eyes import locate_eyes
+
+        x, pixels, note = self.to_input(image)
+        hidden = torch.zeros(1, (self.image_size // self.config["patch"]) ** 2, dtype=torch.bool)  # (1, N)
+        bare = Prepared(
+            args=(self.placed(x),), kwargs={"mask": self.placed(hidden)}, display=pixels, note=note
+        )
+        found = locate_eyes(pixels)
+        if found is None:
+            return replace(
+                bare, note=f"{note}; no two eyes found, nothing masked (it was trained to paint an eye)"
+            )
+        return self.mask_eye(bare, found[0][0], self.APP_RADIUS)
+
+    def mask_eye(self, prepared: Prepared, centre: np.ndarray, radius: float) -> Prepared:
+        """Every patch the eye's pixels can touch (:func:`~.vit_inpaint.eye_mask`) set to the mask
+        token; the display shows those patches grey, as the model sees no pixel of them."""
+        cfg = InpaintConfig(**{k: self.config[k] for k in InpaintConfig.__dataclass_fields__})
+        hidden = eye_mask(np.asarray(centre, np.float32)[None], np.array([radius]), cfg)  # (1, N)
+        grid = hidden.reshape(cfg.grid, cfg.grid).repeat(cfg.patch, 0).repeat(cfg.patch, 1)  # (H, W)
+        side = "left" if centre[1] < self.image_size / 2 else "right"
+        note = (
+            f"{prepared.note}; {side} eye masked: its {int(hidden.sum())} patches are the mask token (grey "
+            "in what the model sees); click it to see where it looks for the other eye"
+        )
+        return replace(
+            prepared,
+            kwargs={"mask": self.placed(torch.from_numpy(hidden))},
+            display=np.where(grid[..., None], np.uint8(128), prepared.display),
+            note=note,
+        )
+
+    def run(self, prepared: Prepared) -> dict:
+        self.module(*prepared.args, **prepared.kwargs)
+        return {"masked_patches": int(prepared.kwargs["mask"].sum())}
 
 
 class SAGANModel(BundledModel):
@@ -222,29 +280,26 @@ class DDPMModel(BundledModel):
         return to_uint8(sample(self.module, self.scheduler, seed, n=n))
 
 
-def _load_vit(path: Path, pretrained: bool) -> ViTModel:
-    config, cfg, module = _build(ViT, ViTConfig, path, pretrained)
-    return ViTModel(
-        name="vit-faces",
-        kind="vit",
-        pretrained=pretrained,
-        module=module,
-        image_size=cfg.image_size,
-        labels=list(config["labels"]),
-        config=config,
-    )
+def _load_plain(
+    wrapper: type[BundledModel], model_cls: type[nn.Module], config_cls: type, name: str, kind: str
+) -> Callable[[Path, bool], BundledModel]:
+    """A loader for a model of this package's own (``model_cls(config_cls(...))``) served as ``wrapper``;
+    the labels, where its config lists them (the judge's kinds), come along."""
 
+    def load(path: Path, pretrained: bool) -> BundledModel:
+        config, cfg, module = _build(model_cls, config_cls, path, pretrained)
+        labels = list(config["labels"]) if "labels" in config else None
+        return wrapper(
+            name=name,
+            kind=kind,
+            pretrained=pretrained,
+            module=module,
+            image_size=cfg.image_size,
+            labels=labels,
+            config=config,
+        )
 
-def _load_sagan(path: Path, pretrained: bool) -> SAGANModel:
-    config, cfg, module = _build(SAGAN, SAGANConfig, path, pretrained)
-    return SAGANModel(
-        name="sagan-faces",
-        kind="sagan",
-        pretrained=pretrained,
-        module=module,
-        image_size=cfg.image_size,
-        config=config,
-    )
+    return load
 
 
 def _load_ddpm(path: Path, pretrained: bool) -> DDPMModel:
@@ -290,7 +345,12 @@ def _build(
     return config, cfg, module.eval()
 
 
-_LOADERS = {"ddpm-faces": _load_ddpm, "sagan-faces": _load_sagan, "vit-faces": _load_vit}
+_LOADERS = {
+    "ddpm-faces": _load_ddpm,
+    "sagan-faces": _load_plain(SAGANModel, SAGAN, SAGANConfig, "sagan-faces", "sagan"),
+    "vit-faces": _load_plain(ViTModel, ViT, ViTConfig, "vit-faces", "vit"),
+    "vit-inpaint": _load_plain(InpaintModel, InpaintViT, InpaintConfig, "vit-inpaint", "vit-inpaint"),
+}
 
 
 def available_models() -> list[str]:
@@ -319,6 +379,7 @@ def load_model(
     if not path.is_dir():
         where = searched("checkpoints") if root is None else f"looked in {root}"
         raise FileNotFoundError(
-            f"{name} is missing ({where}); or train it with `spatial-attn train {name.split('-')[0]}`"
+            f"{name} is missing ({where}); "
+            f"or train it with `spatial-attn train {name.removesuffix('-faces')}`"
         )
     return _LOADERS[name](path, pretrained).place(placement)

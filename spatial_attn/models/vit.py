@@ -19,29 +19,57 @@ from torch import nn
 
 
 @dataclass(frozen=True)
-class ViTConfig:
+class EncoderConfig:
+    """The patch grid and the encoder blocks, shared by the judge and the in-painter."""
+
     image_size: int = 32
     patch: int = 4
     dim: int = 96
     depth: int = 4
     heads: int = 4
     mlp_ratio: int = 2
-    num_classes: int = 5
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def grid(self) -> int:
+        """Patches per side (8: an 8 x 8 grid of tokens)."""
+        return self.image_size // self.patch
+
+
+@dataclass(frozen=True)
+class ViTConfig(EncoderConfig):
+    num_classes: int = 5
 
 
 class PatchEmbed(nn.Module):
     """Non-overlapping ``patch x patch`` patches -> one token each (a strided conv is exactly that)."""
 
-    def __init__(self, cfg: ViTConfig) -> None:
+    def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
         self.proj = nn.Conv2d(3, cfg.dim, kernel_size=cfg.patch, stride=cfg.patch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)  # (B, D, 8, 8)
         return x.flatten(2).transpose(1, 2)  # (B, 64, D): token y*8 + x is patch (y, x)
+
+
+def encoder_blocks(cfg: EncoderConfig) -> nn.ModuleList:
+    """``cfg.depth`` pre-norm ``nn.TransformerEncoderLayer`` blocks (GELU, no dropout), batch first:
+    each one's ``self_attn`` is the ``nn.MultiheadAttention`` the capture engine reads."""
+    return nn.ModuleList(
+        nn.TransformerEncoderLayer(
+            cfg.dim,
+            cfg.heads,
+            cfg.mlp_ratio * cfg.dim,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        for _ in range(cfg.depth)
+    )
 
 
 class ViT(nn.Module):
@@ -54,18 +82,7 @@ class ViT(nn.Module):
         self.patch_embed = PatchEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos_embed = nn.Parameter(torch.randn(1, 1 + n, cfg.dim) * 0.02)
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(
-                cfg.dim,
-                cfg.heads,
-                cfg.mlp_ratio * cfg.dim,
-                dropout=0.0,
-                activation="gelu",
-                batch_first=True,
-                norm_first=True,
-            )
-            for _ in range(cfg.depth)
-        )
+        self.blocks = encoder_blocks(cfg)
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.num_classes)
 

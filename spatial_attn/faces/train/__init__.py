@@ -1,12 +1,13 @@
-"""Training loops for the bundled models (``spatial-attn train ddpm|sagan|vit``)."""
+"""Training loops for the bundled models (``spatial-attn train ddpm|sagan|vit|vit-inpaint``)."""
 
 from __future__ import annotations
 
-from . import ddpm, sagan, vit
+from . import ddpm, sagan, vit, vit_inpaint
 
 #: model -> (trainer class, default steps / batch size / learning rate)
 TRAINERS = {
     "ddpm": (ddpm.DDPMTrainer, ddpm.DEFAULTS),
     "sagan": (sagan.SAGANTrainer, sagan.DEFAULTS),
     "vit": (vit.ViTTrainer, vit.DEFAULTS),
+    "vit-inpaint": (vit_inpaint.InpaintTrainer, vit_inpaint.DEFAULTS),
 }

@@ -73,6 +73,27 @@ class Trainer(Protocol):
     def export(self, out_dir: Path) -> None: ...
 
 
+class OneModel:
+    """What a trainer of one model with one optimizer has in common: the parts a checkpoint holds
+    (named ``model`` and ``opt``) and one clipped update."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt": self.opt}
+
+    def update(self, loss: torch.Tensor) -> None:
+        """One optimizer step on ``loss``, gradients clipped to norm 1."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+
+
 def run(trainer: Trainer, s: Settings, run_dir: Path) -> dict:
     """Train ``trainer`` to ``s.steps`` (resuming from ``run_dir`` if asked), export, return the record."""
     torch.set_num_threads(s.threads)
