@@ -91,6 +91,7 @@ class GANRecipe:
     init_from: str = ""  # a sagan-faces folder to start from (new weights start at zero)
     attn_coords: int = 0  # sin-cos frequencies per axis into G's attention queries and keys
     aux_weight: float = 0.0  # AC-GAN: weight of the eye colour / shape classification terms
+    embed_lr_factor: float = 1.0  # the condition's embedding learns this much faster (it starts at 0)
     eye_attn_weight: float = 0.0  # weight of the eye-to-eye cross-entropy on G's attention
     collapse_weight: float = 0.0  # weight of the one-grid-row penalty on G's attention
     collapse_floor: float = 0.5  # a row's share on one grid row beyond this is penalised
@@ -133,7 +134,10 @@ class SAGANTrainer:
         self.model.generator.attn.keep = r.attention_losses
         self.ema = copy.deepcopy(self.model.generator).requires_grad_(False)
         G, D, betas = self.model.generator, self.model.discriminator, (0.0, 0.9)
-        self.opt_g = torch.optim.Adam(G.parameters(), lr=s.lr, betas=betas)
+        embed = [p for n, p in G.named_parameters() if n.startswith("embed.")]
+        rest = [p for n, p in G.named_parameters() if not n.startswith("embed.")]
+        groups = [{"params": rest}] + ([{"params": embed, "lr": r.embed_lr_factor * s.lr}] if embed else [])
+        self.opt_g = torch.optim.Adam(groups, lr=s.lr, betas=betas)
         self.opt_d = torch.optim.Adam(D.parameters(), lr=D_LR_FACTOR * s.lr, betas=betas)
 
     def modules(self) -> dict[str, nn.Module]:
