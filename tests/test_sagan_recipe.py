@@ -248,3 +248,29 @@ def test_train_cli_passes_set_to_the_sagan_only(tmp_path, capsys):
         main(["train", "ddpm", "--steps", "1", "--set", "x=1", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="unknown --set"):
         main(["train", "sagan", "--steps", "1", "--set", "nope=1", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("coords", [0, 2])
+def test_the_mechanics_tab_says_when_the_queries_also_see_positions(coords):
+    from types import SimpleNamespace
+
+    from spatial_attn.analysis.explore import Exploration
+    from spatial_attn.app.views.mechanics import MechanicsView
+    from spatial_attn.models.bundle import SAGANModel
+
+    torch.manual_seed(0)
+    module = SAGAN(SAGANConfig(**TINY, attn_coords=coords)).eval()
+    model = SAGANModel(
+        name="sagan-faces",
+        kind="sagan",
+        pretrained=False,
+        module=module,
+        image_size=32,
+        config={"z_dim": 128},
+    )
+    _, _, body = MechanicsView.show(
+        SimpleNamespace(exploration=Exploration(model, None, seed=3), point=(10, 10)), None, None, 1.0
+    )
+    said = "its row <b>and</b> 8 more numbers that say where its cell is"
+    assert (said in body) == bool(coords)
+    assert ("made from its row alone" in body) == (not coords)
