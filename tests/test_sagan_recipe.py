@@ -19,6 +19,7 @@ from conftest import assert_rows_match, reference_probs
 import spatial_attn as sa
 from spatial_attn.data import EYE_COLORS, SHAPES, make_faces
 from spatial_attn.data.eyes import locate_eyes
+from spatial_attn.faces.cards import write_card
 from spatial_attn.faces.train.common import Settings, run
 from spatial_attn.faces.train.sagan import (
     GANRecipe,
@@ -213,6 +214,8 @@ def test_the_default_recipe_is_the_old_one_and_unknown_fields_are_refused(tmp_pa
     assert trainer.recipe == GANRecipe() and not trainer.model.generator.attn.keep
     run(trainer, s, tmp_path / "run")
     assert "recipe" not in json.loads((tmp_path / "out" / "sagan-faces" / "config.json").read_text())
+    card = write_card(tmp_path / "out", "sagan-faces", "| m |", []).read_text()
+    assert "`discriminator.attn`. The generator weights are an EMA" in card  # as the old card said
     with pytest.raises(SystemExit, match="unknown --set"):
         SAGANTrainer(Settings(steps=1, batch_size=4, lr=1e-4, extra={"head_shift_px": "4"}))
 
@@ -239,6 +242,9 @@ def test_fine_tuning_with_the_recipe_trains_exports_and_loads(tmp_path):
     with sa.capture(bm.module) as cap, torch.no_grad():
         bm.run(prepared)
     assert cap.layers.names() == ["generator.attn"]
+    card = write_card(tmp_path / "b", "sagan-faces", "| m |", []).read_text()
+    assert "also read 4 sin-cos position channels" in card and "Conditional (AC-GAN)" in card
+    assert "onto the other eye (weight 0.5)" in card and "beyond 0.5 (weight 1)" in card
 
 
 def test_train_cli_passes_set_to_the_sagan_only(tmp_path, capsys):
