@@ -70,7 +70,7 @@ from ...engine import cell_at
 from ...models.sagan import SAGAN, SAGANConfig, condition
 from ...models.weights import load_weights, save_weights
 from ..eye_attention import IMAGE_HW, eye_cells
-from .common import Settings, to_tensor, to_uint8
+from .common import Settings, recipe_from, to_tensor, to_uint8
 
 DEFAULTS = {"steps": 5000, "batch_size": 32, "lr": 1e-4}
 D_LR_FACTOR = 4.0
@@ -99,12 +99,7 @@ class GANRecipe:
     @classmethod
     def from_settings(cls, extra: dict) -> GANRecipe:
         """The recipe from ``--set`` values (strings), each converted to its field's type."""
-        types = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = set(extra) - set(types)
-        if unknown:
-            raise SystemExit(f"unknown --set field(s) {sorted(unknown)}; the SAGAN's are {sorted(types)}")
-        convert = {"str": str, "int": int, "float": float}
-        return cls(**{k: convert[types[k]](v) for k, v in extra.items()})
+        return recipe_from(cls, extra, "the SAGAN's")
 
     @property
     def attention_losses(self) -> bool:
