@@ -138,6 +138,20 @@ def test_class_loss_is_the_two_cross_entropies():
     torch.testing.assert_close(class_loss(logits, colour, shape), want)
 
 
+def test_class_loss_with_a_fake_class_by_hand():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 13)  # colours 0..5, shapes 6..10, colour-fake 11, shape-fake 12
+    colour, shape = torch.tensor([-1, 2]), torch.tensor([-1, 4])  # -1: the fake class
+    lc = [logits[b, [0, 1, 2, 3, 4, 5, 11]] for b in range(2)]
+    ls = [logits[b, [6, 7, 8, 9, 10, 12]] for b in range(2)]
+    want = 0.0
+    for b, (c, s_) in enumerate(((6, 5), (2, 4))):
+        want += -(lc[b][c] - torch.logsumexp(lc[b], 0)) / 2 - (ls[b][s_] - torch.logsumexp(ls[b], 0)) / 2
+    torch.testing.assert_close(class_loss(logits, colour, shape), want)
+    cfg = SAGANConfig(**TINY, conditional=True, aux_fake=True)
+    assert SAGAN(cfg).discriminator.aux.out_features == cfg.n_classes == 13
+
+
 def test_eye_classes_name_the_drawn_colour_and_shape():
     faces = make_faces(12, 5)
     colour, shape = eye_classes(faces)
@@ -227,6 +241,7 @@ def test_fine_tuning_with_the_recipe_trains_exports_and_loads(tmp_path):
         "init_from": str(tmp_path / "a" / "sagan-faces"),
         "attn_coords": "1",
         "aux_weight": "1",
+        "aux_fake": "1",
         "eye_attn_weight": "0.5",
         "collapse_weight": "1",
     }
@@ -235,7 +250,7 @@ def test_fine_tuning_with_the_recipe_trains_exports_and_loads(tmp_path):
     record = run(trainer, s, tmp_path / "run-b")
     assert {"aux", "eye", "located", "collapse"} <= set(record["final_logs"])
     bm = load_model("sagan-faces", root=tmp_path / "b")
-    assert bm.module.cfg.attn_coords == 1 and bm.module.cfg.conditional
+    assert bm.module.cfg.attn_coords == 1 and bm.module.cfg.conditional and bm.module.cfg.aux_fake
     assert bm.config["recipe"]["aux_weight"] == 1.0
     assert bm.sample(0, 2).shape == (2, 32, 32, 3)
     prepared = bm.prepare(seed=3)
@@ -280,3 +295,27 @@ def test_the_mechanics_tab_says_when_the_queries_also_see_positions(coords):
     said = "its row <b>and</b> 8 more numbers that say where its cell is"
     assert (said in body) == bool(coords)
     assert ("made from its row alone" in body) == (not coords)
+
+
+@pytest.mark.parametrize("aux_fake", [0, 1])
+def test_the_discriminator_learns_the_fake_class_on_generated_faces_only_when_asked(aux_fake, monkeypatch):
+    from spatial_attn.faces.train import sagan as sagan_train
+
+    calls = []
+    real = sagan_train.class_loss
+
+    def spy(logits, colour, shape):
+        calls.append((logits.shape, colour.tolist(), shape.tolist()))
+        return real(logits, colour, shape)
+
+    monkeypatch.setattr(sagan_train, "class_loss", spy)
+    extra = {"aux_weight": "1", "aux_fake": str(aux_fake)}
+    trainer = SAGANTrainer(Settings(steps=1, batch_size=4, lr=1e-4, extra=extra))
+    batch = make_faces(4, 7)
+    trainer.step(0, batch, torch.Generator().manual_seed(0))
+    width = 11 + 2 * aux_fake
+    colour, shape = eye_classes(batch)
+    assert calls[0] == (torch.Size([4, width]), colour.tolist(), shape.tolist())  # D on real faces
+    fake_calls = [c for c in calls if c[1] == [-1] * 4]
+    assert fake_calls == ([(torch.Size([4, width]), [-1] * 4, [-1] * 4)] if aux_fake else [])
+    assert len(calls) == 2 + aux_fake  # and G's term on its conditions

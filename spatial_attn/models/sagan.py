@@ -33,11 +33,13 @@ class SAGANConfig:
     minibatch_std: int = 0  # group size of D's minibatch standard deviation at 4 x 4 (0: none)
     attn_coords: int = 0  # sin-cos frequencies per axis the generator's queries and keys also see
     conditional: bool = False  # eye colour and shape read from z (G) and classified by D (AC-GAN)
+    aux_fake: bool = False  # D's classifier also has a "fake" class for colour and one for shape
 
     @property
     def n_classes(self) -> int:
-        """Logits of D's auxiliary head: eye colours then eye shapes (0 if not conditional)."""
-        return (len(EYE_COLORS) + len(SHAPES)) if self.conditional else 0
+        """Logits of D's auxiliary head: eye colours, eye shapes, then (``aux_fake``) the colour
+        head's and the shape head's "fake" logits (0 if not conditional)."""
+        return (len(EYE_COLORS) + len(SHAPES) + 2 * self.aux_fake) if self.conditional else 0
 
     def to_dict(self) -> dict:
         return asdict(self)

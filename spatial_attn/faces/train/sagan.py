@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...data import EYE_COLORS, LATE_KINDS, FaceBatch, make_faces
+from ...data import EYE_COLORS, LATE_KINDS, SHAPES, FaceBatch, make_faces
 from ...data.eyes import locate_eyes
 from ...engine import cell_at
 from ...models.sagan import SAGAN, SAGANConfig, condition
@@ -91,6 +91,8 @@ class GANRecipe:
     init_from: str = ""  # a sagan-faces folder to start from (new weights start at zero)
     attn_coords: int = 0  # sin-cos frequencies per axis into G's attention queries and keys
     aux_weight: float = 0.0  # AC-GAN: weight of the eye colour / shape classification terms
+    aux_fake: int = 0  # 1: D's classifier learns a "fake" class on generated faces (G must not fool it
+    #: with a background of the asked colour, as the plain AC-GAN head let it)
     embed_lr_factor: float = 1.0  # the condition's embedding learns this much faster (it starts at 0)
     eye_attn_weight: float = 0.0  # weight of the eye-to-eye cross-entropy on G's attention
     collapse_weight: float = 0.0  # weight of the one-grid-row penalty on G's attention
@@ -121,6 +123,7 @@ class SAGANTrainer:
             minibatch_std=MINIBATCH_STD,
             attn_coords=r.attn_coords,
             conditional=r.aux_weight > 0,
+            aux_fake=r.aux_weight > 0 and bool(r.aux_fake),
         )
         torch.manual_seed(s.seed)
         self.model = SAGAN(self.cfg)
@@ -154,10 +157,19 @@ class SAGANTrainer:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             with torch.no_grad():
                 fake = G(z[0])
-            fake_term = (1 - NEG_WEIGHT) * F.relu(1 + D(fake)).mean() + NEG_WEIGHT * F.relu(1 + D(neg)).mean()
+            if self.cfg.aux_fake:
+                score_fake, logits_fake = D(fake, aux=True)
+            else:
+                score_fake, logits_fake = D(fake), None
+            fake_term = (1 - NEG_WEIGHT) * F.relu(1 + score_fake).mean() + NEG_WEIGHT * F.relu(
+                1 + D(neg)
+            ).mean()
             if self.cfg.conditional:
                 score, logits = D(real, real=True, aux=True)
                 aux_d = class_loss(logits.float(), *eye_classes(batch))
+                if logits_fake is not None:  # the last class of each head: "generated"
+                    fake_class = torch.full((len(fake),), -1, dtype=torch.long)
+                    aux_d = aux_d + class_loss(logits_fake.float(), fake_class, fake_class)
                 loss_d = F.relu(1 - score).mean() + fake_term + self.recipe.aux_weight * aux_d
             else:
                 loss_d = F.relu(1 - D(real, real=True)).mean() + fake_term
@@ -257,9 +269,19 @@ def eye_classes(batch: FaceBatch) -> tuple[torch.Tensor, torch.Tensor]:
 
 def class_loss(logits: torch.Tensor, colour: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
     """AC-GAN's auxiliary term: cross-entropy of the colour logits (the first ``len(EYE_COLORS)``)
-    plus that of the shape logits (the rest), each a mean over the batch."""
-    n = len(EYE_COLORS)
-    return F.cross_entropy(logits[:, :n], colour) + F.cross_entropy(logits[:, n:], shape)
+    plus that of the shape logits (the next ``len(SHAPES)``), each a mean over the batch. With a
+    "fake" class (13 logits: the colour head's then the shape head's fake logit last), each head
+    has it as its last class, and a label of -1 names it."""
+    n, m = len(EYE_COLORS), len(EYE_COLORS) + len(SHAPES)
+    colours, shapes = logits[:, :n], logits[:, n:m]
+    if logits.shape[1] > m:
+        colours, shapes = (
+            torch.cat([colours, logits[:, m : m + 1]], 1),
+            torch.cat([shapes, logits[:, m + 1 :]], 1),
+        )
+    return F.cross_entropy(colours, colour % colours.shape[1]) + F.cross_entropy(
+        shapes, shape % shapes.shape[1]
+    )
 
 
 def collapse_penalty(attention: torch.Tensor, grid: tuple[int, int], floor: float) -> torch.Tensor:
