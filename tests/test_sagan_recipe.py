@@ -319,3 +319,15 @@ def test_the_discriminator_learns_the_fake_class_on_generated_faces_only_when_as
     fake_calls = [c for c in calls if c[1] == [-1] * 4]
     assert fake_calls == ([(torch.Size([4, width]), [-1] * 4, [-1] * 4)] if aux_fake else [])
     assert len(calls) == 2 + aux_fake  # and G's term on its conditions
+
+
+def test_the_condition_embedding_learns_at_its_own_rate_and_the_default_keeps_one_group():
+    extra = {"aux_weight": "1", "embed_lr_factor": "10"}
+    trainer = SAGANTrainer(Settings(steps=1, batch_size=4, lr=2e-4, extra=extra))
+    groups = trainer.opt_g.param_groups
+    embed = trainer.model.generator.embed.weight
+    assert [g["lr"] for g in groups] == [2e-4, 2e-3] and groups[1]["params"] == [embed]
+    assert all(p is not embed for p in groups[0]["params"])
+    plain = SAGANTrainer(Settings(steps=1, batch_size=4, lr=2e-4))
+    (group,) = plain.opt_g.param_groups  # the old recipe: one group, in the generator's order
+    assert group["params"] == list(plain.model.generator.parameters())
