@@ -10,6 +10,12 @@ The generator attends at 16 x 16, where a 3 px eye covers a couple of cells and 
 ~6 cells away; the discriminator attends at 16 x 16 too, to judge whether the two eyes match.
 Every weight layer is spectrally normalised (both networks, as in SAGAN). ``SAGAN`` holds the two so
 that one ``sa.capture`` root names layers ``generator.attn`` and ``discriminator.attn``.
+
+Issue 23's options (all off by default, so older checkpoints load as they were): ``attn_coords``
+gives the generator's attention queries and keys sin-cos position channels
+(:func:`position_channels`); ``conditional`` makes the generator draw the eye colour and shape that
+:func:`condition` reads from its latent (so a seed still fixes the whole sample) and gives the
+discriminator an auxiliary head naming them (AC-GAN), ``aux_fake`` a "generated" class in it.
 """
 
 from __future__ import annotations

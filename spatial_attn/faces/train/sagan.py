@@ -42,7 +42,9 @@ starts at zero, so step 0 draws exactly what the bundled generator drew) with up
   and the discriminator gets a head that names a face's eye colour and shape; D learns it on real
   faces, G is rewarded when D names the condition it was given. The audit found no red eyes and
   almost no green ones after mode seeking and minibatch std; a classifier's gradient asks for each
-  colour by name;
+  colour by name. A head learnt on real faces alone was fooled by the background (asked for red,
+  G drew a red background), so ``aux_fake`` gives each head a "generated" class that D learns on
+  G's faces (as in the K+1-class discriminators): then only eyes of the asked colour pass;
 * ``eye_attn_weight`` and ``collapse_weight``: losses on the generator's attention matrix. The
   first is the cross-entropy of each *located* eye query's row (eyes found in the generator's own
   samples by :func:`~spatial_attn.data.eyes.locate_eyes`, the eval's reader) onto the other eye's
