@@ -85,7 +85,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="vit only: a field of the judge's recipe (faces/train/vit.py JudgeRecipe), e.g. head_shift_px=4",
+        help="vit and sagan: a field of the recipe (faces/train/vit.py JudgeRecipe, "
+        "faces/train/sagan.py GANRecipe), e.g. head_shift_px=4",
     )
     p.set_defaults(func=cmd_train)
 
@@ -96,8 +97,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .faces.train.common import Settings, run
 
     trainer_cls, defaults = TRAINERS[args.model]
-    if args.set and args.model != "vit":
-        raise SystemExit("--set sets the judge's recipe: only `spatial-attn train vit` takes it")
+    if args.set and args.model not in ("vit", "sagan"):
+        raise SystemExit("--set sets a recipe: only `spatial-attn train vit` and `train sagan` take it")
     if any("=" not in item for item in args.set):
         raise SystemExit("--set takes FIELD=VALUE, e.g. --set head_shift_px=4")
     settings = Settings(

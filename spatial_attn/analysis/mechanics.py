@@ -167,6 +167,9 @@ class ModuleIO:
     sequence_first: bool  # a MultiheadAttention that is not batch-first: (N, B, C)
     v: torch.Tensor | None = None  # the value projection's output, where the module has one to observe
     residual: bool = False  # the module adds its input back: diffusers' residual_connection, SAGAN's gamma
+    #: sin-cos position channels the queries and keys also see (a SAGAN ``SelfAttn(coords=f)``: 4 f):
+    #: then a query is made from its token's row *and* its cell's position, not from the row alone
+    position_channels: int = 0
 
 
 def module_io(model: Any, prepared: Any, layer_name: str) -> ModuleIO:
@@ -194,7 +197,8 @@ def module_io(model: Any, prepared: Any, layer_name: str) -> ModuleIO:
         private.run(prepared)
     first = isinstance(module, torch.nn.MultiheadAttention) and not module.batch_first
     residual = bool(getattr(module, "residual_connection", False)) or hasattr(module, "gamma")
-    return ModuleIO(layer_name, seen.get("x"), seen.get("out"), first, seen.get("v"), residual)
+    position = 4 * int(getattr(module, "coords", 0) or 0)
+    return ModuleIO(layer_name, seen.get("x"), seen.get("out"), first, seen.get("v"), residual, position)
 
 
 def _value_projection(module: torch.nn.Module) -> torch.nn.Module | None:

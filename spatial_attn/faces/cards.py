@@ -38,8 +38,8 @@ ARCHITECTURE = {
         "`SelfAttn` at 16 x 16{mbstd}; spectral norm everywhere, hinge loss, BatchNorm in the generator. "
         "`SelfAttn` is SAGAN's `Self_Attn`: 1x1 `query_conv` / `key_conv` (C/8 channels), "
         "`value_conv`, `gamma` (initialised to 0). Attention layers: `generator.attn`, "
-        "`discriminator.attn`. The generator weights are an EMA (decay {ema_decay}) with re-measured "
-        "BatchNorm statistics."
+        "`discriminator.attn`.{issue23} The generator weights are an EMA (decay {ema_decay}) with "
+        "re-measured BatchNorm statistics."
     ),
     "vit-inpaint": (
         "Masked-patch ViT in-painter, SimMIM-style (`spatial_attn/models/vit_inpaint.py`): 4 x 4 "
@@ -160,8 +160,37 @@ def _card_fields(name: str, config: dict) -> dict:
                 else ""
             ),
             "seeking": f"; a mode-seeking term (MSGAN, weight {seeking:g}) in G's loss" if seeking else "",
+            "issue23": _sagan_recipe(config),
         }
     return {**config, "block_out_channels": " / ".join(map(str, config.get("block_out_channels", ())))}
+
+
+def _sagan_recipe(config: dict) -> str:
+    """What the issue-23 recipe (``faces/train/sagan.py`` ``GANRecipe``) added, in the card's words."""
+    parts = []
+    if config.get("attn_coords"):
+        n = 4 * config["attn_coords"]
+        parts.append(
+            f" The generator's `query_conv` / `key_conv` also read {n} sin-cos position channels "
+            f"(frequencies 1 to {config['attn_coords']} of the cell's row and column), so its queries and "
+            "keys know where their cell is."
+        )
+    if config.get("conditional"):
+        parts.append(
+            " Conditional (AC-GAN): the generator reads an eye colour and an eye shape from its latent "
+            "(`z[0]` and `z[1]` through the normal CDF, each class as often as the data draws it: a "
+            "seed's sample draws its condition from that seed) and adds their embedding at 4 x 4; the "
+            "discriminator has an auxiliary head naming a face's eye colour and shape."
+        )
+    recipe = config.get("recipe", {})
+    if recipe.get("eye_attn_weight") or recipe.get("collapse_weight"):
+        parts.append(
+            " Trained with losses on the generator's attention: the cross-entropy of each located eye "
+            f"query's row onto the other eye (weight {recipe.get('eye_attn_weight', 0):g}) and a penalty "
+            f"on a row's mass on one grid row beyond {recipe.get('collapse_floor', 0.5):g} (weight "
+            f"{recipe.get('collapse_weight', 0):g})."
+        )
+    return "".join(parts)
 
 
 DETAILS = {

@@ -142,7 +142,7 @@ class MechanicsView:
         pixels = _once(ex, ("pixels", layer.name), lambda: mechanics.thumbnail_pixels(layer, ex.image_hw))
         thumb = _thumbnail(ex, layer, steps.head)
         body = _which_head(layer, steps.head, panels_head)
-        body += _steps_html(steps, layer, ex.image, features, thumb, output, pixels)
+        body += _steps_html(steps, layer, ex.image, features, thumb, output, pixels, io.position_channels)
         body += _extras_html(ex, layer, io, session.point)
         return (
             gr.Dropdown([la.name for la in layers], value=layer.name),
@@ -212,7 +212,10 @@ def _steps_html(
     thumb: np.ndarray,
     output: mechanics.OutputSteps | None,
     pixels: list[tuple[int, int] | None],
+    position: int = 0,
 ) -> str:
+    """``position``: sin-cos position channels appended to each row before the queries and keys
+    (a SAGAN layer with ``coords``), said under the queries since the map above lacks them."""
     (h, w), (y, x), i = steps.query_grid, steps.cell, steps.token
     n, d = steps.queries.shape
     m = steps.key_vectors.shape[0]
@@ -252,8 +255,16 @@ def _steps_html(
                 high=spread,
                 unit="q, scale folded in",
             ),
-            f"Each token's {d}-number query, made from its row alone (a 1×1 convolution or a linear map). "
-            f"Your cell (y, x) = ({y}, {x}) is token i = {y}·{w} + {x} = <b>{i}</b> (outlined).",
+            (
+                f"Each token's {d}-number query, made from its row alone (a 1×1 convolution or a linear "
+                "map). "
+                if not position
+                else f"Each token's {d}-number query, made by a 1×1 convolution from its row <b>and</b> "
+                f"{position} more numbers that say where its cell is (sines and cosines of y and x, "
+                "not shown above); the keys are made the same way, so q · k can depend on where the "
+                "two cells are as well as on what they hold. "
+            )
+            + f"Your cell (y, x) = ({y}, {x}) is token i = {y}·{w} + {x} = <b>{i}</b> (outlined).",
         ),
         _figure(
             "2 · q_i against every key",

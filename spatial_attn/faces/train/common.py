@@ -12,6 +12,7 @@ its JSON metadata, so nothing is ever unpickled.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -21,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -56,6 +57,17 @@ class Settings:
     command: str = ""  # the command line that started the run, for the model card
     layout: str = "standard"  # make_faces' layout: "wide" so that position cannot predict the other eye
     extra: dict = field(default_factory=dict)
+
+
+def recipe_from(cls: type, extra: dict, whose: str) -> Any:
+    """A recipe dataclass ``cls`` from ``--set`` values (strings), each converted to its field's
+    type (str, int or float); an unknown field is refused with the list of ``whose`` fields."""
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    unknown = set(extra) - set(types)
+    if unknown:
+        raise SystemExit(f"unknown --set field(s) {sorted(unknown)}; {whose} are {sorted(types)}")
+    convert = {"str": str, "int": int, "float": float}
+    return cls(**{k: convert[str(types[k])](v) for k, v in extra.items()})
 
 
 class Trainer(Protocol):

@@ -30,21 +30,49 @@ Minibatch standard deviation (Karras et al. 2018, :class:`~spatial_attn.models.s
 the discriminator also sees how much the faces of a group of four differ, so a batch of faces that
 all share one eye colour can be told from real ones. Its value for real batches is kept, so the
 discriminator still judges one image alone in the app.
+
+The issue-23 recipe (:class:`GANRecipe`, ``--set FIELD=VALUE``, all off by default so the command
+above still makes the same model) fine-tunes a trained model (``init_from``; every new weight
+starts at zero, so step 0 draws exactly what the bundled generator drew) with up to three changes:
+
+* ``attn_coords``: sin-cos position channels into the generator's queries and keys
+  (:class:`~spatial_attn.models.sagan.SelfAttn`), so a row can find "the mirrored cell";
+* ``aux_weight`` (AC-GAN, Odena et al. 2017): the generator reads an eye colour and shape from its
+  latent (:func:`~spatial_attn.models.sagan.condition`, each class as often as the data draws it)
+  and the discriminator gets a head that names a face's eye colour and shape; D learns it on real
+  faces, G is rewarded when D names the condition it was given. The audit found no red eyes and
+  almost no green ones after mode seeking and minibatch std; a classifier's gradient asks for each
+  colour by name. A head learnt on real faces alone was fooled by the background (asked for red,
+  G drew a red background), so ``aux_fake`` gives each head a "generated" class that D learns on
+  G's faces (as in the K+1-class discriminators): then only eyes of the asked colour pass;
+* ``eye_attn_weight`` and ``collapse_weight``: losses on the generator's attention matrix. The
+  first is the cross-entropy of each *located* eye query's row (eyes found in the generator's own
+  samples by :func:`~spatial_attn.data.eyes.locate_eyes`, the eval's reader) onto the other eye's
+  cells: a supervision of where the eye looks, so the eval's "peak on the other eye" measures
+  that this took hold, not that it emerged. The second (:func:`collapse_penalty`) penalises every
+  query row for the part of its mass on one grid row beyond ``collapse_floor``: the audit's rows
+  went 91 to 100% onto one grid row.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...data import LATE_KINDS, FaceBatch, make_faces
-from ...models.sagan import SAGAN, SAGANConfig
-from ...models.weights import save_weights
-from .common import Settings, to_tensor
+from ...data import EYE_COLORS, LATE_KINDS, SHAPES, FaceBatch, make_faces
+from ...data.eyes import locate_eyes
+from ...engine import cell_at
+from ...models.sagan import SAGAN, SAGANConfig, condition
+from ...models.weights import load_weights, save_weights
+from ..eye_attention import IMAGE_HW, eye_cells
+from .common import Settings, recipe_from, to_tensor, to_uint8
 
 DEFAULTS = {"steps": 5000, "batch_size": 32, "lr": 1e-4}
 D_LR_FACTOR = 4.0
@@ -57,6 +85,31 @@ MODE_SEEKING = 1.0  # weight of the mode-seeking term in G's loss (the MSGAN pap
 MINIBATCH_STD = 4  # D's minibatch-std group size (ProGAN's)
 
 
+@dataclass(frozen=True)
+class GANRecipe:
+    """The issue-23 switches (``spatial-attn train sagan --set FIELD=VALUE``); the defaults leave
+    the recipe exactly as it was (see the module docstring)."""
+
+    init_from: str = ""  # a sagan-faces folder to start from (new weights start at zero)
+    attn_coords: int = 0  # sin-cos frequencies per axis into G's attention queries and keys
+    aux_weight: float = 0.0  # AC-GAN: weight of the eye colour / shape classification terms
+    aux_fake: int = 0  # 1: D's classifier learns a "fake" class on generated faces (G must not fool it
+    #: with a background of the asked colour, as the plain AC-GAN head let it)
+    embed_lr_factor: float = 1.0  # the condition's embedding learns this much faster (it starts at 0)
+    eye_attn_weight: float = 0.0  # weight of the eye-to-eye cross-entropy on G's attention
+    collapse_weight: float = 0.0  # weight of the one-grid-row penalty on G's attention
+    collapse_floor: float = 0.5  # a row's share on one grid row beyond this is penalised
+
+    @classmethod
+    def from_settings(cls, extra: dict) -> GANRecipe:
+        """The recipe from ``--set`` values (strings), each converted to its field's type."""
+        return recipe_from(cls, extra, "the SAGAN's")
+
+    @property
+    def attention_losses(self) -> bool:
+        return self.eye_attn_weight > 0 or self.collapse_weight > 0
+
+
 class SAGANTrainer:
     """Alternating hinge-loss updates of D then G on valid faces, mismatched eyes as extra fakes."""
 
@@ -65,12 +118,26 @@ class SAGANTrainer:
 
     def __init__(self, s: Settings) -> None:
         self.s = s
-        self.cfg = SAGANConfig(g_ch=32, d_ch=32, minibatch_std=MINIBATCH_STD)
+        self.recipe = r = GANRecipe.from_settings(s.extra)
+        self.cfg = SAGANConfig(
+            g_ch=32,
+            d_ch=32,
+            minibatch_std=MINIBATCH_STD,
+            attn_coords=r.attn_coords,
+            conditional=r.aux_weight > 0,
+            aux_fake=r.aux_weight > 0 and bool(r.aux_fake),
+        )
         torch.manual_seed(s.seed)
         self.model = SAGAN(self.cfg)
+        if r.init_from:
+            self.model.load_state_dict(widened(load_weights(Path(r.init_from)), self.model.state_dict()))
+        self.model.generator.attn.keep = r.attention_losses
         self.ema = copy.deepcopy(self.model.generator).requires_grad_(False)
         G, D, betas = self.model.generator, self.model.discriminator, (0.0, 0.9)
-        self.opt_g = torch.optim.Adam(G.parameters(), lr=s.lr, betas=betas)
+        embed = [p for n, p in G.named_parameters() if n.startswith("embed.")]
+        rest = [p for n, p in G.named_parameters() if not n.startswith("embed.")]
+        groups = [{"params": rest}] + ([{"params": embed, "lr": r.embed_lr_factor * s.lr}] if embed else [])
+        self.opt_g = torch.optim.Adam(groups, lr=s.lr, betas=betas)
         self.opt_d = torch.optim.Adam(D.parameters(), lr=D_LR_FACTOR * s.lr, betas=betas)
 
     def modules(self) -> dict[str, nn.Module]:
@@ -92,16 +159,44 @@ class SAGANTrainer:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             with torch.no_grad():
                 fake = G(z[0])
-            fake_term = (1 - NEG_WEIGHT) * F.relu(1 + D(fake)).mean() + NEG_WEIGHT * F.relu(1 + D(neg)).mean()
-            loss_d = F.relu(1 - D(real, real=True)).mean() + fake_term
+            if self.cfg.aux_fake:
+                score_fake, logits_fake = D(fake, aux=True)
+            else:
+                score_fake, logits_fake = D(fake), None
+            fake_term = (1 - NEG_WEIGHT) * F.relu(1 + score_fake).mean() + NEG_WEIGHT * F.relu(
+                1 + D(neg)
+            ).mean()
+            if self.cfg.conditional:
+                score, logits = D(real, real=True, aux=True)
+                aux_d = class_loss(logits.float(), *eye_classes(batch))
+                if logits_fake is not None:  # the last class of each head: "generated"
+                    fake_class = torch.full((len(fake),), -1, dtype=torch.long)
+                    aux_d = aux_d + class_loss(logits_fake.float(), fake_class, fake_class)
+                loss_d = F.relu(1 - score).mean() + fake_term + self.recipe.aux_weight * aux_d
+            else:
+                loss_d = F.relu(1 - D(real, real=True)).mean() + fake_term
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
 
+        r, extra = self.recipe, {}
         with torch.autocast("cpu", dtype=torch.bfloat16):
             fake = G(z[1])
             seeking = mode_seeking(fake.float(), z[1])
-            loss_g = -D(fake).mean() + MODE_SEEKING * seeking
+            if self.cfg.conditional:
+                score, logits = D(fake, aux=True)
+                extra["aux"] = class_loss(logits.float(), *condition(z[1]))
+                loss_g = -score.mean() + MODE_SEEKING * seeking + r.aux_weight * extra["aux"]
+            else:
+                loss_g = -D(fake).mean() + MODE_SEEKING * seeking
+        if r.attention_losses:
+            attention, grid = G.attn.kept.float(), (fake.shape[-2] // 2, fake.shape[-1] // 2)
+            extra["eye"], extra["located"] = eye_seeking_loss(
+                attention, grid, to_uint8(fake.detach().float())
+            )
+            extra["collapse"] = collapse_penalty(attention, grid, r.collapse_floor)
+            loss_g = loss_g + r.eye_attn_weight * extra["eye"] + r.collapse_weight * extra["collapse"]
+            G.attn.kept = None
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -112,6 +207,7 @@ class SAGANTrainer:
             "ms": seeking.item(),
             "gamma_g": G.attn.gamma.item(),
             "gamma_d": D.attn.gamma.item(),
+            **{k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in extra.items()},
         }
 
     @torch.no_grad()
@@ -151,6 +247,7 @@ class SAGANTrainer:
             "neg_fraction": NEG_FRACTION,
             "neg_weight": NEG_WEIGHT,
             "mode_seeking": MODE_SEEKING,
+            **({"recipe": dataclasses.asdict(self.recipe)} if self.recipe != GANRecipe() else {}),
         }
         save_weights(out_dir, config, state)
 
@@ -162,3 +259,80 @@ def mode_seeking(images: torch.Tensor, z: torch.Tensor, eps: float = 1e-5) -> to
     a, b = slice(0, len(z) // 2), slice(len(z) // 2, 2 * (len(z) // 2))
     spread = (images[a] - images[b]).abs().mean() / (z[a] - z[b]).abs().mean()
     return 1 / (spread + eps)
+
+
+def eye_classes(batch: FaceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(colour, shape) indices of each face's left eye (valid faces: both eyes agree); the colour
+    is the palette entry nearest the drawn one (faces jitter it by a few levels)."""
+    rgb = batch.eye_color[:, 0].astype(np.float32)  # (B, 3)
+    colour = np.abs(rgb[:, None] - EYE_COLORS[None]).sum(-1).argmin(1)  # (B,)
+    return torch.from_numpy(colour).long(), torch.from_numpy(batch.eye_shape[:, 0]).long()
+
+
+def class_loss(logits: torch.Tensor, colour: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+    """AC-GAN's auxiliary term: cross-entropy of the colour logits (the first ``len(EYE_COLORS)``)
+    plus that of the shape logits (the next ``len(SHAPES)``), each a mean over the batch. With a
+    "fake" class (13 logits: the colour head's then the shape head's fake logit last), each head
+    has it as its last class, and a label of -1 names it."""
+    n, m = len(EYE_COLORS), len(EYE_COLORS) + len(SHAPES)
+    colours, shapes = logits[:, :n], logits[:, n:m]
+    if logits.shape[1] > m:
+        colours, shapes = (
+            torch.cat([colours, logits[:, m : m + 1]], 1),
+            torch.cat([shapes, logits[:, m + 1 :]], 1),
+        )
+    return F.cross_entropy(colours, colour % colours.shape[1]) + F.cross_entropy(
+        shapes, shape % shapes.shape[1]
+    )
+
+
+def collapse_penalty(attention: torch.Tensor, grid: tuple[int, int], floor: float) -> torch.Tensor:
+    """Mean over every query row of ``relu(top - floor)^2``, ``top`` the row's largest share on one
+    grid row (``attention`` (B, N, N), keys on ``grid``, token = y * W + x). Zero for rows spread
+    over two or more grid rows, so it only pushes where a row collapses."""
+    B, N, _ = attention.shape
+    shares = attention.reshape(B, N, *grid).sum(-1)  # (B, N, H): mass per grid row
+    return F.relu(shares.max(-1).values - floor).square().mean()
+
+
+def eye_seeking_loss(
+    attention: torch.Tensor, grid: tuple[int, int], images: np.ndarray
+) -> tuple[torch.Tensor, int]:
+    """Mean over the eye queries of ``images`` whose eyes :func:`locate_eyes` finds of
+    ``-log(mass on the other eye's cells)`` (cells by the eval's :func:`eye_cells`, the query the
+    cell holding the eye's centre, as the eval reads it); and how many images had eyes located.
+    Zero (with a graph) when none had."""
+    terms = []
+    for b, image in enumerate(images):
+        found = locate_eyes(image)
+        if found is None:
+            continue
+        eyes, radius = found
+        for src in (0, 1):
+            y, x = cell_at(tuple(int(v) for v in np.floor(eyes[src])), IMAGE_HW, grid)
+            cells = torch.from_numpy(eye_cells(eyes[1 - src], radius, grid).reshape(-1))
+            terms.append(-torch.log(attention[b, y * grid[1] + x][cells].sum() + 1e-6))
+    located = len(terms) // 2
+    return (torch.stack(terms).mean() if terms else attention.sum() * 0), located
+
+
+def widened(loaded: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``loaded`` (a trained model's weights) fitted to a model with the recipe's new parts: a
+    tensor that grew (a query / key convolution with position channels, its spectral-norm vector)
+    keeps its trained values with zeros in the new places (the zero columns leave the spectral norm
+    and every output unchanged), a weight the trained model lacks takes the new model's own (the
+    conditional embedding starts at zero; D's classifier head at its initialisation)."""
+    out = {}
+    for key, new in fresh.items():
+        old = loaded.get(key)
+        if old is None:
+            out[key] = new
+        elif old.shape == new.shape:
+            out[key] = old
+        else:
+            if old.dim() != new.dim() or any(o > n for o, n in zip(old.shape, new.shape, strict=True)):
+                raise SystemExit(f"{key}: trained shape {tuple(old.shape)} does not fit {tuple(new.shape)}")
+            grown = torch.zeros_like(new)
+            grown[tuple(slice(0, o) for o in old.shape)] = old
+            out[key] = grown
+    return out

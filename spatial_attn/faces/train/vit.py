@@ -43,7 +43,7 @@ from ...data import KINDS, SHAPES, Edit, FaceBatch, blur, make_faces
 from ...models.vit import ViT, ViTConfig
 from ...models.weights import load_weights, save_weights
 from ..protocol import SOFT_PAIRS
-from .common import Settings, cosine_lr, set_lr, to_tensor
+from .common import Settings, cosine_lr, recipe_from, set_lr, to_tensor
 
 DEFAULTS = {"steps": 5000, "batch_size": 128, "lr": 1e-3}
 NOISE_MAX = 24 / 127.5  # in the model's [-1, 1] units: 24 of 255 grey levels
@@ -71,11 +71,7 @@ class JudgeRecipe:
     @classmethod
     def from_settings(cls, extra: dict) -> JudgeRecipe:
         """The recipe from ``--set`` values (strings), each converted to its field's type."""
-        types = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = set(extra) - set(types)
-        if unknown:
-            raise SystemExit(f"unknown --set field(s) {sorted(unknown)}; the judge's are {sorted(types)}")
-        return cls(**{k: (str if types[k] == "str" else float)(v) for k, v in extra.items()})
+        return recipe_from(cls, extra, "the judge's")
 
     @property
     def labels(self) -> tuple[str, ...]:

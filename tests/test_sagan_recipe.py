@@ -1,0 +1,333 @@
+"""The SAGAN's issue-23 recipe: position channels in the generator's attention, AC-GAN conditioning
+read from z, the losses on the generator's attention, and fine-tuning from a trained model.
+
+Each piece is checked against hand math written here (never the code under test); the rows of a
+layer with position channels against a softmax of its own convolutions on ``[x, position]``, in
+a separate forward; tiny configurations throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_rows_match, reference_probs
+
+import spatial_attn as sa
+from spatial_attn.data import EYE_COLORS, SHAPES, make_faces
+from spatial_attn.data.eyes import locate_eyes
+from spatial_attn.faces.cards import write_card
+from spatial_attn.faces.train.common import Settings, run
+from spatial_attn.faces.train.sagan import (
+    GANRecipe,
+    SAGANTrainer,
+    class_loss,
+    collapse_penalty,
+    eye_classes,
+    eye_seeking_loss,
+    widened,
+)
+from spatial_attn.models import load_model
+from spatial_attn.models.sagan import SAGAN, SAGANConfig, SelfAttn, condition, position_channels
+
+TINY = {"g_ch": 8, "d_ch": 8, "minibatch_std": 4}
+
+
+def test_position_channels_are_sin_cos_of_the_cell_centres():
+    x = torch.zeros(2, 3, 4, 6)
+    pos = position_channels(x, 2)  # (2, 8, 4, 6): sin y f1, f2, cos y f1, f2, sin x f1, f2, cos x f1, f2
+    assert pos.shape == (2, 8, 4, 6)
+    y, col = 1, 4
+    uy, ux = (y + 0.5) / 4, (col + 0.5) / 6
+    want = [math.sin(2 * math.pi * uy), math.sin(4 * math.pi * uy), math.cos(2 * math.pi * uy)]
+    want += [math.cos(4 * math.pi * uy), math.sin(2 * math.pi * ux), math.sin(4 * math.pi * ux)]
+    want += [math.cos(2 * math.pi * ux), math.cos(4 * math.pi * ux)]
+    torch.testing.assert_close(pos[1, :, y, col], torch.tensor(want), atol=1e-6, rtol=0)
+    mirror = pos[0, :, y, 6 - 1 - col]  # the mirrored column: x sines flip sign, cosines stay
+    torch.testing.assert_close(mirror[4:6], -pos[0, 4:6, y, col], atol=1e-6, rtol=0)
+    torch.testing.assert_close(mirror[6:], pos[0, 6:, y, col], atol=1e-6, rtol=0)
+
+
+def test_rows_of_a_layer_with_position_channels_are_what_it_computed():
+    torch.manual_seed(0)
+    attn = SelfAttn(16, coords=2).eval()
+    attn.gamma.data.fill_(0.7)
+    x = torch.randn(2, 16, 6, 5)
+    with torch.no_grad():
+        plain = attn(x)
+        with sa.capture(attn) as cap:
+            out = attn(x)
+        qk_in = torch.cat([x, _hand_positions(6, 5, 2).expand(2, -1, -1, -1)], 1)  # separate forward
+        queries = attn.query_conv(qk_in).flatten(2).transpose(1, 2)[:, None]  # (B, 1, N, d)
+        keys = attn.key_conv(qk_in).flatten(2).transpose(1, 2)[:, None]
+        probs = reference_probs(queries, keys, 1.0)
+    assert torch.equal(out, plain)
+    (layer,) = cap.layers
+    assert layer.family == "sagan" and layer.query_grid == (6, 5)
+    assert_rows_match(layer, probs)
+    assert layer.verified is True
+    no_pos = reference_probs(  # the same convolutions without the position channels: other rows
+        attn.query_conv(torch.cat([x, torch.zeros_like(qk_in[:, 16:])], 1))
+        .flatten(2)
+        .transpose(1, 2)[:, None],
+        keys,
+        1.0,
+    )
+    assert not torch.allclose(no_pos, probs, atol=1e-3)
+
+
+def _hand_positions(h: int, w: int, coords: int) -> torch.Tensor:
+    """(1, 4 coords, h, w), written out channel by channel."""
+    chans = []
+    for axis, size in ((0, h), (1, w)):
+        for fn in (math.sin, math.cos):
+            for f in range(1, coords + 1):
+                vals = [fn(2 * math.pi * f * (i + 0.5) / size) for i in range(size)]
+                t = torch.tensor(vals)
+                chans.append(t[:, None].expand(h, w) if axis == 0 else t[None, :].expand(h, w))
+    return torch.stack(chans)[None]
+
+
+def test_condition_reads_colour_and_shape_from_z_evenly():
+    z = torch.zeros(3, 4)
+    z[1, :2] = torch.tensor([-9.0, 9.0])
+    z[2, :2] = torch.tensor([-0.5, 0.3])
+    colour, shape = condition(z)
+    phi = [0.5 * (1 + math.erf(v / math.sqrt(2))) for v in (-0.5, 0.3)]
+    assert colour.tolist() == [3, 0, int(phi[0] * 6)]  # Phi(0) = 0.5 -> the middle class
+    assert shape.tolist() == [2, 4, int(phi[1] * 5)]
+    many = condition(torch.randn(60000, 4, generator=torch.Generator().manual_seed(1)))
+    for idx, k in zip(many, (len(EYE_COLORS), len(SHAPES)), strict=True):
+        np.testing.assert_allclose(np.bincount(idx.numpy(), minlength=k) / 60000, 1 / k, atol=0.01)
+
+
+def test_the_conditional_generator_adds_its_conditions_columns_and_a_seed_keeps_it():
+    torch.manual_seed(0)
+    g = SAGAN(SAGANConfig(**TINY, conditional=True)).generator.eval()
+    z = torch.randn(3, 128)
+    seen = []
+    g.block1.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    with torch.no_grad():
+        before = g(z)
+        g.embed.weight.normal_()
+        after = g(z)
+        assert not torch.allclose(before, after)  # the embedding reaches the image
+        torch.testing.assert_close(g(z), after, atol=0, rtol=0)  # same z, same condition, same image
+        colour, shape = condition(z)
+        w = g.embed.weight  # (4ch * 16, 6 + 5): the colour's column plus the shape's, by hand
+        want = (g.linear(z) + w[:, colour].T + w[:, 6 + shape].T).view(3, -1, 4, 4)
+    torch.testing.assert_close(seen[1], want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        seen[0], g.linear(z).detach().view(3, -1, 4, 4), atol=1e-6, rtol=0
+    )  # zero at start
+    logits = SAGAN(SAGANConfig(**TINY, conditional=True)).discriminator.eval()(after, aux=True)[1]
+    assert logits.shape == (3, len(EYE_COLORS) + len(SHAPES))
+
+
+def test_class_loss_is_the_two_cross_entropies():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 11)
+    colour, shape = torch.tensor([0, 5, 3]), torch.tensor([4, 0, 2])
+    want = 0.0
+    for b in range(3):
+        lc, ls = logits[b, :6], logits[b, 6:]
+        want += -(lc[colour[b]] - torch.logsumexp(lc, 0)) / 3 - (ls[shape[b]] - torch.logsumexp(ls, 0)) / 3
+    torch.testing.assert_close(class_loss(logits, colour, shape), want)
+
+
+def test_class_loss_with_a_fake_class_by_hand():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 13)  # colours 0..5, shapes 6..10, colour-fake 11, shape-fake 12
+    colour, shape = torch.tensor([-1, 2]), torch.tensor([-1, 4])  # -1: the fake class
+    lc = [logits[b, [0, 1, 2, 3, 4, 5, 11]] for b in range(2)]
+    ls = [logits[b, [6, 7, 8, 9, 10, 12]] for b in range(2)]
+    want = 0.0
+    for b, (c, s_) in enumerate(((6, 5), (2, 4))):
+        want += -(lc[b][c] - torch.logsumexp(lc[b], 0)) / 2 - (ls[b][s_] - torch.logsumexp(ls[b], 0)) / 2
+    torch.testing.assert_close(class_loss(logits, colour, shape), want)
+    cfg = SAGANConfig(**TINY, conditional=True, aux_fake=True)
+    assert SAGAN(cfg).discriminator.aux.out_features == cfg.n_classes == 13
+
+
+def test_eye_classes_name_the_drawn_colour_and_shape():
+    faces = make_faces(12, 5)
+    colour, shape = eye_classes(faces)
+    drawn = faces.eye_color[:, 0].astype(float)
+    for b in range(12):  # the nearest palette entry, by hand
+        dist = [sum(abs(drawn[b, c] - EYE_COLORS[k, c]) for c in range(3)) for k in range(len(EYE_COLORS))]
+        assert colour[b] == int(np.argmin(dist))
+    assert shape.tolist() == faces.eye_shape[:, 0].tolist()
+
+
+def test_collapse_penalty_by_hand():
+    attention = torch.full((1, 4, 4), 0.25)  # grid (2, 2): rows are keys {0, 1} and {2, 3}
+    attention[0, 0] = torch.tensor([0.45, 0.45, 0.05, 0.05])  # 0.9 on grid row 0
+    attention[0, 1] = torch.tensor([0.05, 0.0, 0.6, 0.35])  # 0.95 on grid row 1
+    attention[0, 2] = torch.tensor([0.3, 0.3, 0.2, 0.2])  # 0.6 on grid row 0
+    want = ((0.9 - 0.7) ** 2 + (0.95 - 0.7) ** 2 + 0.0 + 0.0) / 4  # row 3 spread evenly: 0.5 < 0.7
+    torch.testing.assert_close(collapse_penalty(attention, (2, 2), 0.7), torch.tensor(want))
+
+
+def test_eye_seeking_loss_by_hand():
+    drawn = make_faces(16, 3).images
+    keep = [i for i, img in enumerate(drawn) if locate_eyes(img) is not None][:3]
+    assert len(keep) == 3
+    images = np.concatenate([drawn[keep], np.full((1, 32, 32, 3), 128, np.uint8)])  # grey: no eyes
+    found = [locate_eyes(img) for img in images]
+    grid, n = (16, 16), 256
+    attention = torch.softmax(torch.randn(4, n, n, generator=torch.Generator().manual_seed(0)), -1)
+    loss, located = eye_seeking_loss(attention, grid, images)
+    assert located == 3
+    terms = []
+    for b in range(3):
+        eyes, radius = found[b]
+        for src in (0, 1):
+            qy, qx = (int(v) // 2 for v in np.floor(eyes[src]))  # pixel -> 2 px cell
+            other = eyes[1 - src]
+            cells = [
+                y * 16 + x
+                for y in range(16)
+                for x in range(16)
+                if (np.clip(other[0], 2 * y, 2 * y + 2) - other[0]) ** 2
+                + (np.clip(other[1], 2 * x, 2 * x + 2) - other[1]) ** 2
+                < radius**2
+            ]
+            terms.append(-math.log(float(attention[b, qy * 16 + qx, cells].sum()) + 1e-6))
+    torch.testing.assert_close(loss, torch.tensor(float(np.mean(terms))), atol=1e-5, rtol=0)
+    nothing, none_located = eye_seeking_loss(attention, grid, images[3:])
+    assert none_located == 0 and float(nothing) == 0.0
+
+
+def test_widened_starts_where_the_trained_model_was(tmp_path):
+    torch.manual_seed(0)
+    old = SAGAN(SAGANConfig(**TINY))
+    with torch.no_grad():  # a trained-looking generator: attention switched on
+        old.generator.attn.gamma.fill_(0.5)
+        old.discriminator.attn.gamma.fill_(0.5)
+    old.eval()
+    new = SAGAN(SAGANConfig(**TINY, attn_coords=2, conditional=True))
+    new.load_state_dict(widened(old.state_dict(), new.state_dict()))
+    new.eval()
+    z, x = torch.randn(3, 128), torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(new(z=z), old(z=z), atol=1e-6, rtol=0)
+        torch.testing.assert_close(new(image=x), old(image=x), atol=1e-6, rtol=0)
+    w = new.generator.attn.query_conv.parametrizations.weight.original
+    assert w.shape[1] == 16 + 8 and (w[:, 16:] == 0).all()
+    with pytest.raises(SystemExit, match="does not fit"):
+        widened(new.state_dict(), old.state_dict())
+
+
+def test_the_default_recipe_is_the_old_one_and_unknown_fields_are_refused(tmp_path):
+    s = Settings(steps=1, batch_size=4, lr=1e-4, out=tmp_path / "out")
+    trainer = SAGANTrainer(s)
+    assert trainer.cfg == SAGANConfig(g_ch=32, d_ch=32, minibatch_std=4)
+    assert trainer.recipe == GANRecipe() and not trainer.model.generator.attn.keep
+    run(trainer, s, tmp_path / "run")
+    assert "recipe" not in json.loads((tmp_path / "out" / "sagan-faces" / "config.json").read_text())
+    card = write_card(tmp_path / "out", "sagan-faces", "| m |", []).read_text()
+    assert "`discriminator.attn`. The generator weights are an EMA" in card  # as the old card said
+    with pytest.raises(SystemExit, match="unknown --set"):
+        SAGANTrainer(Settings(steps=1, batch_size=4, lr=1e-4, extra={"head_shift_px": "4"}))
+
+
+def test_fine_tuning_with_the_recipe_trains_exports_and_loads(tmp_path):
+    first = Settings(steps=1, batch_size=4, lr=1e-4, out=tmp_path / "a")
+    run(SAGANTrainer(first), first, tmp_path / "run-a")
+    extra = {
+        "init_from": str(tmp_path / "a" / "sagan-faces"),
+        "attn_coords": "1",
+        "aux_weight": "1",
+        "aux_fake": "1",
+        "eye_attn_weight": "0.5",
+        "collapse_weight": "1",
+    }
+    s = Settings(steps=2, batch_size=4, lr=1e-4, out=tmp_path / "b", extra=extra)
+    trainer = SAGANTrainer(s)
+    record = run(trainer, s, tmp_path / "run-b")
+    assert {"aux", "eye", "located", "collapse"} <= set(record["final_logs"])
+    bm = load_model("sagan-faces", root=tmp_path / "b")
+    assert bm.module.cfg.attn_coords == 1 and bm.module.cfg.conditional and bm.module.cfg.aux_fake
+    assert bm.config["recipe"]["aux_weight"] == 1.0
+    assert bm.sample(0, 2).shape == (2, 32, 32, 3)
+    prepared = bm.prepare(seed=3)
+    with sa.capture(bm.module) as cap, torch.no_grad():
+        bm.run(prepared)
+    assert cap.layers.names() == ["generator.attn"]
+    card = write_card(tmp_path / "b", "sagan-faces", "| m |", []).read_text()
+    assert "also read 4 sin-cos position channels" in card and "Conditional (AC-GAN)" in card
+    assert "onto the other eye (weight 0.5)" in card and "beyond 0.5 (weight 1)" in card
+
+
+def test_train_cli_passes_set_to_the_sagan_only(tmp_path, capsys):
+    from spatial_attn.cli import main
+
+    with pytest.raises(SystemExit, match="only `spatial-attn train vit` and `train sagan`"):
+        main(["train", "ddpm", "--steps", "1", "--set", "x=1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="unknown --set"):
+        main(["train", "sagan", "--steps", "1", "--set", "nope=1", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("coords", [0, 2])
+def test_the_mechanics_tab_says_when_the_queries_also_see_positions(coords):
+    from types import SimpleNamespace
+
+    from spatial_attn.analysis.explore import Exploration
+    from spatial_attn.app.views.mechanics import MechanicsView
+    from spatial_attn.models.bundle import SAGANModel
+
+    torch.manual_seed(0)
+    module = SAGAN(SAGANConfig(**TINY, attn_coords=coords)).eval()
+    model = SAGANModel(
+        name="sagan-faces",
+        kind="sagan",
+        pretrained=False,
+        module=module,
+        image_size=32,
+        config={"z_dim": 128},
+    )
+    _, _, body = MechanicsView.show(
+        SimpleNamespace(exploration=Exploration(model, None, seed=3), point=(10, 10)), None, None, 1.0
+    )
+    said = "its row <b>and</b> 8 more numbers that say where its cell is"
+    assert (said in body) == bool(coords)
+    assert ("made from its row alone" in body) == (not coords)
+
+
+@pytest.mark.parametrize("aux_fake", [0, 1])
+def test_the_discriminator_learns_the_fake_class_on_generated_faces_only_when_asked(aux_fake, monkeypatch):
+    from spatial_attn.faces.train import sagan as sagan_train
+
+    calls = []
+    real = sagan_train.class_loss
+
+    def spy(logits, colour, shape):
+        calls.append((logits.shape, colour.tolist(), shape.tolist()))
+        return real(logits, colour, shape)
+
+    monkeypatch.setattr(sagan_train, "class_loss", spy)
+    extra = {"aux_weight": "1", "aux_fake": str(aux_fake)}
+    trainer = SAGANTrainer(Settings(steps=1, batch_size=4, lr=1e-4, extra=extra))
+    batch = make_faces(4, 7)
+    trainer.step(0, batch, torch.Generator().manual_seed(0))
+    width = 11 + 2 * aux_fake
+    colour, shape = eye_classes(batch)
+    assert calls[0] == (torch.Size([4, width]), colour.tolist(), shape.tolist())  # D on real faces
+    fake_calls = [c for c in calls if c[1] == [-1] * 4]
+    assert fake_calls == ([(torch.Size([4, width]), [-1] * 4, [-1] * 4)] if aux_fake else [])
+    assert len(calls) == 2 + aux_fake  # and G's term on its conditions
+
+
+def test_the_condition_embedding_learns_at_its_own_rate_and_the_default_keeps_one_group():
+    extra = {"aux_weight": "1", "embed_lr_factor": "10"}
+    trainer = SAGANTrainer(Settings(steps=1, batch_size=4, lr=2e-4, extra=extra))
+    groups = trainer.opt_g.param_groups
+    embed = trainer.model.generator.embed.weight
+    assert [g["lr"] for g in groups] == [2e-4, 2e-3] and groups[1]["params"] == [embed]
+    assert all(p is not embed for p in groups[0]["params"])
+    plain = SAGANTrainer(Settings(steps=1, batch_size=4, lr=2e-4))
+    (group,) = plain.opt_g.param_groups  # the old recipe: one group, in the generator's order
+    assert group["params"] == list(plain.model.generator.parameters())
