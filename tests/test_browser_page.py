@@ -116,6 +116,7 @@ def test_a_phone_taps_to_pin_and_sees_the_panels_under_the_image(app_url, chromi
         assert abs(y - 0.3 * 32) <= 1 and abs(x - 0.7 * 32) <= 1
         page.screenshot(path=str(shots / "screenshot-phone.png"))
         page.locator("#explain").get_by_text("what the panels show").click()
+        page.wait_for_selector("#explanation td", state="visible")  # the accordion opens after the click
         cells = page.eval_on_selector_all("#explanation td", "els => els.map(e => e.clientWidth)")
         assert cells and min(cells) >= 40  # the table scrolls sideways rather than crushing its cells
 
