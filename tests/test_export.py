@@ -212,3 +212,15 @@ def test_scale_names_have_ascii_spellings():
     assert [scale_named(n) for n in SCALES] == list(SCALES)
     with pytest.raises(ValueError, match="choose one of uniform, per-map, shared, percentile"):
         scale_named("log")
+
+
+def test_an_in_painter_export_says_which_eye_is_masked(tmp_path):
+    """The in-painter sees one eye as mask tokens: the figure says so under its panels, as the app's
+    note does, and rows.json carries the same note."""
+    out = tmp_path / "inpaint.zip"
+    assert main(["export", "--model", "vit-inpaint", "--formats", "svg,npy", "--out", str(out)]) == 0
+    archive = _open(out.read_bytes())
+    note = json.loads(archive.read("rows.json"))["input_note"]
+    assert "eye masked" in note and "mask token" in note
+    svg_text = " ".join(re.findall(r"<!-- (.*?) -->", archive.read("figure.svg").decode()))
+    assert note in svg_text

@@ -76,9 +76,11 @@ def figure_bytes(
     view: View,
     formats: tuple[str, ...] = ("png", "svg"),
     heading: str = "",
+    note: str = "",
 ) -> dict[str, bytes]:
     """The panels as one matplotlib figure titled ``heading``, saved in each of ``formats`` ("png",
-    "svg")."""
+    "svg"). ``note`` (what the model was given: noised to which t, which patches masked) goes under
+    the panels, so a figure that leaves the app still says what its input was."""
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -116,6 +118,8 @@ def figure_bytes(
         bar.set_label(m.scale.label, fontsize=7)
     if heading:
         fig.suptitle(heading, fontsize=9)
+    if note:
+        fig.supxlabel(note, fontsize=7)
     out = {}
     for fmt in formats:
         buffer = io.BytesIO()
@@ -153,7 +157,8 @@ def export_zip(
         figures = tuple(f for f in formats if f in ("png", "svg"))
         if figures:
             maps = maps_of(clicks, view)
-            for fmt, data in figure_bytes(maps, picture, view, figures, title(described)).items():
+            note = described["input_note"]
+            for fmt, data in figure_bytes(maps, picture, view, figures, title(described), note).items():
                 archive.writestr(f"figure.{fmt}", data)
         if "npy" in formats:
             files = [f"rows/{i:02d}-{_safe(c.layer.name)}.npy" for i, c in enumerate(clicks)]
