@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -41,8 +42,11 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -141,55 +145,27 @@ def _images() -> list[Path]:
 def bench_attend(server: Server, clients: int, calls: int) -> list[tuple[str, str, str, str]]:
     from gradio_client import Client, handle_file
 
-    images = _images()
-    reference: dict[tuple[int, int, int], list] = {}
-    single = Client(server.url, verbose=False)
-    for i, image in enumerate(images):
-        for x, y in POINTS:
-            _, rows = single.predict(
+    @contextlib.contextmanager
+    def connect() -> Iterator[Ask]:
+        client = Client(server.url, verbose=False)  # its own per thread: a Client is one session
+
+        def ask(image: Path, x: int, y: int) -> list[dict]:
+            _, rows = client.predict(
                 handle_file(str(image)), "ddpm-faces", 250, x, y, "mean", 0, api_name="/attend"
             )
-            reference[i, x, y] = [layer["values"] for layer in rows["layers"]]
-    rss_warm = server.rss()
-    times: list[float] = []
-    errors: list[str] = []
-    mismatches = 0
-    lock = threading.Lock()
+            return rows["layers"]
 
-    def client(c: int) -> None:
-        nonlocal mismatches
-        me = Client(server.url, verbose=False)
-        for k in range(calls):
-            i = (c + k) % len(images)
-            x, y = POINTS[(c * 7 + k) % len(POINTS)]
-            start = time.perf_counter()
-            try:
-                _, rows = me.predict(
-                    handle_file(str(images[i])), "ddpm-faces", 250, x, y, "mean", 0, api_name="/attend"
-                )
-            except Exception as error:  # counted and shown, never hidden
-                with lock:
-                    errors.append(repr(error)[:200])
-                continue
-            elapsed = time.perf_counter() - start
-            same = _same_rows(rows["layers"], reference[i, x, y])
-            with lock:
-                times.append(elapsed)
-                mismatches += not same
+        yield ask
 
-    wall = _crowd(client, clients, errors)
-    rss_end = server.rss()
-    total = clients * calls
+    soak = _soak(server, clients, calls, _images(), connect)
     return [
-        (f"/attend: {clients} clients x {calls} calls", f"{total / wall:.1f} calls/s", f"{wall:.0f} s", ""),
-        ("  errors / mismatched rows", f"{len(errors)} / {mismatches}", f"of {total}", "goal 0 / 0"),
-        ("  per call p50 / p95", _ms(times, 50) + " / " + _ms(times, 95), "gradio_client defaults", ""),
         (
-            "  server RSS after warm-up -> end",
-            f"{rss_warm:.0f} -> {rss_end:.0f} MB",
-            f"drift {100 * (rss_end - rss_warm) / rss_warm:+.1f}%",
-            "goal < 10%",
+            f"/attend: {clients} clients x {calls} calls",
+            f"{soak.total / soak.wall:.1f} calls/s",
+            f"{soak.wall:.0f} s",
+            "",
         ),
+        *soak.rows("gradio_client defaults", "server RSS after warm-up -> end"),
         (
             "  Gradio temp folder",
             f"{server.disk() / 2**20:.2f} MB",
@@ -271,58 +247,29 @@ def bench_json_soak(server: Server, clients: int, calls: int) -> list[tuple[str,
 
     import httpx
 
-    images = [base64.b64encode(p.read_bytes()).decode() for p in _images()]
-    reference = {}
-    with httpx.Client(base_url=server.url, timeout=120) as http:
-        for i, image in enumerate(images):
-            for x, y in POINTS:
-                body = {"model": "ddpm-faces", "x": x, "y": y, "timestep": 250, "image": image}
-                reference[i, x, y] = [
-                    layer["values"] for layer in http.post("api/v1/attend", json=body).json()["layers"]
-                ]
-    rss_warm = server.rss()
-    times: list[float] = []
-    errors: list[str] = []
-    mismatches = 0
-    lock = threading.Lock()
-
-    def client(c: int) -> None:
-        nonlocal mismatches
+    @contextlib.contextmanager
+    def connect() -> Iterator[Ask]:
         with httpx.Client(base_url=server.url, timeout=120) as http:
-            for k in range(calls):
-                i = (c + k) % len(images)
-                x, y = POINTS[(c * 7 + k) % len(POINTS)]
-                body = {"model": "ddpm-faces", "x": x, "y": y, "timestep": 250, "image": images[i]}
-                start = time.perf_counter()
-                answer = http.post("api/v1/attend", json=body)
-                elapsed = time.perf_counter() - start
-                if answer.status_code != 200:
-                    with lock:
-                        errors.append(answer.text[:200])
-                    continue
-                same = _same_rows(answer.json()["layers"], reference[i, x, y])
-                with lock:
-                    times.append(elapsed)
-                    mismatches += not same
 
-    wall = _crowd(client, clients, errors)
-    rss_end = server.rss()
-    total = clients * calls
+            def ask(image: str, x: int, y: int) -> list[dict]:
+                body = {"model": "ddpm-faces", "x": x, "y": y, "timestep": 250, "image": image}
+                answer = http.post("api/v1/attend", json=body)
+                if answer.status_code != 200:
+                    raise RuntimeError(answer.text[:200])
+                return answer.json()["layers"]
+
+            yield ask
+
+    images = [base64.b64encode(p.read_bytes()).decode() for p in _images()]
+    soak = _soak(server, clients, calls, images, connect)
     return [
         (
             f"JSON API: {clients} clients x {calls} calls (base64 images)",
-            f"{total / wall:.1f} calls/s",
-            f"{wall:.0f} s",
+            f"{soak.total / soak.wall:.1f} calls/s",
+            f"{soak.wall:.0f} s",
             "",
         ),
-        ("  errors / mismatched rows", f"{len(errors)} / {mismatches}", f"of {total}", "goal 0 / 0"),
-        ("  per call p50 / p95", _ms(times, 50) + " / " + _ms(times, 95), "", ""),
-        (
-            "  server RSS before -> after",
-            f"{rss_warm:.0f} -> {rss_end:.0f} MB",
-            f"drift {100 * (rss_end - rss_warm) / rss_warm:+.1f}%",
-            "goal < 10%",
-        ),
+        *soak.rows("", "server RSS before -> after"),
     ]
 
 
@@ -499,6 +446,83 @@ async def _click_sessions(
         await asyncio.gather(*(session(page, s) for s, page in enumerate(pages)))
         await browser.close()
     return times
+
+
+#: One call of a soak: (image, x, y) -> the answer's layers; raises on an error answer.
+Ask = Callable[[Any, int, int], list[dict]]
+
+
+@dataclass
+class Soak:
+    """What a crowd of clients measured: wall time, per-call times, errors, rows that differed, and
+    the server's RSS after the single client's warm-up and at the end."""
+
+    total: int
+    wall: float
+    times: list[float]
+    errors: list[str]
+    mismatches: int
+    rss_warm: float
+    rss_end: float
+
+    def rows(self, per_call: str, rss: str) -> list[tuple[str, str, str, str]]:
+        drift = 100 * (self.rss_end - self.rss_warm) / self.rss_warm
+        return [
+            (
+                "  errors / mismatched rows",
+                f"{len(self.errors)} / {self.mismatches}",
+                f"of {self.total}",
+                "goal 0 / 0",
+            ),
+            ("  per call p50 / p95", _ms(self.times, 50) + " / " + _ms(self.times, 95), per_call, ""),
+            (
+                f"  {rss}",
+                f"{self.rss_warm:.0f} -> {self.rss_end:.0f} MB",
+                f"drift {drift:+.1f}%",
+                "goal < 10%",
+            ),
+        ]
+
+
+def _soak(
+    server: Server, clients: int, calls: int, images: list, connect: Callable[[], AbstractContextManager[Ask]]
+) -> Soak:
+    """``clients`` threads, each with its own ``connect()``, x ``calls`` over ``images`` and
+    :data:`POINTS`; every answer's rows compared with a single client's run of the same (image,
+    point), which also warms the server up. Errors are counted and shown, never hidden."""
+    with connect() as ask:
+        reference = {
+            (i, x, y): [layer["values"] for layer in ask(image, x, y)]
+            for i, image in enumerate(images)
+            for x, y in POINTS
+        }
+    rss_warm = server.rss()
+    times: list[float] = []
+    errors: list[str] = []
+    mismatches = 0
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        nonlocal mismatches
+        with connect() as ask:
+            for k in range(calls):
+                i = (c + k) % len(images)
+                x, y = POINTS[(c * 7 + k) % len(POINTS)]
+                start = time.perf_counter()
+                try:
+                    layers = ask(images[i], x, y)
+                except Exception as error:
+                    with lock:
+                        errors.append(repr(error)[:200])
+                    continue
+                elapsed = time.perf_counter() - start
+                same = _same_rows(layers, reference[i, x, y])
+                with lock:
+                    times.append(elapsed)
+                    mismatches += not same
+
+    wall = _crowd(client, clients, errors)
+    return Soak(clients * calls, wall, times, errors, mismatches, rss_warm, server.rss())
 
 
 def _crowd(client: Callable[[int], None], clients: int, errors: list[str]) -> float:
