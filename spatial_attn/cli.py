@@ -140,7 +140,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         "--sealed",
         action="store_true",
         help="run the sealed seeds of spatial_attn/faces/protocol.py: once, at the protocol's sizes, "
-        "leaving CHECKPOINTS/sealed-run.json",
+        "leaving CHECKPOINTS/sealed-run-2.json",
     )
     p.add_argument("--force", action="store_true", help="with --sealed: run them again (the record says so)")
     p.add_argument(
