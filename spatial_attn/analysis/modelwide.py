@@ -72,11 +72,7 @@ class LayerStats:
 
     def special_share(self) -> dict[str, float]:
         """The share of the layer's attention (head mean, all queries) that lands on each special key."""
-        received = self.received
-        return {
-            label: float(received[j])
-            for label, j in zip(self.keys.labels, self.keys.special_indices(), strict=True)
-        }
+        return self.keys.special_values(self.received)
 
     def mean_distance(self) -> np.ndarray | None:
         """``(h,)``: each head's distance averaged over the pixel queries (Dosovitskiy et al., Fig. 7)."""
@@ -217,11 +213,7 @@ class Rollout:
 
     def special(self, which: Literal["rollout", "plain"] = "rollout") -> dict[str, float]:
         """The mass on each special token (a ViT's CLS)."""
-        values = self.rollout if which == "rollout" else self.plain
-        return {
-            label: float(values[j])
-            for label, j in zip(self.tokens.labels, self.tokens.special_indices(), strict=True)
-        }
+        return self.tokens.special_values(self.rollout if which == "rollout" else self.plain)
 
 
 def rollout(

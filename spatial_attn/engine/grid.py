@@ -97,6 +97,11 @@ class TokenLayout:
         end = self.start + self.grid_size  # the two ranges, not a loop over every token (a click's cost)
         return [*range(self.start), *range(end, self.count)]
 
+    def special_values(self, values: Sequence[float]) -> dict[str, float]:
+        """``{label: value}`` of the special tokens, read off a value per token (a row's mass, a
+        layer's received share): one place that pairs labels with indices, for every reader."""
+        return {label: float(values[i]) for label, i in zip(self.labels, self.special_indices(), strict=True)}
+
     def token(self, y: int, x: int) -> int:
         """Token index of cell ``(y, x)``: ``start + y*W + x``."""
         if self.grid is None:

@@ -487,13 +487,9 @@ class AttentionLayer:
         head_index = self._head(head)
         row = _reduce_heads(probs, head_index)
         dist = row if head_index != "max" else probs.mean(0)
-        special = {
-            label: float(row[i])
-            for label, i in zip(self.keys.labels, self.keys.special_indices(), strict=True)
-        }
         return Row(
             values=_spatial(row, self.keys),
-            special=special,
+            special=self.keys.special_values(row),
             entropy=_entropy_bits(dist),
             distance=self._mean_distance(dist, cell),
             token=token,
