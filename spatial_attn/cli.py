@@ -98,7 +98,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     trainer_cls, defaults = TRAINERS[args.model]
     if args.set and args.model not in ("vit", "judge", "sagan"):
-        raise SystemExit("--set sets a recipe: only `spatial-attn train vit`, `train judge` and `train sagan` take it")
+        raise SystemExit(
+            "--set sets a recipe: only `spatial-attn train vit`, `train judge` and `train sagan` take it"
+        )
     if any("=" not in item for item in args.set):
         raise SystemExit("--set takes FIELD=VALUE, e.g. --set head_shift_px=4")
     settings = Settings(

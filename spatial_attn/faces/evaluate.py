@@ -3,10 +3,11 @@
 Every figure stands beside a control that could have come out otherwise, on faces and samples from
 seeds never used in training (training uses seeds >= 10**12):
 
-* **The judge** (:data:`JUDGE`, a CNN with no attention: it has probe rows, no layer rows): the share
-  of valid faces it calls valid (also with the head moved or scaled), and the share of each kind of broken face (probe) it *also* calls valid: mouthless
-  faces, blurred mismatches, the soft shape pairs blurred and not. Where a probe changes one thing
-  in faces that are otherwise valid, the same faces with that change undone are judged beside it.
+* **The judge** (:data:`JUDGE`, a CNN with no attention: probe rows, no layer rows): the share of
+  valid faces it calls valid (also with the head moved or scaled), and the share of each kind of
+  broken face (probe) it *also* calls valid: mouthless faces, blurred mismatches, the soft shape
+  pairs blurred and not. Where a probe changes one thing in faces that are otherwise valid, the
+  same faces with that change undone are judged beside it.
 * **The generators**: the share of their samples the judge calls valid, and the *coverage* of every
   eye colour and shape (its share in samples over its share in drawn faces, both read by the same
   eye reader).
@@ -621,9 +622,8 @@ def format_table(report: Report) -> str:
     summary = [["model", "metric", "target", "trained [95% CI]", "met", "control"], ["---"] * 6]
     summary += [r.cells() for r in report.rows]
     layers = [LAYER_HEADER, ["---"] * len(LAYER_HEADER)] + [r.cells() for r in report.layers]
-    verdicts = [
-        verdict(name, [r for r in report.layers if r.model == name]) for name in report.models if name != JUDGE
-    ]
+    attention = [name for name in report.models if name != JUDGE]  # the judge has no layers to judge
+    verdicts = [verdict(name, [r for r in report.layers if r.model == name]) for name in attention]
     verdicts += [
         f"- **collapse** in {r.model} `{r.layer.split(',')[0]}`: {r.collapsed:.0%} of eye queries put >= "
         f"{COLLAPSE:.0%} of their mass on one grid row that misses the other eye"

@@ -24,9 +24,9 @@ from torch import nn
 
 from ..data.tensors import to_tensor, to_uint8
 from ..resources import locate, searched
+from .judge import Judge, JudgeConfig
 from .placement import Placement, place
 from .preprocess import Preprocess
-from .judge import Judge, JudgeConfig
 from .sagan import SAGAN, SAGANConfig
 from .vit import ViT, ViTConfig
 from .vit_inpaint import InpaintConfig, InpaintViT, eye_mask
