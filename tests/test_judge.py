@@ -109,8 +109,9 @@ def test_the_eval_asks_the_judge_and_gives_it_probe_rows_and_no_attention_rows(t
     report = evaluate.evaluate_all(tmp_path / "out", faces=2, threads=1, models=("judge-faces",))
     assert report.rows and {r.model for r in report.rows} == {"judge-faces"} and not report.layers
     assert any(r.metric.startswith("mouthless: judged valid") for r in report.rows)
-    verdicts = [line for line in evaluate.format_table(report).splitlines() if line.startswith("- ")]
-    assert not [line for line in verdicts if "judge-faces" in line]  # no "no headline layer" line
+    table = evaluate.format_table(report)
+    assert not [line for line in table.splitlines() if line.startswith("- ")]  # no "no headline layer"
+    assert "| judge-faces | valid: judged valid" in table and "content lift" not in table  # no layer table
 
 
 class Stop(Exception):

@@ -631,7 +631,8 @@ def format_table(report: Report) -> str:
         if r.collapsed >= COLLAPSE_REPORTED
     ]
     seeds = ", ".join(map(str, SPLITS[report.split]))
-    tables = [summary, layers] if report.rows else [layers]  # no summary rows: some models' layers only
+    # no summary rows: some models' layers only; no layer rows: the judge alone
+    tables = [t for t, rows in ((summary, report.rows), (layers, report.layers)) if rows]
     return "\n".join(
         [
             f"Seeds: {report.split} ({seeds}). 95% bootstrap intervals in brackets.",
