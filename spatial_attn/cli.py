@@ -16,7 +16,7 @@ from typing import Any
 
 from .data.faces import LAYOUTS
 
-MODELS = ("ddpm", "sagan", "vit", "vit-inpaint")
+MODELS = ("ddpm", "sagan", "vit", "vit-inpaint", "judge")
 DEFAULT_MODEL = "ddpm-faces"
 
 
@@ -59,7 +59,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a bundled model on procedural faces made on the fly", formatter_class=PlainHelp
     )
-    p.add_argument("model", choices=MODELS, help="which model: ddpm, sagan, vit or vit-inpaint")
+    p.add_argument("model", choices=MODELS, help="which model: ddpm, sagan, vit, vit-inpaint or judge")
     p.add_argument("--steps", type=int, help="optimisation steps (default: the model's)")
     p.add_argument("--batch-size", type=int, help="faces per step (default: the model's)")
     p.add_argument(
@@ -85,7 +85,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="vit and sagan: a field of the recipe (faces/train/vit.py JudgeRecipe, "
+        help="vit, judge and sagan: a field of the recipe (faces/train/vit.py JudgeRecipe, "
         "faces/train/sagan.py GANRecipe), e.g. head_shift_px=4",
     )
     p.set_defaults(func=cmd_train)
@@ -97,8 +97,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .faces.train.common import Settings, run
 
     trainer_cls, defaults = TRAINERS[args.model]
-    if args.set and args.model not in ("vit", "sagan"):
-        raise SystemExit("--set sets a recipe: only `spatial-attn train vit` and `train sagan` take it")
+    if args.set and args.model not in ("vit", "judge", "sagan"):
+        raise SystemExit(
+            "--set sets a recipe: only `spatial-attn train vit`, `train judge` and `train sagan` take it"
+        )
     if any("=" not in item for item in args.set):
         raise SystemExit("--set takes FIELD=VALUE, e.g. --set head_shift_px=4")
     settings = Settings(

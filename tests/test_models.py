@@ -17,7 +17,7 @@ from PIL import Image
 import spatial_attn as sa
 from spatial_attn.data import KINDS
 from spatial_attn.models import available_models, load_model
-from spatial_attn.models.bundle import CHECKPOINTS
+from spatial_attn.models.bundle import CHECKPOINTS, NOT_SHOWN
 
 FACE = Path(__file__).resolve().parents[1] / "assets" / "faces" / "valid-0.png"
 
@@ -65,7 +65,7 @@ def test_available_models_and_unknown_name():
 
 
 def test_checkpoints_are_small_and_pickle_free():
-    for name in available_models():
+    for name in (*available_models(), *NOT_SHOWN):
         files = [f for f in (CHECKPOINTS / name).rglob("*") if f.is_file()]
         assert sum(f.stat().st_size for f in files) <= 20 * 2**20, name
         assert any(f.suffix == ".safetensors" for f in files), name

@@ -106,7 +106,8 @@ def test_an_installed_wheel_finds_its_models_and_faces_outside_the_checkout(tmp_
     probe = (
         "import spatial_attn, spatial_attn.app.blocks as app\n"
         "print(spatial_attn.__file__)\n"
-        "print(spatial_attn.load_model('vit-faces').name, len(app.examples()))\n"
+        "print(spatial_attn.load_model('vit-faces').name, spatial_attn.load_model('judge-faces').name, "
+        "len(app.examples()))\n"
     )
     where, loaded = subprocess.run([python, "-c", probe], **run).stdout.splitlines()[-2:]
-    assert where.startswith(str(env_dir)) and loaded == "vit-faces 10"
+    assert where.startswith(str(env_dir)) and loaded == "vit-faces judge-faces 10"

@@ -14,6 +14,14 @@ from pathlib import Path
 from ..models.bundle import load_model
 
 ARCHITECTURE = {
+    "judge-faces": (
+        "Convolutional classifier (`spatial_attn/models/judge.py`), the judge of the generators' "
+        "samples: stages of widths {widths_text} ({convs} 3 x 3 conv-BatchNorm-GELU layers each, every "
+        "stage after the first opening with stride 2: 32 -> 16 -> 8 -> 4 px, receptive field "
+        "{receptive_field} px), global average and max pooling side by side, a linear head over the "
+        "{num_classes} labels {labels}. No attention (the app does not show it); no position "
+        "embedding, so where the head sits cannot be learnt as such."
+    ),
     "vit-faces": (
         "Vision Transformer classifier (`spatial_attn/models/vit.py`): 4 x 4 patches of the 32 x 32 "
         "image -> 8 x 8 tokens + CLS (token 0), learned positions, {depth} pre-norm "
@@ -53,6 +61,7 @@ ARCHITECTURE = {
 }
 
 LOADING = {
+    "judge-faces": '`sa.load_model("judge-faces")` (safetensors + config.json; no pickle).',
     "vit-faces": '`sa.load_model("vit-faces")` (safetensors + config.json; no pickle).',
     "ddpm-faces": (
         '`sa.load_model("ddpm-faces")`, or with plain diffusers '
@@ -66,6 +75,14 @@ LOADING = {
 }
 
 DATA = {
+    "judge-faces": (
+        "the vit-faces data (valid faces 3 times as often as each broken kind, eye_shape twice, noise "
+        "on half of each batch, blur on a quarter) with the judge recipe on: every head moved by up "
+        "to {head_shift_px} px in y and x and scaled by {head_scale_min}-{head_scale_max}, "
+        "{mouthless_pct} of valid faces drawn without a mouth and labelled no_mouth, {hard_pair_pct} of "
+        "eye_shape faces drawn as the protocol's soft pairs (ring/vbar, disc/plus, plus/ring) with "
+        "their loss weighted {hard_pair_weight}x"
+    ),
     "vit-faces": (
         "the kinds its `labels` list: valid faces 3 times as often as each broken kind (eye_color, "
         "eye_shape, missing_eye, no_face, and the generators' mistakes eye_size, eye_offset, "
@@ -96,7 +113,7 @@ def write_card(root: Path, name: str, table: str, results: list[dict]) -> Path:
     params = sum(p.numel() for p in bm.module.parameters())
     size = sum(f.stat().st_size for f in model_dir.rglob("*.safetensors")) / 2**20
     wide = ', layout="wide"' if run.get("layout", "standard") == "wide" else ""  # older runs: standard
-    fields = _card_fields(name, bm.config)
+    fields = _card_fields(name, bm.config, run)
     lines = [
         f"# {name}",
         "",
@@ -139,9 +156,9 @@ def _final_logs(logs: dict) -> str:
     return "; final logs " + ", ".join(f"{k} {v}" for k, v in logs.items()) if logs else ""
 
 
-def _card_fields(name: str, config: dict) -> dict:
+def _card_fields(name: str, config: dict, run: dict) -> dict:
     """What the ARCHITECTURE and DATA texts are formatted with: the config and the figures and
-    phrases derived from it."""
+    phrases derived from it (the judge's recipe from its run's record, ``training.json``)."""
     if name == "sagan-faces":
         g, d = config["g_ch"], config["d_ch"]
         seeking = config.get("mode_seeking")  # models trained before it have no such key
@@ -161,6 +178,20 @@ def _card_fields(name: str, config: dict) -> dict:
             ),
             "seeking": f"; a mode-seeking term (MSGAN, weight {seeking:g}) in G's loss" if seeking else "",
             "issue23": _sagan_recipe(config),
+        }
+    if name == "judge-faces":
+        from ..models.judge import JudgeConfig
+        from .train.judge import RECIPE
+
+        cfg = JudgeConfig(**{k: config[k] for k in JudgeConfig.__dataclass_fields__})
+        recipe = {k: float(run[k]) for k in RECIPE}
+        return {
+            **config,
+            **{k: f"{v:g}" for k, v in recipe.items()},
+            "widths_text": " / ".join(map(str, cfg.widths)),
+            "receptive_field": cfg.receptive_field,
+            "mouthless_pct": f"{recipe['mouthless_share']:.0%}",
+            "hard_pair_pct": f"{recipe['hard_pair_share']:.0%}",
         }
     return {**config, "block_out_channels": " / ".join(map(str, config.get("block_out_channels", ())))}
 
@@ -195,7 +226,7 @@ def _sagan_recipe(config: dict) -> str:
 
 DETAILS = {
     "per_kind": "Accuracy per kind",
-    "calls": "How vit-faces called the samples",
+    "calls": "How the judge (judge-faces) called the samples",
     "colours": "Eye colours: share in samples / share in drawn faces (located eyes)",
     "shapes": "Eye shapes: share in samples / share in drawn faces (located eyes)",
 }

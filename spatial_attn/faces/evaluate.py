@@ -3,10 +3,11 @@
 Every figure stands beside a control that could have come out otherwise, on faces and samples from
 seeds never used in training (training uses seeds >= 10**12):
 
-* **The judge** (vit-faces): the share of valid faces it calls valid (also with the head moved or
-  scaled), and the share of each kind of broken face (probe) it *also* calls valid: mouthless
-  faces, blurred mismatches, the soft shape pairs blurred and not. Where a probe changes one thing
-  in faces that are otherwise valid, the same faces with that change undone are judged beside it.
+* **The judge** (:data:`JUDGE`, a CNN with no attention: probe rows, no layer rows): the share of
+  valid faces it calls valid (also with the head moved or scaled), and the share of each kind of
+  broken face (probe) it *also* calls valid: mouthless faces, blurred mismatches, the soft shape
+  pairs blurred and not. Where a probe changes one thing in faces that are otherwise valid, the
+  same faces with that change undone are judged beside it.
 * **The generators**: the share of their samples the judge calls valid, and the *coverage* of every
   eye colour and shape (its share in samples over its share in drawn faces, both read by the same
   eye reader).
@@ -57,8 +58,9 @@ from .protocol import (
 from .sample_eval import coverage, generator_figures
 
 SPLITS = {"dev": DEV_SEEDS, "spent": SPENT_SEEDS, "sealed": SEALED_SEEDS}
-NAMES = ("vit-faces", "ddpm-faces", "sagan-faces", "vit-inpaint")
-JUDGE = "vit-faces"  # scores the generators' samples, whichever models are measured
+JUDGE = "judge-faces"  # scores the generators' samples, whichever models are measured
+ATTENTION = ("vit-faces", "ddpm-faces", "sagan-faces", "vit-inpaint")  # the models with attention rows
+NAMES = (JUDGE, *ATTENTION)
 COLLAPSE_REPORTED = 0.05  # share of collapsed rows from which a layer's collapse is spelled out
 Twins = tuple[BundledModel, BundledModel]  # (trained, random twin)
 
@@ -232,10 +234,10 @@ class Report:
 
 # -- the judge ------------------------------------------------------------------------------------
 @torch.no_grad()
-def predict(vit: BundledModel, images: np.ndarray, batch: int = 500) -> np.ndarray:
-    """The ViT's predicted kind index for each uint8 image (n, 32, 32, 3)."""
+def predict(judge: BundledModel, images: np.ndarray, batch: int = 500) -> np.ndarray:
+    """The classifier's predicted kind index for each uint8 image (n, 32, 32, 3)."""
     x = to_tensor(images)  # (n, 3, 32, 32)
-    return torch.cat([vit.module(chunk).argmax(-1) for chunk in x.split(batch)]).numpy()
+    return torch.cat([judge.module(chunk).argmax(-1) for chunk in x.split(batch)]).numpy()
 
 
 @dataclass
@@ -307,7 +309,7 @@ def judge_rows(judge: BundledModel, seeds: tuple[int, ...], n: int) -> list[Row]
         said = (predict(judge, images) == 0).astype(float)
         rows.append(
             Row(
-                "vit-faces",
+                judge.name,
                 f"{name}: judged valid, {len(images):,} images",
                 parts[0].target,
                 mean(said),
@@ -516,16 +518,17 @@ def evaluate_all(
         raise SystemExit(f"unknown model(s) {sorted(unknown)}: choose from {', '.join(NAMES)}")
     twins = {
         n: (load_model(n, True, root=checkpoints), load_model(n, False, root=checkpoints))
-        for n in dict.fromkeys((JUDGE, *models))
+        for n in ATTENTION
+        if n in models
     }
-    judge = twins[JUDGE][0]
+    judge = load_model(JUDGE, True, root=checkpoints)
     rows = judge_rows(judge, seeds, 4 * faces) if JUDGE in models else []
     report = Report(split, rows, [], models=models)
     for name in ("ddpm-faces", "sagan-faces"):
         if name in models:
             gen_rows, report.samples[name] = sample_rows(twins[name][0], judge, seeds, samples)
             rows += gen_rows
-    for name in (n for n in NAMES if n in models):
+    for name in (n for n in ATTENTION if n in models):
         trained_bm, twin_bm = twins[name]
         timesteps = noise_levels(trained_bm)
         trained = pooled_figures(trained_bm, seeds, faces, timesteps)
@@ -619,7 +622,8 @@ def format_table(report: Report) -> str:
     summary = [["model", "metric", "target", "trained [95% CI]", "met", "control"], ["---"] * 6]
     summary += [r.cells() for r in report.rows]
     layers = [LAYER_HEADER, ["---"] * len(LAYER_HEADER)] + [r.cells() for r in report.layers]
-    verdicts = [verdict(name, [r for r in report.layers if r.model == name]) for name in report.models]
+    attention = [name for name in report.models if name != JUDGE]  # the judge has no layers to judge
+    verdicts = [verdict(name, [r for r in report.layers if r.model == name]) for name in attention]
     verdicts += [
         f"- **collapse** in {r.model} `{r.layer.split(',')[0]}`: {r.collapsed:.0%} of eye queries put >= "
         f"{COLLAPSE:.0%} of their mass on one grid row that misses the other eye"
@@ -627,7 +631,8 @@ def format_table(report: Report) -> str:
         if r.collapsed >= COLLAPSE_REPORTED
     ]
     seeds = ", ".join(map(str, SPLITS[report.split]))
-    tables = [summary, layers] if report.rows else [layers]  # no summary rows: some models' layers only
+    # no summary rows: some models' layers only; no layer rows: the judge alone
+    tables = [t for t, rows in ((summary, report.rows), (layers, report.layers)) if rows]
     return "\n".join(
         [
             f"Seeds: {report.split} ({seeds}). 95% bootstrap intervals in brackets.",

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..data.tensors import to_tensor, to_uint8
 from ..resources import locate, searched
+from .judge import Judge, JudgeConfig
 from .placement import Placement, place
 from .preprocess import Preprocess
 from .sagan import SAGAN, SAGANConfig
@@ -155,7 +156,7 @@ class BundledModel:
 
 
 class ViTModel(BundledModel):
-    """Classifies an image into valid face / each kind of broken face."""
+    """Classifies an image into valid face / each kind of broken face (the ViT, and the judge's CNN)."""
 
     def run(self, prepared: Prepared) -> dict:
         probs = torch.softmax(self.module(*prepared.args, **prepared.kwargs)[0], dim=-1)  # (classes,)
@@ -350,12 +351,16 @@ _LOADERS = {
     "sagan-faces": _load_plain(SAGANModel, SAGAN, SAGANConfig, "sagan-faces", "sagan"),
     "vit-faces": _load_plain(ViTModel, ViT, ViTConfig, "vit-faces", "vit"),
     "vit-inpaint": _load_plain(InpaintModel, InpaintViT, InpaintConfig, "vit-inpaint", "vit-inpaint"),
+    "judge-faces": _load_plain(ViTModel, Judge, JudgeConfig, "judge-faces", "judge"),
 }
+#: Loaded by name like the others, but not offered by the app: the judge has no attention to click.
+NOT_SHOWN = ("judge-faces",)
 
 
 def available_models() -> list[str]:
-    """Names ``load_model`` accepts (each also as its untrained twin, ``pretrained=False``)."""
-    return sorted(_LOADERS)
+    """Names the app serves (each also as its untrained twin, ``pretrained=False``); ``load_model``
+    also accepts :data:`NOT_SHOWN`."""
+    return sorted(set(_LOADERS) - set(NOT_SHOWN))
 
 
 def load_model(

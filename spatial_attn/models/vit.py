@@ -1,9 +1,11 @@
 """A small Vision Transformer that tells a valid face from each kind of broken one.
 
-It is the bundled classifier *and* the judge of the generative models' samples: a face is valid
-only if its two eyes match, so the model has to compare one eye with the other, ~3 patches away,
-which is what its attention rows should show. Patch 4 on a 32 x 32 image gives an 8 x 8 grid of
-tokens after a CLS token (token 0), so token ``1 + y*8 + x`` is patch ``(y, x)``.
+It is the bundled classifier whose attention the app shows (until issue 23 it was also the judge of
+the generative models' samples; that is now the CNN of :mod:`.judge`, since this one learnt where a
+face usually is): a face is valid only if its two eyes match, so the model has to compare one eye
+with the other, ~3 patches away, which is what its attention rows should show. Patch 4 on a
+32 x 32 image gives an 8 x 8 grid of tokens after a CLS token (token 0), so token ``1 + y*8 + x`` is
+patch ``(y, x)``.
 
 The blocks are plain ``nn.TransformerEncoderLayer`` (``nn.MultiheadAttention`` inside), pre-norm,
 so the capture engine sees a standard attention module under a readable name:

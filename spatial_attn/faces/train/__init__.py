@@ -1,8 +1,8 @@
-"""Training loops for the bundled models (``spatial-attn train ddpm|sagan|vit|vit-inpaint``)."""
+"""Training loops for the bundled models (``spatial-attn train ddpm|sagan|vit|vit-inpaint|judge``)."""
 
 from __future__ import annotations
 
-from . import ddpm, sagan, vit, vit_inpaint
+from . import ddpm, judge, sagan, vit, vit_inpaint
 
 #: model -> (trainer class, default steps / batch size / learning rate)
 TRAINERS = {
@@ -10,4 +10,5 @@ TRAINERS = {
     "sagan": (sagan.SAGANTrainer, sagan.DEFAULTS),
     "vit": (vit.ViTTrainer, vit.DEFAULTS),
     "vit-inpaint": (vit_inpaint.InpaintTrainer, vit_inpaint.DEFAULTS),
+    "judge": (judge.JudgeTrainer, judge.DEFAULTS),
 }

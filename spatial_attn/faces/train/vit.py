@@ -88,19 +88,24 @@ class ViTTrainer:
     """AdamW with warm-up and cosine decay; every batch holds all five kinds in equal measure."""
 
     name = "vit-faces"
+    kind = "vit"  # the exported config's "kind"
     kinds = ("valid",) * VALID_WEIGHT + KINDS[1:] + ("eye_shape",) * (SHAPE_WEIGHT - 1)
 
     def __init__(self, s: Settings) -> None:
         self.s = s
         self.recipe = JudgeRecipe.from_settings(s.extra)
-        self.cfg = ViTConfig(num_classes=len(self.recipe.labels))
         torch.manual_seed(s.seed)
-        self.model = ViT(self.cfg)
+        self.model = self.build(len(self.recipe.labels))
         if self.recipe.init_from:
             self.model.load_state_dict(
                 widened(load_weights(Path(self.recipe.init_from)), self.cfg.num_classes)
             )
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=0.05)
+
+    def build(self, classes: int) -> nn.Module:
+        """The classifier to train (the judge's CNN, :mod:`.judge`, builds its own)."""
+        self.cfg = ViTConfig(num_classes=classes)
+        return ViT(self.cfg)
 
     def augment(self, batch: FaceBatch, seed: int, layout: str) -> FaceBatch:
         """``batch`` redrawn from its ``seed`` with the recipe's edits, labels following them: the
@@ -133,7 +138,7 @@ class ViTTrainer:
     def step(self, step: int, batch: FaceBatch, gen: torch.Generator) -> dict[str, float]:
         set_lr(self.opt, cosine_lr(step, self.s.steps, self.s.lr, warmup=300))
         x = to_tensor(blurred_quarter(batch.images, gen))  # (B, 3, 32, 32)
-        logits = self.model(x + noisy_half(x, gen))  # (B, 5)
+        logits = self.model(x + noisy_half(x, gen))  # (B, classes)
         labels = torch.from_numpy(batch.labels)
         if self.recipe.hard_pair_weight == 1.0:
             loss = F.cross_entropy(logits, labels)
@@ -148,7 +153,7 @@ class ViTTrainer:
         return {"loss": loss.item(), "acc": acc.item()}
 
     def export(self, out_dir: Path) -> None:
-        config = {"kind": "vit", **self.cfg.to_dict(), "labels": list(self.recipe.labels)}
+        config = {"kind": self.kind, **self.cfg.to_dict(), "labels": list(self.recipe.labels)}
         save_weights(out_dir, config, self.model.state_dict())
 
 
