@@ -85,8 +85,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="vit and sagan: a field of the recipe (faces/train/vit.py JudgeRecipe, "
-        "faces/train/sagan.py GANRecipe), e.g. head_shift_px=4",
+        help="vit, sagan and vit-inpaint: a field of the recipe (faces/train/vit.py JudgeRecipe, "
+        "faces/train/sagan.py GANRecipe, faces/train/vit_inpaint.py InpaintRecipe), e.g. head_shift_px=4",
     )
     p.set_defaults(func=cmd_train)
 
@@ -97,8 +97,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .faces.train.common import Settings, run
 
     trainer_cls, defaults = TRAINERS[args.model]
-    if args.set and args.model not in ("vit", "sagan"):
-        raise SystemExit("--set sets a recipe: only `spatial-attn train vit` and `train sagan` take it")
+    if args.set and args.model not in ("vit", "sagan", "vit-inpaint"):
+        raise SystemExit(
+            "--set sets a recipe: only `spatial-attn train vit` and `train sagan` "
+            "(and `train vit-inpaint`) take it"
+        )
     if any("=" not in item for item in args.set):
         raise SystemExit("--set takes FIELD=VALUE, e.g. --set head_shift_px=4")
     settings = Settings(
