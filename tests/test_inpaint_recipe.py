@@ -8,6 +8,7 @@ the code before the recipe existed (main at 4f0b72a), not from the code under te
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,3 +135,26 @@ def test_the_cli_passes_set_to_the_in_painter(tmp_path):
 
     with pytest.raises(SystemExit, match=r"unknown --set.*in-painter"):
         main(["train", "vit-inpaint", "--steps", "1", "--set", "nope=1", "--out", str(tmp_path)])
+
+
+def test_the_card_says_the_recipe_the_run_record_holds(tmp_path):
+    import json
+    import shutil
+
+    from spatial_attn.faces.cards import write_card
+
+    out = tmp_path / "vit-inpaint"
+    shutil.copytree(Path(__file__).parents[1] / "checkpoints" / "vit-inpaint", out)
+    record = json.loads((out / "training.json").read_text())
+    for key in ("decoy_share", "shift_share", "shift_y_px", "shift_x_px", "init_from"):
+        record.pop(key, None)
+    (out / "training.json").write_text(json.dumps(record))
+    first = write_card(tmp_path, "vit-inpaint", "| m |", []).read_text()
+    assert "kept eye of 75% of the faces drawn moved, up to 5 px in y and 3 px in x" in first
+    assert "decoy is asked" not in first and "fine-tune" not in first
+    record |= {"decoy_share": "1.0", "shift_share": "0.9", "shift_y_px": "6", "init_from": "x/vit-inpaint"}
+    (out / "training.json").write_text(json.dumps(record))
+    second = write_card(tmp_path, "vit-inpaint", "| m |", []).read_text()
+    assert "kept eye of 90% of the faces drawn moved, up to 6 px in y and 3 px in x" in second
+    assert "in 100% of the faces a decoy is asked for" in second
+    assert "started from the trained in-painter `x/vit-inpaint` (a fine-tune)" in second
