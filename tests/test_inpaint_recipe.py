@@ -146,15 +146,38 @@ def test_the_card_says_the_recipe_the_run_record_holds(tmp_path):
     out = tmp_path / "vit-inpaint"
     shutil.copytree(Path(__file__).parents[1] / "checkpoints" / "vit-inpaint", out)
     record = json.loads((out / "training.json").read_text())
-    for key in ("decoy_share", "shift_share", "shift_y_px", "shift_x_px", "init_from"):
+    for key in ("decoy_share", "shift_share", "shift_y_px", "shift_x_px", "init_from", "visible_weight"):
         record.pop(key, None)
     (out / "training.json").write_text(json.dumps(record))
     first = write_card(tmp_path, "vit-inpaint", "| m |", []).read_text()
     assert "kept eye of 75% of the faces drawn moved, up to 5 px in y and 3 px in x" in first
-    assert "decoy is asked" not in first and "fine-tune" not in first
+    assert "decoy is asked" not in first and "fine-tune" not in first and "visible patches" not in first
     record |= {"decoy_share": "1.0", "shift_share": "0.9", "shift_y_px": "6", "init_from": "x/vit-inpaint"}
+    record["visible_weight"] = "0.2"
     (out / "training.json").write_text(json.dumps(record))
     second = write_card(tmp_path, "vit-inpaint", "| m |", []).read_text()
     assert "kept eye of 90% of the faces drawn moved, up to 6 px in y and 3 px in x" in second
     assert "in 100% of the faces a decoy is asked for" in second
     assert "started from the trained in-painter `x/vit-inpaint` (a fine-tune)" in second
+    assert (
+        "weighted 5x (and the visible patches' pixels, painted back from their own tokens, weighted 0.2x)"
+        in second
+    )
+
+
+@pytest.mark.parametrize("visible", ["0", "0.2"])
+def test_the_loss_weighs_visible_patches_only_when_the_recipe_says(visible):
+    trainer = _trainer(visible_weight=visible)
+    faces = make_faces(8, 3, layout="wide")
+    side = np.arange(8) % 2
+    rows = np.arange(8)
+    centres, radii = faces.eyes[rows, side], faces.eye_radius[rows, side]
+    mask = torch.from_numpy(eye_mask(centres, radii, TINY))  # (8, 64)
+    x = torch.from_numpy(faces.images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (8, 3, 32, 32)
+    with torch.no_grad():
+        err = (trainer.model(x, mask) - x).abs().numpy()  # (8, 3, 32, 32)
+        got = trainer.loss(faces, side).item()
+    hidden = mask.numpy().reshape(8, 8, 8).repeat(4, 1).repeat(4, 2)[:, None]  # (8, 1, 32, 32) by patch
+    near = _pixels_within(centres, 1.22 * radii + 0.5)[:, None]  # the eye's reach (EYE_REACH)
+    weight = hidden * (1 + 4.0 * near) + float(visible) * ~hidden  # an eye pixel 5x, visible ones as set
+    assert got == pytest.approx((err * weight).sum() / (3 * weight.sum()), rel=1e-5)

@@ -80,7 +80,7 @@ DATA = {
         "can reach (1.22 radii + 0.5 px); the kept eye of {moved_share} of the faces drawn moved, up "
         "to {shift_y:g} px in y and {shift_x:g} px in x (not closer than 9.5 px to the masked eye in "
         "x), so that it must be found, not placed by the head's symmetry{decoys}; loss L1 on the "
-        "masked patches' pixels, those within the eye's reach weighted 5x{init}"
+        "masked patches' pixels, those within the eye's reach weighted 5x{visible}{init}"
     ),
     "sagan-faces": (
         "valid faces as real; faces with mismatched eyes ({negative_kinds}) shown to the discriminator "
@@ -177,12 +177,19 @@ def _inpaint_recipe(run: dict) -> dict:
         if r.decoy_share > 0
         else ""
     )
+    visible = (
+        " (and the visible patches' pixels, painted back from their own tokens, weighted "
+        f"{r.visible_weight:g}x)"
+        if r.visible_weight > 0
+        else ""
+    )
     init = f"; started from the trained in-painter `{r.init_from}` (a fine-tune)" if r.init_from else ""
     return {
         "moved_share": f"{r.shift_share:.0%}",
         "shift_y": r.shift_y_px,
         "shift_x": r.shift_x_px,
         "decoys": decoys,
+        "visible": visible,
         "init": init,
     }
 
