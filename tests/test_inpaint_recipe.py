@@ -137,6 +137,11 @@ def test_the_cli_passes_set_to_the_in_painter(tmp_path):
         main(["train", "vit-inpaint", "--steps", "1", "--set", "nope=1", "--out", str(tmp_path)])
 
 
+def _data_line(card: str) -> str:
+    """The card's Data line alone (its notes, appended below, tell the recipe in their own words)."""
+    return next(line for line in card.splitlines() if line.startswith("- **Data:**"))
+
+
 def test_the_card_says_the_recipe_the_run_record_holds(tmp_path):
     import json
     import shutil
@@ -149,13 +154,13 @@ def test_the_card_says_the_recipe_the_run_record_holds(tmp_path):
     for key in ("decoy_share", "shift_share", "shift_y_px", "shift_x_px", "init_from", "visible_weight"):
         record.pop(key, None)
     (out / "training.json").write_text(json.dumps(record))
-    first = write_card(tmp_path, "vit-inpaint", "| m |", []).read_text()
+    first = _data_line(write_card(tmp_path, "vit-inpaint", "| m |", []).read_text())
     assert "kept eye of 75% of the faces drawn moved, up to 5 px in y and 3 px in x" in first
     assert "decoy is asked" not in first and "fine-tune" not in first and "visible patches" not in first
     record |= {"decoy_share": "1.0", "shift_share": "0.9", "shift_y_px": "6", "init_from": "x/vit-inpaint"}
     record["visible_weight"] = "0.2"
     (out / "training.json").write_text(json.dumps(record))
-    second = write_card(tmp_path, "vit-inpaint", "| m |", []).read_text()
+    second = _data_line(write_card(tmp_path, "vit-inpaint", "| m |", []).read_text())
     assert "kept eye of 90% of the faces drawn moved, up to 6 px in y and 3 px in x" in second
     assert "in 100% of the faces a decoy is asked for" in second
     assert "started from the trained in-painter `x/vit-inpaint` (a fine-tune)" in second
