@@ -85,8 +85,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="vit, judge and sagan: a field of the recipe (faces/train/vit.py JudgeRecipe, "
-        "faces/train/sagan.py GANRecipe), e.g. head_shift_px=4",
+        help="vit, judge, sagan and vit-inpaint: a field of the recipe (faces/train/vit.py JudgeRecipe, "
+        "faces/train/sagan.py GANRecipe, faces/train/vit_inpaint.py InpaintRecipe), e.g. head_shift_px=4",
     )
     p.set_defaults(func=cmd_train)
 
@@ -97,9 +97,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .faces.train.common import Settings, run
 
     trainer_cls, defaults = TRAINERS[args.model]
-    if args.set and args.model not in ("vit", "judge", "sagan"):
+    if args.set and args.model not in ("vit", "judge", "sagan", "vit-inpaint"):
         raise SystemExit(
-            "--set sets a recipe: only `spatial-attn train vit`, `train judge` and `train sagan` take it"
+            "--set sets a recipe: only `spatial-attn train vit`, `train judge`, `train sagan` and "
+            "`train vit-inpaint` take it"
         )
     if any("=" not in item for item in args.set):
         raise SystemExit("--set takes FIELD=VALUE, e.g. --set head_shift_px=4")

@@ -265,7 +265,7 @@ def test_fine_tuning_with_the_recipe_trains_exports_and_loads(tmp_path):
 def test_train_cli_passes_set_to_the_sagan_only(tmp_path, capsys):
     from spatial_attn.cli import main
 
-    with pytest.raises(SystemExit, match="only `spatial-attn train vit`, `train judge` and `train sagan`"):
+    with pytest.raises(SystemExit, match="only `spatial-attn train vit`, `train judge`, `train sagan` and "):
         main(["train", "ddpm", "--steps", "1", "--set", "x=1", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="unknown --set"):
         main(["train", "sagan", "--steps", "1", "--set", "nope=1", "--out", str(tmp_path)])

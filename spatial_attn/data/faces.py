@@ -113,6 +113,10 @@ class Edit:
     #: (n, 2) index into SHAPES of each eye's shape, -1 to keep the drawn one. A face given two
     #: shapes is labelled ``eye_shape`` if they differ and ``valid`` if not (if it was one of those).
     shapes: np.ndarray | None = None
+    #: (n, 2) centres (y, x) of one more decoy per face, drawn elsewhere (NaN: none): a disc of eye
+    #: 0's radius in the decoy's colour, drawn after the eyes and before the mouth. Training faces
+    #: for the in-painter, whose masked eye must tell the other eye from a disc of its size.
+    decoys: np.ndarray | None = None
 
 
 def make_faces(
@@ -207,6 +211,8 @@ def make_faces(
         extra = ~np.isnan(third[:, 0])
         sd = _shape_sd(yy, xx, np.nan_to_num(third[:, 0]), np.nan_to_num(third[:, 1]), radius, shape[:, 0])
         img = _paint(img, _coverage(sd) * extra[:, None, None], eye_rgb[:, 0])
+    if edit.decoys is not None:  # draws nothing random: all else keeps its bytes
+        img = _extra_decoys(img, yy, xx, edit.decoys, radii[:, 0], decoy_colour(eye_rgb[:, 0], skin))
 
     # Mouth: a flat ellipse on the axis, below the eyes.
     my = cy + ry * rng.uniform(0.38, 0.5, n).astype(np.float32)
@@ -356,6 +362,17 @@ def decoy_colour(eye_rgb: np.ndarray, skin: np.ndarray) -> np.ndarray:
     """(n, 3): the skin's colour moved in luminance as far as the eye's colour is from it, so a
     decoy stands out from the skin as much as the eye did without taking an eye's colour."""
     return np.clip(skin + ((eye_rgb - skin) @ _LUMA)[:, None], 0, 255)
+
+
+def _extra_decoys(
+    img: np.ndarray, yy: np.ndarray, xx: np.ndarray, centres: np.ndarray, radius: np.ndarray, rgb: np.ndarray
+) -> np.ndarray:
+    """Discs of ``radius`` (n,) in ``rgb`` (n, 3) at ``centres`` (n, 2), none where a centre is NaN."""
+    drawn = ~np.isnan(centres).any(1)
+    where = np.nan_to_num(centres)
+    disc = np.full(len(img), SHAPES.index("disc"))
+    sd = _shape_sd(yy, xx, where[:, 0], where[:, 1], radius, disc)
+    return _paint(img, _coverage(sd) * drawn[:, None, None], rgb)
 
 
 def _set_shapes(shape: np.ndarray, labels: np.ndarray, given: np.ndarray) -> None:

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from ..models.bundle import load_model
+from .train.vit_inpaint import InpaintRecipe
 
 ARCHITECTURE = {
     "judge-faces": (
@@ -93,10 +94,10 @@ DATA = {
     "ddpm-faces": "valid faces only",
     "vit-inpaint": (
         "valid faces only, one eye of each (left or right at random) masked: every patch its pixels "
-        "can reach (1.22 radii + 0.5 px); the kept eye of 3 faces in 4 drawn moved, up to 5 px in y "
-        "and 3 px in x (not closer than 9.5 px to the masked eye in x), so that it must be found, "
-        "not placed by the head's symmetry; loss L1 on the masked patches' pixels, those within "
-        "the eye's reach weighted 5x"
+        "can reach (1.22 radii + 0.5 px); the kept eye of {moved_share} of the faces drawn moved, up "
+        "to {shift_y:g} px in y and {shift_x:g} px in x (not closer than 9.5 px to the masked eye in "
+        "x), so that it must be found, not placed by the head's symmetry{decoys}; loss L1 on the "
+        "masked patches' pixels, those within the eye's reach weighted 5x{visible}{init}"
     ),
     "sagan-faces": (
         "valid faces as real; faces with mismatched eyes ({negative_kinds}) shown to the discriminator "
@@ -193,7 +194,37 @@ def _card_fields(name: str, config: dict, run: dict) -> dict:
             "mouthless_pct": f"{recipe['mouthless_share']:.0%}",
             "hard_pair_pct": f"{recipe['hard_pair_share']:.0%}",
         }
+    if name == "vit-inpaint":
+        return {**config, **_inpaint_recipe(run)}
     return {**config, "block_out_channels": " / ".join(map(str, config.get("block_out_channels", ())))}
+
+
+def _inpaint_recipe(run: dict) -> dict:
+    """The in-painter's recipe (``faces/train/vit_inpaint.py`` ``InpaintRecipe``; its ``--set``
+    values are in the run record, as strings) as the DATA text's fields."""
+    r = InpaintRecipe.from_settings({k: run[k] for k in InpaintRecipe.__dataclass_fields__ if k in run})
+    decoys = (
+        f"; in {r.decoy_share:.0%} of the faces a decoy is asked for (a disc of the eye's size in the "
+        "skin's hue, as bright or dark against it as the eye: the evaluation's decoy) and drawn "
+        "elsewhere on the head, clear of the eyes and the mask, where one fits"
+        if r.decoy_share > 0
+        else ""
+    )
+    visible = (
+        " (and the visible patches' pixels, painted back from their own tokens, weighted "
+        f"{r.visible_weight:g}x)"
+        if r.visible_weight > 0
+        else ""
+    )
+    init = f"; started from the trained in-painter `{r.init_from}` (a fine-tune)" if r.init_from else ""
+    return {
+        "moved_share": f"{r.shift_share:.0%}",
+        "shift_y": r.shift_y_px,
+        "shift_x": r.shift_x_px,
+        "decoys": decoys,
+        "visible": visible,
+        "init": init,
+    }
 
 
 def _sagan_recipe(config: dict) -> str:

@@ -12,10 +12,17 @@ layer put 6.6 times uniform on that place with the other eye erased against 9.0 
 (content lift 1.4) and followed a moved eye 44% of the time, falling. So in :data:`SHIFT_SHARE` of
 the faces the *kept* eye is drawn moved (:data:`SHIFT_PX`, uniform in y and in x): the masked eye is
 still to be painted as the other eye looks, but the other eye has to be found by what it is.
+
+The second recipe (issue 23, :class:`InpaintRecipe`, ``--set FIELD=VALUE``; the defaults leave the
+first recipe's batches byte for byte as they were) adds *decoys*: in ``decoy_share`` of the faces a
+skin-toned disc of an eye's size and contrast (the evaluation's decoy, ``decoy_colour``) is drawn
+elsewhere on the head, so the masked eye must tell the other eye from a disc that merely stands out.
+It can move the kept eye more often or further, and start from a trained in-painter (``init_from``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +30,38 @@ import torch
 
 from ...data import Edit, FaceBatch, make_faces
 from ...models.vit_inpaint import EYE_REACH, InpaintConfig, InpaintViT, eye_mask
-from ...models.weights import save_weights
-from .common import OneModel, Settings, batch_seed, cosine_lr, set_lr, to_tensor
+from ...models.weights import load_weights, save_weights
+from .common import OneModel, Settings, batch_seed, cosine_lr, recipe_from, set_lr, to_tensor
 
 DEFAULTS = {"steps": 6000, "batch_size": 128, "lr": 1e-3}
 EYE_WEIGHT = 4.0  # an eye pixel's weight in the loss is 1 + this, against 1 for the masked skin around it
 SHIFT_SHARE = 0.75  # of the faces, those whose kept eye is drawn moved
 SHIFT_PX = (5.0, 3.0)  # up to this far in y and in x (less in x: eyes can be 8 px apart)
 KEEP_APART = 9.5  # px between the eyes' centres that a move in x keeps: a masked eye reaches <= 4.7
+DECOY_GAP = 1.0  # px of skin at least between a decoy and an eye (of any shape: bars reach 1.15 r)
+DECOY_TRIES = 64  # candidate places per face; the first that fits is kept, none fitting: no decoy
+
+
+@dataclass(frozen=True)
+class InpaintRecipe:
+    """The second recipe's switches (``spatial-attn train vit-inpaint --set FIELD=VALUE``); the
+    defaults leave the first recipe exactly as it was."""
+
+    decoy_share: float = 0.0  # of the faces, those given a decoy disc elsewhere on the head
+    shift_share: float = SHIFT_SHARE  # of the faces, those whose kept eye is drawn moved
+    shift_y_px: float = SHIFT_PX[0]  # a move is uniform up to this in y ...
+    shift_x_px: float = SHIFT_PX[1]  # ... and in x
+    init_from: str = ""  # a vit-inpaint folder to start from (a fine-tune: its time counts too)
+    #: The loss weight of a *visible* patch's pixel (painted back from its own token), against 1 for
+    #: a masked skin pixel. 0: the loss is on masked patches only (SimMIM). An audit found visible
+    #: cheek cells looking at the other eye as hard as the masked eye does (their rows are free: no
+    #: loss reads them), which the cheek control counts against the model.
+    visible_weight: float = 0.0
+
+    @classmethod
+    def from_settings(cls, extra: dict) -> InpaintRecipe:
+        """The recipe from ``--set`` values (strings), each converted to its field's type."""
+        return recipe_from(cls, extra, "the in-painter's")
 
 
 class InpaintTrainer(OneModel):
@@ -42,23 +73,61 @@ class InpaintTrainer(OneModel):
     def __init__(self, s: Settings, cfg: InpaintConfig | None = None) -> None:
         self.s = s
         self.cfg = cfg or InpaintConfig()
+        self.recipe = InpaintRecipe.from_settings(s.extra)
         torch.manual_seed(s.seed)
         self.model = InpaintViT(self.cfg)
+        if self.recipe.init_from:
+            self.model.load_state_dict(load_weights(Path(self.recipe.init_from)))
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=0.05)
 
     def augment(self, batch: FaceBatch, seed: int, layout: str) -> FaceBatch:
-        """``batch`` redrawn from its ``seed`` with the kept eye of some faces moved (see above)."""
-        n = len(batch)
+        """``batch`` redrawn from its ``seed`` with the kept eye of some faces moved and, if the
+        recipe says so, a decoy drawn on some (see above)."""
+        n, r = len(batch), self.recipe
         rng = np.random.default_rng([seed, 37])
-        moved = rng.uniform(0, 1, n) < SHIFT_SHARE
+        moved = rng.uniform(0, 1, n) < r.shift_share
         rows, side = np.arange(n), masked_side(seed, n)
-        step = rng.uniform(-1, 1, (n, 2)) * np.array(SHIFT_PX) * moved[:, None]  # (n, (dy, dx))
+        step = rng.uniform(-1, 1, (n, 2)) * np.array([r.shift_y_px, r.shift_x_px]) * moved[:, None]  # (n, 2)
         apart = np.abs(batch.eyes[rows, 1 - side, 1] + step[:, 1] - batch.eyes[rows, side, 1])
         gap = np.minimum(KEEP_APART, np.abs(batch.eyes[:, 1, 1] - batch.eyes[:, 0, 1]))
         step[:, 1] *= apart >= gap  # no closer than KEEP_APART (or than it was): not into the mask
         shift = np.zeros((n, 2, 2), np.float32)  # (face, eye, (dy, dx))
         shift[rows, 1 - side] = step
-        return make_faces(n, seed, self.kinds, Edit(shift=shift), layout)
+        decoys = None
+        if r.decoy_share > 0:  # its own generator: the moves above are drawn as they always were
+            decoys = self.decoy_places(batch, np.random.default_rng([seed, 43]), batch.eyes + shift, side)
+        return make_faces(n, seed, self.kinds, Edit(shift=shift, decoys=decoys), layout)
+
+    def decoy_places(
+        self, batch: FaceBatch, rng: np.random.Generator, eyes: np.ndarray, side: np.ndarray
+    ) -> np.ndarray:
+        """(n, 2) a decoy's centre (y, x) for :attr:`InpaintRecipe.decoy_share` of the faces, NaN for
+        the rest: on the head between its top and the mouth, on the canvas, :data:`DECOY_GAP` clear
+        of both eyes (``eyes``, after their moves) and of every patch masked around eye ``side``
+        (it must not be painted: nothing tells where it is). The first of :data:`DECOY_TRIES`
+        uniform candidates that fits; none (rare): no decoy."""
+        n, k = len(batch), DECOY_TRIES
+        top, left, bottom, right = batch.face_box.T  # (n,) each
+        cy, cx, ry, rx = (top + bottom) / 2, (left + right) / 2, (bottom - top) / 2, (right - left) / 2
+        r = batch.eye_radius[:, 0]
+        wanted = rng.uniform(0, 1, n) < self.recipe.decoy_share
+        y = cy[:, None] + ry[:, None] * rng.uniform(-0.8, 0.38, (n, k))  # (n, k)
+        x = cx[:, None] + rx[:, None] * rng.uniform(-0.9, 0.9, (n, k))
+        rk = r[:, None]
+        fits = (np.minimum(y, x) >= rk + 0.5) & (np.maximum(y, x) <= 32 - rk - 0.5)  # on the canvas
+        inner_y, inner_x = ry[:, None] - rk - 0.5, rx[:, None] - rk - 0.5
+        fits &= ((y - cy[:, None]) / inner_y) ** 2 + ((x - cx[:, None]) / inner_x) ** 2 < 1  # on the head
+        fits &= y + rk + 0.5 <= cy[:, None] + 0.38 * ry[:, None] - 1.8  # above the mouth's highest top
+        for e in (0, 1):
+            apart = np.hypot(y - eyes[:, e, :1], x - eyes[:, e, 1:])
+            fits &= apart >= (1 + 1.15) * rk + DECOY_GAP
+        rows = np.arange(n)
+        masked = eye_mask(eyes[rows, side], batch.eye_radius[rows, side], self.cfg)  # (n, N)
+        touched = eye_mask(np.stack([y, x], -1).reshape(-1, 2), np.repeat(r / EYE_REACH[0], k), self.cfg)
+        fits &= ~(touched.reshape(n, k, -1) & masked[:, None]).any(2)  # the decoy's patches (r + 0.5 px)
+        pick = np.argmax(fits, 1)
+        place = np.stack([y[rows, pick], x[rows, pick]], -1)
+        return np.where((wanted & fits.any(1))[:, None], place, np.nan).astype(np.float32)
 
     def step(self, step: int, batch: FaceBatch, gen: torch.Generator) -> dict[str, float]:
         set_lr(self.opt, cosine_lr(step, self.s.steps, self.s.lr, warmup=300))
@@ -67,12 +136,16 @@ class InpaintTrainer(OneModel):
         return {"loss": loss.item()}
 
     def loss(self, batch: FaceBatch, side: np.ndarray) -> torch.Tensor:
-        """Weighted L1 over the masked patches' pixels of ``batch``, eye ``side[i]`` of face i masked."""
+        """Weighted L1 over the masked patches' pixels of ``batch``, eye ``side[i]`` of face i masked
+        (and over the visible ones' if the recipe weights them)."""
         x = to_tensor(batch.images)  # (B, 3, 32, 32)
         rows = np.arange(len(x))
         centres, radii = batch.eyes[rows, side], batch.eye_radius[rows, side]  # (B, 2), (B,)
         mask = torch.from_numpy(eye_mask(centres, radii, self.cfg))  # (B, N)
-        weight = pixel_mask(mask, self.cfg) * (1 + EYE_WEIGHT * near_eye(centres, radii))  # (B, 1, 32, 32)
+        masked = pixel_mask(mask, self.cfg)  # (B, 1, 32, 32)
+        weight = masked * (1 + EYE_WEIGHT * near_eye(centres, radii))  # (B, 1, 32, 32)
+        if self.recipe.visible_weight > 0:  # else the first recipe's loss, as it was
+            weight = weight + self.recipe.visible_weight * (1 - masked)
         err = (self.model(x, mask) - x).abs()  # (B, 3, 32, 32)
         return (err * weight).sum() / (3 * weight.sum())
 

@@ -1,0 +1,188 @@
+"""The in-painter's second recipe (issue 23): decoy discs in the training faces, the kept eye moved
+more often or further, a start from a trained in-painter; and the data option that draws the decoys.
+
+The defaults must make the first recipe's batches byte for byte: the digests below were taken from
+the code before the recipe existed (main at 4f0b72a), not from the code under test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spatial_attn.data import Edit, make_faces
+from spatial_attn.data.faces import decoy_colour
+from spatial_attn.faces.train.common import Settings
+from spatial_attn.faces.train.vit_inpaint import DECOY_GAP, InpaintTrainer, masked_side
+from spatial_attn.models.vit_inpaint import InpaintConfig, eye_mask
+
+TINY = InpaintConfig(dim=16, depth=2, heads=2, mlp_ratio=2)
+#: sha256 of the first recipe's augmented batch (64 faces, seed 11, wide), before the recipe existed.
+FIRST_RECIPE_DIGEST = "c7670346c0ef99c8618c699fc70180f93fac8785e4651f3ce5943a1060b6a498"
+
+
+def _trainer(**recipe: str) -> InpaintTrainer:
+    return InpaintTrainer(Settings(steps=1, batch_size=64, lr=1e-3, extra=recipe), cfg=TINY)
+
+
+def _augmented(seed: int = 11, n: int = 64, **recipe: str):
+    trainer = _trainer(**recipe)
+    return trainer.augment(make_faces(n, seed, trainer.kinds, layout="wide"), seed, "wide")
+
+
+def _pixels_within(centres: np.ndarray, reach: np.ndarray) -> np.ndarray:
+    """(n, 32, 32) bool: pixel centres closer than ``reach`` (n,) to ``centres`` (n, 2)."""
+    yy, xx = np.mgrid[0:32, 0:32] + 0.5
+    d2 = (yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2
+    return d2 < reach[:, None, None] ** 2
+
+
+def test_the_default_recipe_makes_the_first_recipes_batches_byte_for_byte():
+    faces = _augmented()
+    assert hashlib.sha256(faces.images.tobytes()).hexdigest() == FIRST_RECIPE_DIGEST
+    explicit = _augmented(decoy_share="0", shift_share="0.75", shift_y_px="5", shift_x_px="3")
+    np.testing.assert_array_equal(explicit.images, faces.images)
+
+
+def test_no_decoy_where_the_centre_is_nan_and_nothing_else_changes():
+    plain = make_faces(32, 4, layout="wide")
+    none = make_faces(32, 4, layout="wide", edit=Edit(decoys=np.full((32, 2), np.nan, np.float32)))
+    np.testing.assert_array_equal(none.images, plain.images)
+    np.testing.assert_array_equal(none.eyes, plain.eyes)
+
+
+def test_a_decoy_is_a_skin_toned_disc_of_the_eyes_size_where_it_was_asked():
+    n = 32
+    bare = {"erase": np.ones((n, 2), bool), "mouthless": np.ones(n, bool)}  # nothing to paint over it
+    plain = make_faces(n, 4, layout="wide", edit=Edit(**bare))
+    top, left, bottom, right = plain.face_box.T
+    centres = np.stack([(top + bottom) / 2, (left + right) / 2], -1).astype(np.float32)  # the head's centre
+    centres[::2] = np.nan  # every other face: none
+    faces = make_faces(n, 4, layout="wide", edit=Edit(decoys=centres, **bare))
+    drawn = ~np.isnan(centres[:, 0])
+    changed = (faces.images != plain.images).any(-1)  # (n, 32, 32)
+    assert not changed[~drawn].any()
+    r = plain.eye_radius[:, 0]
+    inside = _pixels_within(np.nan_to_num(centres), r - 0.5)  # fully covered by the disc
+    reach = _pixels_within(np.nan_to_num(centres), r + 0.5)  # touched by its anti-aliased edge
+    assert not (changed & ~reach).any()  # nothing outside the disc changes
+    assert (changed[drawn] | ~inside[drawn]).all()
+    skin, eye = plain.skin.astype(float), plain.eye_color[:, 0].astype(float)
+    luma = np.array([0.299, 0.587, 0.114])
+    want = np.clip(skin + ((eye - skin) @ luma)[:, None], 0, 255)  # (n, 3) by hand, from rounded colours
+    for i in np.flatnonzero(drawn):
+        got = faces.images[i][inside[i]].astype(float)  # (pixels, 3)
+        assert np.abs(got - want[i]).max() <= 2.0  # colours stored rounded: a level or two apart
+    np.testing.assert_allclose(decoy_colour(eye[:1], skin[:1]), want[:1], atol=1e-4)
+
+
+def test_the_trainer_draws_decoys_on_the_head_clear_of_the_eyes_and_the_mask():
+    seed, n = 11, 256
+    trainer = InpaintTrainer(Settings(steps=1, batch_size=n, lr=1e-3, extra={"decoy_share": "1"}), cfg=TINY)
+    base = make_faces(n, seed, trainer.kinds, layout="wide")
+    plain = InpaintTrainer(Settings(steps=1, batch_size=n, lr=1e-3), cfg=TINY).augment(base, seed, "wide")
+    faces = trainer.augment(base, seed, "wide")
+    np.testing.assert_array_equal(faces.eyes, plain.eyes)  # the eyes and their moves are as they were
+    changed = (faces.images != plain.images).any(-1)  # (n, 32, 32): the decoys' pixels
+    with_decoy = changed.any((1, 2))
+    assert with_decoy.mean() > 0.25  # most faces have little room beside two eyes and a mouth
+    rows, side = np.arange(n), masked_side(seed, n)
+    masked = eye_mask(faces.eyes[rows, side], faces.eye_radius[rows, side], TINY).reshape(n, 8, 8)
+    assert not (changed & masked.repeat(4, 1).repeat(4, 2)).any()  # never under the mask
+    r = faces.eye_radius[:, 0]
+    for e in (0, 1):  # DECOY_GAP of skin at least from either eye (bars reach 1.15 r)
+        near = _pixels_within(faces.eyes[:, e], 1.15 * r + DECOY_GAP - 0.5)
+        assert not (changed & near).any()
+    top, left, bottom, right = faces.face_box.T
+    cy, cx, ry, rx = (top + bottom) / 2, (left + right) / 2, (bottom - top) / 2, (right - left) / 2
+    yy, xx = np.mgrid[0:32, 0:32] + 0.5
+    on_head = ((yy - cy[:, None, None]) / ry[:, None, None]) ** 2 + (
+        (xx - cx[:, None, None]) / rx[:, None, None]
+    ) ** 2 < 1
+    assert not (changed & ~on_head).any()
+    half = _augmented(seed, n, decoy_share="0.5")
+    share = (half.images != plain.images).any((1, 2, 3)).mean() / with_decoy.mean()
+    assert 0.35 < share < 0.65
+
+
+def test_the_kept_eye_moves_as_often_and_as_far_as_the_recipe_says():
+    seed, n = 11, 256
+    base = make_faces(n, seed, ("valid",), layout="wide")
+    still = _trainer(shift_share="0").augment(base, seed, "wide")
+    np.testing.assert_array_equal(still.eyes, base.eyes)
+    far = _trainer(shift_share="1", shift_y_px="8", shift_x_px="0").augment(base, seed, "wide")
+    step = far.eyes - base.eyes  # (n, 2, (dy, dx))
+    assert (step[..., 1] == 0).all() and (np.abs(step[..., 0]) <= 8 + 1e-5).all()
+    assert (np.abs(step[..., 0]).max(1) > 5).mean() > 0.25  # beyond the first recipe's 5 px (3 in 8)
+
+
+def test_init_from_starts_from_a_trained_in_painter(tmp_path):
+    first = _trainer()
+    with torch.no_grad():
+        first.model.mask_token.fill_(0.25)
+    first.export(tmp_path / "vit-inpaint")
+    again = _trainer(init_from=str(tmp_path / "vit-inpaint"))
+    for name, value in first.model.state_dict().items():
+        torch.testing.assert_close(again.model.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_the_cli_passes_set_to_the_in_painter(tmp_path):
+    from spatial_attn.cli import main
+
+    with pytest.raises(SystemExit, match=r"unknown --set.*in-painter"):
+        main(["train", "vit-inpaint", "--steps", "1", "--set", "nope=1", "--out", str(tmp_path)])
+
+
+def _data_line(card: str) -> str:
+    """The card's Data line alone (its notes, appended below, tell the recipe in their own words)."""
+    return next(line for line in card.splitlines() if line.startswith("- **Data:**"))
+
+
+def test_the_card_says_the_recipe_the_run_record_holds(tmp_path):
+    import json
+    import shutil
+
+    from spatial_attn.faces.cards import write_card
+
+    out = tmp_path / "vit-inpaint"
+    shutil.copytree(Path(__file__).parents[1] / "checkpoints" / "vit-inpaint", out)
+    record = json.loads((out / "training.json").read_text())
+    for key in ("decoy_share", "shift_share", "shift_y_px", "shift_x_px", "init_from", "visible_weight"):
+        record.pop(key, None)
+    (out / "training.json").write_text(json.dumps(record))
+    first = _data_line(write_card(tmp_path, "vit-inpaint", "| m |", []).read_text())
+    assert "kept eye of 75% of the faces drawn moved, up to 5 px in y and 3 px in x" in first
+    assert "decoy is asked" not in first and "fine-tune" not in first and "visible patches" not in first
+    record |= {"decoy_share": "1.0", "shift_share": "0.9", "shift_y_px": "6", "init_from": "x/vit-inpaint"}
+    record["visible_weight"] = "0.2"
+    (out / "training.json").write_text(json.dumps(record))
+    second = _data_line(write_card(tmp_path, "vit-inpaint", "| m |", []).read_text())
+    assert "kept eye of 90% of the faces drawn moved, up to 6 px in y and 3 px in x" in second
+    assert "in 100% of the faces a decoy is asked for" in second
+    assert "started from the trained in-painter `x/vit-inpaint` (a fine-tune)" in second
+    assert (
+        "weighted 5x (and the visible patches' pixels, painted back from their own tokens, weighted 0.2x)"
+        in second
+    )
+
+
+@pytest.mark.parametrize("visible", ["0", "0.2"])
+def test_the_loss_weighs_visible_patches_only_when_the_recipe_says(visible):
+    trainer = _trainer(visible_weight=visible)
+    faces = make_faces(8, 3, layout="wide")
+    side = np.arange(8) % 2
+    rows = np.arange(8)
+    centres, radii = faces.eyes[rows, side], faces.eye_radius[rows, side]
+    mask = torch.from_numpy(eye_mask(centres, radii, TINY))  # (8, 64)
+    x = torch.from_numpy(faces.images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (8, 3, 32, 32)
+    with torch.no_grad():
+        err = (trainer.model(x, mask) - x).abs().numpy()  # (8, 3, 32, 32)
+        got = trainer.loss(faces, side).item()
+    hidden = mask.numpy().reshape(8, 8, 8).repeat(4, 1).repeat(4, 2)[:, None]  # (8, 1, 32, 32) by patch
+    near = _pixels_within(centres, 1.22 * radii + 0.5)[:, None]  # the eye's reach (EYE_REACH)
+    weight = hidden * (1 + 4.0 * near) + float(visible) * ~hidden  # an eye pixel 5x, visible ones as set
+    assert got == pytest.approx((err * weight).sum() / (3 * weight.sum()), rel=1e-5)
