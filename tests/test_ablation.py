@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import spatial_attn as sa
 from spatial_attn.analysis import ablation
@@ -107,6 +108,25 @@ def test_the_tab_shows_before_and_after():
     session = SimpleNamespace(exploration=ex, source=_face(), point=(13, 9))
     body = AblationView.show(view, session, "discriminator.attn", next(iter(HOW)))
     assert "discriminator score" in body and body.count("<td>") == 2 and "sample" not in body
+
+
+def test_the_tab_judges_samples_with_the_evals_judge_which_the_app_does_not_offer():
+    from spatial_attn.analysis.explore import Exploration
+    from spatial_attn.app.blocks import Library
+    from spatial_attn.app.views.ablation import HOW, AblationView
+    from spatial_attn.faces.evaluate import JUDGE
+
+    library = Library(["sagan-faces"])
+    assert library.judge.name == JUDGE and JUDGE not in library.choices()
+    view = SimpleNamespace(library=library)
+    ex = Exploration(library["sagan-faces"], None, seed=3)  # generated: the generator's layer
+    session = SimpleNamespace(exploration=ex, source=None, point=(13, 9))
+    body = AblationView.show(view, session, "generator.attn", next(iter(HOW)))
+    sample = library["sagan-faces"].sample(3)[0]
+    with torch.no_grad():
+        probs = library.judge.run(library.judge.prepare(Image.fromarray(sample)))["probs"]
+    best = max(probs, key=probs.get)  # the judge's own call on the sample before, computed here
+    assert f"judged by {JUDGE}" in body and f"{best} {probs[best]:.1%}" in body
 
 
 def test_a_private_copy_taken_during_another_capture_carries_none_of_its_hooks():

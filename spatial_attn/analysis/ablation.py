@@ -11,7 +11,7 @@ change under them):
 
 :func:`ablate` then runs the model before and after on the same input: the model's own verdict
 (the ViT's class probabilities, the SAGAN discriminator's score) and, when the layer takes part in
-generating, a sample from the same seed before and after, each judged by ``vit-faces``.
+generating, a sample from the same seed before and after, each judged by the judge (``judge-faces``).
 """
 
 from __future__ import annotations

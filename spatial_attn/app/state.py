@@ -43,6 +43,7 @@ class Library:
             except FileNotFoundError as missing:  # serve the others; say which one is absent
                 warnings.warn(f"{name} is left out: {missing}", stacklevel=2)
         self._kept = [keep_hooks(model.module) for model in self.models.values()]
+        self.judge = _judge(where)
 
     def add(self, model: Any) -> str:
         """Serve a user's own :class:`~spatial_attn.models.BundledModel` (listed first); its name."""
@@ -57,6 +58,19 @@ class Library:
 
     def choices(self) -> list[str]:
         return list(self.models)
+
+
+def _judge(where: dict) -> Any:
+    """The judge of generated samples (``judge-faces``, the one ``spatial-attn eval`` scores them
+    with), for the ablation tab's before / after verdicts. Not a model the app offers: it has no
+    attention to click. None, with a warning, when its checkpoint is absent."""
+    from ..models import load_model
+
+    try:
+        return load_model("judge-faces", pretrained=True, **where)
+    except FileNotFoundError as missing:
+        warnings.warn(f"samples are shown without a verdict: {missing}", stacklevel=3)
+        return None
 
 
 @dataclass

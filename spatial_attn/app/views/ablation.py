@@ -1,5 +1,6 @@
 """The "ablation" tab: switch one attention layer off (or make it uniform) and compare the model's
-output, and its sample from the same seed judged by ``vit-faces``, before and after.
+output, and its sample from the same seed judged by ``judge-faces`` (the library's judge), before
+and after.
 
 The work is :func:`spatial_attn.analysis.ablation.ablate` on a private copy of the model; this module lays
 the two columns side by side.
@@ -21,7 +22,7 @@ STYLE = """
 .sa-ablation img { display: block; image-rendering: pixelated; }
 """
 HOW = {"off: the layer adds nothing": "off", "uniform attention: every key weighted 1/N′": "uniform"}
-JUDGE = "vit-faces"
+JUDGE = "judge-faces"  # the library's judge (``Library.judge``), as the table names it
 
 
 class AblationView:
@@ -56,7 +57,6 @@ class AblationView:
         if session is None or layer_name is None:
             raise gr.Error("the image is still loading; try again in a moment", print_exception=False)
         ex = session.exploration
-        judge = self.library[JUDGE] if JUDGE in self.library.choices() else None
         result = ablation.ablate(
             ex.model,
             layer_name,
@@ -64,7 +64,7 @@ class AblationView:
             session.source,
             timestep=ex.timestep,
             seed=ex.seed,
-            judge_model=judge,
+            judge_model=self.library.judge,
         )
         return _table(result, ex.model.name)
 
