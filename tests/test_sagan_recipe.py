@@ -391,7 +391,7 @@ def test_the_discriminators_eye_loss_is_the_cross_entropy_of_its_attention_on_mo
                 < radius**2
             ]
             terms.append(-math.log(float(probs[b, qy * 16 + qx, cells].sum()) + 1e-6))
-    assert logs["d_eye"] == pytest.approx(float(np.mean(terms)), abs=0.05)  # bf16 forwards
+    assert logs["d_eye"] == pytest.approx(float(np.mean(terms)), abs=2e-3)  # bf16 forwards (1e-4 seen)
     assert not D.attn.keep and D.attn.kept is None
 
 
