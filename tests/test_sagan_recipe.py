@@ -174,6 +174,24 @@ def test_collapse_penalty_by_hand():
     torch.testing.assert_close(collapse_penalty(attention, (2, 2), 0.7), torch.tensor(want))
 
 
+def _eye_terms_by_hand(rows: torch.Tensor, eyes: np.ndarray, radius: float) -> list[float]:
+    """-log(mass on the other eye's 2 px cells) from each eye's cell of a (256, 256) attention."""
+    terms = []
+    for src in (0, 1):
+        qy, qx = (int(v) // 2 for v in np.floor(eyes[src]))  # pixel -> 2 px cell
+        other = eyes[1 - src]
+        cells = [
+            y * 16 + x
+            for y in range(16)
+            for x in range(16)
+            if (np.clip(other[0], 2 * y, 2 * y + 2) - other[0]) ** 2
+            + (np.clip(other[1], 2 * x, 2 * x + 2) - other[1]) ** 2
+            < radius**2
+        ]
+        terms.append(-math.log(float(rows[qy * 16 + qx, cells].sum()) + 1e-6))
+    return terms
+
+
 def test_eye_seeking_loss_by_hand():
     drawn = make_faces(16, 3).images
     keep = [i for i, img in enumerate(drawn) if locate_eyes(img) is not None][:3]
@@ -187,18 +205,7 @@ def test_eye_seeking_loss_by_hand():
     terms = []
     for b in range(3):
         eyes, radius = found[b]
-        for src in (0, 1):
-            qy, qx = (int(v) // 2 for v in np.floor(eyes[src]))  # pixel -> 2 px cell
-            other = eyes[1 - src]
-            cells = [
-                y * 16 + x
-                for y in range(16)
-                for x in range(16)
-                if (np.clip(other[0], 2 * y, 2 * y + 2) - other[0]) ** 2
-                + (np.clip(other[1], 2 * x, 2 * x + 2) - other[1]) ** 2
-                < radius**2
-            ]
-            terms.append(-math.log(float(attention[b, qy * 16 + qx, cells].sum()) + 1e-6))
+        terms += _eye_terms_by_hand(attention[b], eyes, radius)
     torch.testing.assert_close(loss, torch.tensor(float(np.mean(terms))), atol=1e-5, rtol=0)
     nothing, none_located = eye_seeking_loss(attention, grid, images[3:])
     assert none_located == 0 and float(nothing) == 0.0
@@ -379,18 +386,7 @@ def test_the_discriminators_eye_loss_is_the_cross_entropy_of_its_attention_on_mo
     terms = []
     for b in range(4):
         eyes, radius = faces.eyes[b], float(faces.eye_radius[b, 0])
-        for src in (0, 1):
-            qy, qx = (int(v) // 2 for v in np.floor(eyes[src]))
-            other = eyes[1 - src]
-            cells = [
-                y * 16 + x
-                for y in range(16)
-                for x in range(16)
-                if (np.clip(other[0], 2 * y, 2 * y + 2) - other[0]) ** 2
-                + (np.clip(other[1], 2 * x, 2 * x + 2) - other[1]) ** 2
-                < radius**2
-            ]
-            terms.append(-math.log(float(probs[b, qy * 16 + qx, cells].sum()) + 1e-6))
+        terms += _eye_terms_by_hand(probs[b], eyes, radius)
     assert logs["d_eye"] == pytest.approx(float(np.mean(terms)), abs=2e-3)  # bf16 forwards (1e-4 seen)
     assert not D.attn.keep and D.attn.kept is None
 
