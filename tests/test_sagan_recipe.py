@@ -8,6 +8,7 @@ a separate forward; tiny configurations throughout.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -17,7 +18,7 @@ import torch
 from conftest import assert_rows_match, reference_probs
 
 import spatial_attn as sa
-from spatial_attn.data import EYE_COLORS, SHAPES, make_faces
+from spatial_attn.data import EYE_COLORS, SHAPES, make_faces, shape_masks
 from spatial_attn.data.eyes import locate_eyes
 from spatial_attn.faces.cards import write_card
 from spatial_attn.faces.train.common import Settings, run
@@ -28,6 +29,8 @@ from spatial_attn.faces.train.sagan import (
     collapse_penalty,
     eye_classes,
     eye_seeking_loss,
+    moved_eye_faces,
+    shape_template_loss,
     widened,
 )
 from spatial_attn.models import load_model
@@ -171,6 +174,24 @@ def test_collapse_penalty_by_hand():
     torch.testing.assert_close(collapse_penalty(attention, (2, 2), 0.7), torch.tensor(want))
 
 
+def _eye_terms_by_hand(rows: torch.Tensor, eyes: np.ndarray, radius: float) -> list[float]:
+    """-log(mass on the other eye's 2 px cells) from each eye's cell of a (256, 256) attention."""
+    terms = []
+    for src in (0, 1):
+        qy, qx = (int(v) // 2 for v in np.floor(eyes[src]))  # pixel -> 2 px cell
+        other = eyes[1 - src]
+        cells = [
+            y * 16 + x
+            for y in range(16)
+            for x in range(16)
+            if (np.clip(other[0], 2 * y, 2 * y + 2) - other[0]) ** 2
+            + (np.clip(other[1], 2 * x, 2 * x + 2) - other[1]) ** 2
+            < radius**2
+        ]
+        terms.append(-math.log(float(rows[qy * 16 + qx, cells].sum()) + 1e-6))
+    return terms
+
+
 def test_eye_seeking_loss_by_hand():
     drawn = make_faces(16, 3).images
     keep = [i for i, img in enumerate(drawn) if locate_eyes(img) is not None][:3]
@@ -184,18 +205,7 @@ def test_eye_seeking_loss_by_hand():
     terms = []
     for b in range(3):
         eyes, radius = found[b]
-        for src in (0, 1):
-            qy, qx = (int(v) // 2 for v in np.floor(eyes[src]))  # pixel -> 2 px cell
-            other = eyes[1 - src]
-            cells = [
-                y * 16 + x
-                for y in range(16)
-                for x in range(16)
-                if (np.clip(other[0], 2 * y, 2 * y + 2) - other[0]) ** 2
-                + (np.clip(other[1], 2 * x, 2 * x + 2) - other[1]) ** 2
-                < radius**2
-            ]
-            terms.append(-math.log(float(attention[b, qy * 16 + qx, cells].sum()) + 1e-6))
+        terms += _eye_terms_by_hand(attention[b], eyes, radius)
     torch.testing.assert_close(loss, torch.tensor(float(np.mean(terms))), atol=1e-5, rtol=0)
     nothing, none_located = eye_seeking_loss(attention, grid, images[3:])
     assert none_located == 0 and float(nothing) == 0.0
@@ -244,11 +254,14 @@ def test_fine_tuning_with_the_recipe_trains_exports_and_loads(tmp_path):
         "aux_fake": "1",
         "eye_attn_weight": "0.5",
         "collapse_weight": "1",
+        "d_eye_attn_weight": "0.5",
+        "shape_weight": "10",
+        "shape_only": "plus",
     }
     s = Settings(steps=2, batch_size=4, lr=1e-4, out=tmp_path / "b", extra=extra)
     trainer = SAGANTrainer(s)
     record = run(trainer, s, tmp_path / "run-b")
-    assert {"aux", "eye", "located", "collapse"} <= set(record["final_logs"])
+    assert {"aux", "eye", "located", "collapse", "d_eye", "shape"} <= set(record["final_logs"])
     bm = load_model("sagan-faces", root=tmp_path / "b")
     assert bm.module.cfg.attn_coords == 1 and bm.module.cfg.conditional and bm.module.cfg.aux_fake
     assert bm.config["recipe"]["aux_weight"] == 1.0
@@ -260,6 +273,8 @@ def test_fine_tuning_with_the_recipe_trains_exports_and_loads(tmp_path):
     card = write_card(tmp_path / "b", "sagan-faces", "| m |", []).read_text()
     assert "also read 4 sin-cos position channels" in card and "Conditional (AC-GAN)" in card
     assert "onto the other eye (weight 0.5)" in card and "beyond 0.5 (weight 1)" in card
+    assert "The discriminator's attention was trained with the same cross-entropy (weight 0.5)" in card
+    assert "up to 6 px" in card and "(plus; weight 10)" in card
 
 
 def test_train_cli_passes_set_to_the_sagan_only(tmp_path, capsys):
@@ -331,3 +346,99 @@ def test_the_condition_embedding_learns_at_its_own_rate_and_the_default_keeps_on
     plain = SAGANTrainer(Settings(steps=1, batch_size=4, lr=2e-4))
     (group,) = plain.opt_g.param_groups  # the old recipe: one group, in the generator's order
     assert group["params"] == list(plain.model.generator.parameters())
+
+
+def test_moved_eye_faces_move_one_eye_up_or_down_within_the_shift():
+    n, seed = 12, 5
+    plain, moved = make_faces(n, seed), moved_eye_faces(n, seed, 6.0)
+    dy = moved.eyes - plain.eyes  # (n, 2, 2)
+    assert (dy[..., 1] == 0).all() and (np.abs(dy[..., 0]) <= 6.0).all()
+    assert ((dy[..., 0] != 0).sum(1) == 1).all()  # exactly one eye per face moved
+    assert (dy[..., 0] > 0).any() and (dy[..., 0] < 0).any()  # both ways
+
+
+def test_the_discriminators_eye_loss_is_the_cross_entropy_of_its_attention_on_moved_eye_faces(monkeypatch):
+    from spatial_attn.faces.train import sagan as sagan_train
+
+    trainer = SAGANTrainer(Settings(steps=1, batch_size=8, lr=1e-4, extra={"d_eye_attn_weight": "0.5"}))
+    D = trainer.model.discriminator
+    with torch.no_grad():
+        D.attn.gamma.fill_(0.5)
+    before = copy.deepcopy(D)
+    seen = []
+    real = sagan_train.moved_eye_faces
+
+    def spy(*args, **kwargs):
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(sagan_train, "moved_eye_faces", spy)
+    logs = trainer.step(0, make_faces(8, 7), torch.Generator().manual_seed(0))
+    (faces,) = seen
+    assert len(faces) == 4  # half a batch
+    # reference: D's attention on those faces, from its own convolutions in a separate forward
+    x = torch.from_numpy(faces.images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        h = before.block1(x)
+        q = before.attn.query_conv(h).flatten(2).transpose(1, 2)  # (B, N, c)
+        k = before.attn.key_conv(h).flatten(2)  # (B, c, N)
+    probs = torch.softmax((q.float() @ k.float()).double(), -1)
+    terms = []
+    for b in range(4):
+        eyes, radius = faces.eyes[b], float(faces.eye_radius[b, 0])
+        terms += _eye_terms_by_hand(probs[b], eyes, radius)
+    assert logs["d_eye"] == pytest.approx(float(np.mean(terms)), abs=2e-3)  # bf16 forwards (1e-4 seen)
+    assert not D.attn.keep and D.attn.kept is None
+
+
+def test_the_default_recipe_draws_no_moved_eye_faces_and_no_shape_loss(monkeypatch):
+    from spatial_attn.faces.train import sagan as sagan_train
+
+    monkeypatch.setattr(sagan_train, "moved_eye_faces", lambda *a, **k: pytest.fail("drawn by default"))
+    monkeypatch.setattr(sagan_train, "shape_template_loss", lambda *a, **k: pytest.fail("used by default"))
+    logs = SAGANTrainer(Settings(steps=1, batch_size=4, lr=1e-4)).step(
+        0, make_faces(4, 7), torch.Generator().manual_seed(0)
+    )
+    assert "d_eye" not in logs and "shape" not in logs
+
+
+def _soft_by_hand(image: np.ndarray, rgb: np.ndarray, softness: float = 8.0) -> np.ndarray:
+    diff = np.abs(image.astype(np.float64) - rgb).max(-1)  # (32, 32)
+    return 1 / (1 + np.exp(-(45 - diff) / softness))
+
+
+def test_shape_template_loss_by_hand():
+    faces = make_faces(16, 3)
+    keep = [i for i, img in enumerate(faces.images) if locate_eyes(img) is not None][:2]
+    images = faces.images[keep]
+    found = [locate_eyes(img) for img in images] + [None]
+    colour, shape = eye_classes(make_faces(16, 3))
+    colour, shape = colour[keep], shape[keep]
+    asked = torch.cat([shape, torch.tensor([0])])
+    colours = torch.cat([colour, torch.tensor([0])])
+    x = torch.from_numpy(np.concatenate([images, images[:1]])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    loss = shape_template_loss(x, found, colours, asked, list(range(len(SHAPES))))
+    terms = []
+    for b in range(2):
+        soft = _soft_by_hand(images[b], EYE_COLORS[int(colour[b])])
+        for centre in found[b][0]:
+            y, x0 = (int(v) for v in np.floor(centre))
+            template = shape_masks(centre, 3.0)[int(shape[b])].astype(np.float64)
+            win = (slice(y - 5, y + 6), slice(x0 - 5, x0 + 6))
+            terms.append(((soft[win] - template[win]) ** 2).mean())
+    assert float(loss) == pytest.approx(float(np.mean(terms)), abs=1e-5)
+    # a drawn eye is nearer its own shape's template than another shape's
+    other = (shape + 2) % len(SHAPES)
+    worse = shape_template_loss(x[:2], found[:2], colour, other, list(range(len(SHAPES))))
+    assert float(worse) > float(loss)
+    # shapes left out count nothing; none left: zero with a graph
+    only = [s for s in range(len(SHAPES)) if s != int(shape[0])]
+    part = shape_template_loss(x[:1], found[:1], colour[:1], shape[:1], only)
+    assert float(part) == 0.0
+
+
+def test_shape_only_names_shapes_and_refuses_unknown_ones():
+    assert GANRecipe().template_shapes == list(range(len(SHAPES)))
+    assert GANRecipe(shape_only="plus, ring").template_shapes == [SHAPES.index("plus"), SHAPES.index("ring")]
+    with pytest.raises(SystemExit, match="unknown shape"):
+        _ = GANRecipe(shape_only="star").template_shapes

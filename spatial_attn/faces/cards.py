@@ -252,6 +252,19 @@ def _sagan_recipe(config: dict) -> str:
             f"on a row's mass on one grid row beyond {recipe.get('collapse_floor', 0.5):g} (weight "
             f"{recipe.get('collapse_weight', 0):g})."
         )
+    if recipe.get("d_eye_attn_weight"):
+        parts.append(
+            " The discriminator's attention was trained with the same cross-entropy (weight "
+            f"{recipe['d_eye_attn_weight']:g}) on extra faces whose one eye is moved up or down by up to "
+            f"{recipe.get('d_shift_px', 6.0):g} px (eyes from the faces' metadata): its 'follows a moved "
+            "eye' row measures that this supervision took hold."
+        )
+    if recipe.get("shape_weight"):
+        only = recipe.get("shape_only") or "every shape"
+        parts.append(
+            " The generator's located eyes were pushed towards the template of the shape asked for "
+            f"({only}; weight {recipe['shape_weight']:g}), the templates the eval's coverage matches."
+        )
     return "".join(parts)
 
 

@@ -52,6 +52,21 @@ starts at zero, so step 0 draws exactly what the bundled generator drew) with up
   that this took hold, not that it emerged. The second (:func:`collapse_penalty`) penalises every
   query row for the part of its mass on one grid row beyond ``collapse_floor``: the audit's rows
   went 91 to 100% onto one grid row.
+
+Round 2 of issue 23 added two more (also off by default):
+
+* ``d_eye_attn_weight``: the same cross-entropy on the *discriminator's* attention, on extra faces
+  (half a batch, drawn each step, seen by no other term) whose one eye is moved up or down by up to
+  ``d_shift_px`` (:func:`moved_eye_faces`), the eyes read from the faces' metadata. Real faces put
+  the eyes where position alone predicts them, so the discriminator had learnt only partly to look
+  for the other eye by content (a moved eye followed 58.9% of the time): faces whose eye is elsewhere
+  make position useless. This supervises what the eval's "follows" row measures, on faces drawn
+  from other seeds; the decoy and cheek rows (not supervised) say whether it looks for the eye.
+* ``shape_weight``: the generator's located eyes are pushed towards the template of the shape it
+  was asked for (:func:`shape_template_loss`: a soft "is this pixel the asked eye colour" against
+  the shape's mask, the eval's templates). The AC-GAN head at 4 x 4 did not make plus-shaped eyes:
+  asked for a plus, the generator drew a small ring (4% of plus's share). ``shape_only`` limits the
+  loss to some shapes (comma-separated names; empty: all).
 """
 
 from __future__ import annotations
@@ -66,8 +81,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...data import EYE_COLORS, LATE_KINDS, SHAPES, FaceBatch, make_faces
-from ...data.eyes import locate_eyes
+from ...data import EYE_COLORS, LATE_KINDS, SHAPES, Edit, FaceBatch, make_faces, shape_masks
+from ...data.eyes import NEAR, locate_eyes
 from ...engine import cell_at
 from ...models.sagan import SAGAN, SAGANConfig, condition
 from ...models.weights import load_weights, save_weights
@@ -99,6 +114,10 @@ class GANRecipe:
     eye_attn_weight: float = 0.0  # weight of the eye-to-eye cross-entropy on G's attention
     collapse_weight: float = 0.0  # weight of the one-grid-row penalty on G's attention
     collapse_floor: float = 0.5  # a row's share on one grid row beyond this is penalised
+    d_eye_attn_weight: float = 0.0  # weight of the eye-to-eye cross-entropy on D's attention (moved eyes)
+    d_shift_px: float = 6.0  # the moved eye of those faces moves up or down by up to this
+    shape_weight: float = 0.0  # weight of the shape-template loss on G's located eyes
+    shape_only: str = ""  # comma-separated SHAPES the template loss covers (empty: all)
 
     @classmethod
     def from_settings(cls, extra: dict) -> GANRecipe:
@@ -108,6 +127,15 @@ class GANRecipe:
     @property
     def attention_losses(self) -> bool:
         return self.eye_attn_weight > 0 or self.collapse_weight > 0
+
+    @property
+    def template_shapes(self) -> list[int]:
+        """Indices into SHAPES the shape-template loss covers."""
+        names = [n.strip() for n in self.shape_only.split(",") if n.strip()] or list(SHAPES)
+        unknown = set(names) - set(SHAPES)
+        if unknown:
+            raise SystemExit(f"shape_only: unknown shape(s) {sorted(unknown)}; shapes are {list(SHAPES)}")
+        return [SHAPES.index(n) for n in names]
 
 
 class SAGANTrainer:
@@ -175,11 +203,14 @@ class SAGANTrainer:
                 loss_d = F.relu(1 - score).mean() + fake_term + self.recipe.aux_weight * aux_d
             else:
                 loss_d = F.relu(1 - D(real, real=True)).mean() + fake_term
+        extra: dict[str, torch.Tensor | float] = {}
+        if self.recipe.d_eye_attn_weight > 0:
+            loss_d = loss_d + self.recipe.d_eye_attn_weight * self._d_eye_loss(len(real), gen, extra)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
 
-        r, extra = self.recipe, {}
+        r = self.recipe
         with torch.autocast("cpu", dtype=torch.bfloat16):
             fake = G(z[1])
             seeking = mode_seeking(fake.float(), z[1])
@@ -189,14 +220,19 @@ class SAGANTrainer:
                 loss_g = -score.mean() + MODE_SEEKING * seeking + r.aux_weight * extra["aux"]
             else:
                 loss_g = -D(fake).mean() + MODE_SEEKING * seeking
+        found = None
+        if r.attention_losses or r.shape_weight > 0:
+            found = [locate_eyes(img) for img in to_uint8(fake.detach().float())]
         if r.attention_losses:
             attention, grid = G.attn.kept.float(), (fake.shape[-2] // 2, fake.shape[-1] // 2)
-            extra["eye"], extra["located"] = eye_seeking_loss(
-                attention, grid, to_uint8(fake.detach().float())
-            )
+            extra["eye"], extra["located"] = eye_to_eye_loss(attention, grid, found)
             extra["collapse"] = collapse_penalty(attention, grid, r.collapse_floor)
             loss_g = loss_g + r.eye_attn_weight * extra["eye"] + r.collapse_weight * extra["collapse"]
             G.attn.kept = None
+        if r.shape_weight > 0:
+            colour, shape = condition(z[1])
+            extra["shape"] = shape_template_loss(fake.float(), found, colour, shape, r.template_shapes)
+            loss_g = loss_g + r.shape_weight * extra["shape"]
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -209,6 +245,26 @@ class SAGANTrainer:
             "gamma_d": D.attn.gamma.item(),
             **{k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in extra.items()},
         }
+
+    def _d_eye_loss(self, n_real: int, gen: torch.Generator, extra: dict) -> torch.Tensor:
+        """D's eye-to-eye cross-entropy on half a batch of faces with one eye moved (drawn from a
+        seed of the step's generator), its rows read where the faces' metadata puts the eyes."""
+        D = self.model.discriminator
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        faces = moved_eye_faces(
+            max(1, round(NEG_FRACTION * n_real)), seed, self.recipe.d_shift_px, self.s.layout
+        )
+        D.attn.keep = True
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                D(to_tensor(faces.images))
+            attention = D.attn.kept.float()
+        finally:
+            D.attn.keep, D.attn.kept = False, None
+        grid = (IMAGE_HW[0] // 2, IMAGE_HW[1] // 2)  # D attends at 16 x 16
+        found = [(faces.eyes[i], float(faces.eye_radius[i, 0])) for i in range(len(faces))]
+        extra["d_eye"], _ = eye_to_eye_loss(attention, grid, found)
+        return extra["d_eye"]
 
     @torch.no_grad()
     def _update_ema(self, step: int) -> None:
@@ -302,18 +358,64 @@ def eye_seeking_loss(
     ``-log(mass on the other eye's cells)`` (cells by the eval's :func:`eye_cells`, the query the
     cell holding the eye's centre, as the eval reads it); and how many images had eyes located.
     Zero (with a graph) when none had."""
+    return eye_to_eye_loss(attention, grid, [locate_eyes(image) for image in images])
+
+
+def eye_to_eye_loss(
+    attention: torch.Tensor, grid: tuple[int, int], found: list[tuple[np.ndarray, float] | None]
+) -> tuple[torch.Tensor, int]:
+    """:func:`eye_seeking_loss` with each image's eyes given: ``(centres (2, 2), radius)`` as
+    :func:`locate_eyes` returns them, or None to leave the image out."""
     terms = []
-    for b, image in enumerate(images):
-        found = locate_eyes(image)
-        if found is None:
+    for b, eyes_radius in enumerate(found):
+        if eyes_radius is None:
             continue
-        eyes, radius = found
+        eyes, radius = eyes_radius
         for src in (0, 1):
             y, x = cell_at(tuple(int(v) for v in np.floor(eyes[src])), IMAGE_HW, grid)
             cells = torch.from_numpy(eye_cells(eyes[1 - src], radius, grid).reshape(-1))
             terms.append(-torch.log(attention[b, y * grid[1] + x][cells].sum() + 1e-6))
     located = len(terms) // 2
     return (torch.stack(terms).mean() if terms else attention.sum() * 0), located
+
+
+def moved_eye_faces(n: int, seed: int, shift_px: float, layout: str = "standard") -> FaceBatch:
+    """``n`` valid faces from ``seed`` with one eye each (drawn from ``[seed, 7]``, as is the
+    shift) moved up or down by up to ``shift_px`` (the eval's moved-eye test moves one eye 5 px)."""
+    rng = np.random.default_rng([seed, 7])
+    which = rng.integers(0, 2, n)
+    shift = np.zeros((n, 2, 2), dtype=np.float32)
+    shift[np.arange(n), which, 0] = rng.uniform(-shift_px, shift_px, n)
+    return make_faces(n, seed, edit=Edit(shift=shift), layout=layout)
+
+
+def shape_template_loss(
+    images: torch.Tensor,
+    found: list[tuple[np.ndarray, float] | None],
+    colour: torch.Tensor,
+    shape: torch.Tensor,
+    shapes: list[int],
+    radius: float = 3.0,
+    softness: float = 8.0,
+) -> torch.Tensor:
+    """Mean over the located eyes of images asked for one of ``shapes`` of the squared difference,
+    over the 11 x 11 window about the eye's centre, between how much each pixel is the asked eye
+    colour (``sigmoid((NEAR - largest channel difference) / softness)``, the eval's reader made
+    smooth) and the asked shape's template at ``radius`` (:func:`shape_masks`, what the eval matches).
+    ``images`` (B, 3, 32, 32) in [-1, 1]. Zero (with a graph) when no eye counts."""
+    terms = []
+    for b, eyes_radius in enumerate(found):
+        if eyes_radius is None or int(shape[b]) not in shapes:
+            continue
+        rgb = (images[b] + 1) * 127.5  # (3, 32, 32)
+        target_rgb = torch.as_tensor(EYE_COLORS[int(colour[b])], dtype=rgb.dtype)[:, None, None]
+        soft = torch.sigmoid((NEAR - (rgb - target_rgb).abs().amax(0)) / softness)  # (32, 32)
+        for centre in eyes_radius[0]:
+            template = torch.from_numpy(shape_masks(centre, radius)[int(shape[b])]).to(soft.dtype)
+            y, x = np.floor(centre).astype(int)
+            window = (slice(max(0, y - 5), y + 6), slice(max(0, x - 5), x + 6))
+            terms.append((soft[window] - template[window]).square().mean())
+    return torch.stack(terms).mean() if terms else images.sum() * 0
 
 
 def widened(loaded: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
