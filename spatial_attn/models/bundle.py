@@ -191,7 +191,7 @@ class InpaintModel(BundledModel):
     def mask_eye(self, prepared: Prepared, centre: np.ndarray, radius: float) -> Prepared:
         """Every patch the eye's pixels can touch (:func:`~.vit_inpaint.eye_mask`) set to the mask
         token; the display shows those patches grey, as the model sees no pixel of them."""
-        cfg = InpaintConfig(**{k: self.config[k] for k in InpaintConfig.__dataclass_fields__})
+        cfg = self.module.cfg  # the config the module was built with (not re-read per call)
         hidden = eye_mask(np.asarray(centre, np.float32)[None], np.array([radius]), cfg)  # (1, N)
         grid = hidden.reshape(cfg.grid, cfg.grid).repeat(cfg.patch, 0).repeat(cfg.patch, 1)  # (H, W)
         side = "left" if centre[1] < self.image_size / 2 else "right"
