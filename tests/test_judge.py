@@ -130,3 +130,21 @@ def test_the_generators_samples_are_judged_by_the_judge(monkeypatch):
     with pytest.raises(Stop):
         evaluate.evaluate_all(Path("/nonexistent"), models=("sagan-faces",))
     assert judged_by == ["judge-faces"]
+
+
+def test_the_judge_refuses_init_from_which_would_load_a_vit_into_the_cnn(tmp_path):
+    from spatial_attn.cli import main
+
+    with pytest.raises(SystemExit, match="init_from is not supported"):
+        main(
+            [
+                "train",
+                "judge",
+                "--steps",
+                "1",
+                "--set",
+                "init_from=checkpoints/vit-faces",
+                "--out",
+                str(tmp_path),
+            ]
+        )

@@ -36,6 +36,10 @@ class JudgeTrainer(ViTTrainer):
     kind = "judge"
 
     def __init__(self, s: Settings) -> None:
+        if s.extra.get("init_from"):  # the inherited loader widens a ViT's head, not this CNN's
+            raise SystemExit(
+                "train judge: init_from is not supported (it starts a ViT judge); train from scratch"
+            )
         s.extra = {**RECIPE, **s.extra}  # in place: the run's training.json then records the whole recipe
         super().__init__(s)
 
