@@ -17,6 +17,7 @@ from typing import Any
 from .data.faces import LAYOUTS
 
 MODELS = ("ddpm", "sagan", "vit", "vit-inpaint", "judge")
+RECIPES = ("vit", "judge", "sagan", "vit-inpaint")  # the models whose trainer reads ``--set`` switches
 DEFAULT_MODEL = "ddpm-faces"
 
 
@@ -85,7 +86,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="vit, judge, sagan and vit-inpaint: a field of the recipe (faces/train/vit.py JudgeRecipe, "
+        help=f"{', '.join(RECIPES)}: a field of the recipe (faces/train/vit.py JudgeRecipe, "
         "faces/train/sagan.py GANRecipe, faces/train/vit_inpaint.py InpaintRecipe), e.g. head_shift_px=4",
     )
     p.set_defaults(func=cmd_train)
@@ -97,11 +98,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .faces.train.common import Settings, run
 
     trainer_cls, defaults = TRAINERS[args.model]
-    if args.set and args.model not in ("vit", "judge", "sagan", "vit-inpaint"):
-        raise SystemExit(
-            "--set sets a recipe: only `spatial-attn train vit`, `train judge`, `train sagan` and "
-            "`train vit-inpaint` take it"
-        )
+    if args.set and args.model not in RECIPES:
+        named = [f"`{'spatial-attn ' * (i == 0)}train {m}`" for i, m in enumerate(RECIPES)]
+        raise SystemExit(f"--set sets a recipe: only {', '.join(named[:-1])} and {named[-1]} take it")
     if any("=" not in item for item in args.set):
         raise SystemExit("--set takes FIELD=VALUE, e.g. --set head_shift_px=4")
     settings = Settings(

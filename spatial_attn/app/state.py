@@ -64,10 +64,10 @@ def _judge(where: dict) -> Any:
     """The judge of generated samples (``judge-faces``, the one ``spatial-attn eval`` scores them
     with), for the ablation tab's before / after verdicts. Not a model the app offers: it has no
     attention to click. None, with a warning, when its checkpoint is absent."""
-    from ..models import load_model
+    from ..models import JUDGE, load_model
 
     try:
-        return load_model("judge-faces", pretrained=True, **where)
+        return load_model(JUDGE, pretrained=True, **where)
     except FileNotFoundError as missing:
         warnings.warn(f"samples are shown without a verdict: {missing}", stacklevel=3)
         return None

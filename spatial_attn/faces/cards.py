@@ -185,7 +185,7 @@ def _card_fields(name: str, config: dict, run: dict) -> dict:
         from .train.judge import RECIPE
 
         cfg = JudgeConfig(**{k: config[k] for k in JudgeConfig.__dataclass_fields__})
-        recipe = {k: float(run[k]) for k in RECIPE}
+        recipe = {k: float(run.get(k, default)) for k, default in RECIPE.items()}  # older records: defaults
         return {
             **config,
             **{k: f"{v:g}" for k, v in recipe.items()},

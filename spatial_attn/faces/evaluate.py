@@ -40,7 +40,7 @@ import torch
 
 from ..data import KINDS, SHAPES, Edit, blur, make_faces
 from ..data.tensors import to_tensor
-from ..models import BundledModel, load_model
+from ..models import JUDGE, BundledModel, load_model
 from . import protocol
 from .eye_attention import COLLAPSE, Figures, measure, variants
 from .protocol import (
@@ -58,7 +58,6 @@ from .protocol import (
 from .sample_eval import coverage, generator_figures
 
 SPLITS = {"dev": DEV_SEEDS, "spent": SPENT_SEEDS, "sealed": SEALED_SEEDS}
-JUDGE = "judge-faces"  # scores the generators' samples, whichever models are measured
 ATTENTION = ("vit-faces", "ddpm-faces", "sagan-faces", "vit-inpaint")  # the models with attention rows
 NAMES = (JUDGE, *ATTENTION)
 COLLAPSE_REPORTED = 0.05  # share of collapsed rows from which a layer's collapse is spelled out

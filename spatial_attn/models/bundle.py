@@ -353,8 +353,11 @@ _LOADERS = {
     "vit-inpaint": _load_plain(InpaintModel, InpaintViT, InpaintConfig, "vit-inpaint", "vit-inpaint"),
     "judge-faces": _load_plain(ViTModel, Judge, JudgeConfig, "judge-faces", "judge"),
 }
+#: The judge of generated samples: what ``spatial-attn eval`` scores samples with and the app's
+#: ablation tab shows the verdict of.
+JUDGE = "judge-faces"
 #: Loaded by name like the others, but not offered by the app: the judge has no attention to click.
-NOT_SHOWN = ("judge-faces",)
+NOT_SHOWN = (JUDGE,)
 
 
 def available_models() -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from ...analysis import ablation, render
+from ...models import JUDGE
 from ..serving import RUN_EVENTS
 
 STYLE = """
@@ -22,7 +23,6 @@ STYLE = """
 .sa-ablation img { display: block; image-rendering: pixelated; }
 """
 HOW = {"off: the layer adds nothing": "off", "uniform attention: every key weighted 1/N′": "uniform"}
-JUDGE = "judge-faces"  # the library's judge (``Library.judge``), as the table names it
 
 
 class AblationView:
