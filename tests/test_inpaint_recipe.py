@@ -151,7 +151,15 @@ def test_the_card_says_the_recipe_the_run_record_holds(tmp_path):
     out = tmp_path / "vit-inpaint"
     shutil.copytree(Path(__file__).parents[1] / "checkpoints" / "vit-inpaint", out)
     record = json.loads((out / "training.json").read_text())
-    for key in ("decoy_share", "shift_share", "shift_y_px", "shift_x_px", "init_from", "visible_weight"):
+    for key in (
+        "decoy_share",
+        "decoy_near",
+        "shift_share",
+        "shift_y_px",
+        "shift_x_px",
+        "init_from",
+        "visible_weight",
+    ):
         record.pop(key, None)
     (out / "training.json").write_text(json.dumps(record))
     first = _data_line(write_card(tmp_path, "vit-inpaint", "| m |", []).read_text())
@@ -162,7 +170,11 @@ def test_the_card_says_the_recipe_the_run_record_holds(tmp_path):
     (out / "training.json").write_text(json.dumps(record))
     second = _data_line(write_card(tmp_path, "vit-inpaint", "| m |", []).read_text())
     assert "kept eye of 90% of the faces drawn moved, up to 6 px in y and 3 px in x" in second
-    assert "in 100% of the faces a decoy is asked for" in second
+    assert "in 100% of the faces a decoy is asked for" in second and "beside the kept eye" not in second
+    record["decoy_near"] = "0.6"
+    (out / "training.json").write_text(json.dumps(record))
+    third = _data_line(write_card(tmp_path, "vit-inpaint", "| m |", []).read_text())
+    assert "where one fits, 60% of them beside the kept eye" in third
     assert "started from the trained in-painter `x/vit-inpaint` (a fine-tune)" in second
     assert (
         "weighted 5x (and the visible patches' pixels, painted back from their own tokens, weighted 0.2x)"
@@ -186,3 +198,29 @@ def test_the_loss_weighs_visible_patches_only_when_the_recipe_says(visible):
     near = _pixels_within(centres, 1.22 * radii + 0.5)[:, None]  # the eye's reach (EYE_REACH)
     weight = hidden * (1 + 4.0 * near) + float(visible) * ~hidden  # an eye pixel 5x, visible ones as set
     assert got == pytest.approx((err * weight).sum() / (3 * weight.sum()), rel=1e-5)
+
+
+def test_decoys_beside_the_kept_eye_lie_on_a_ring_around_it_and_anywhere_decoys_keep_their_places():
+    seed, n = 11, 256
+    anywhere = _augmented(seed, n, decoy_share="1", shift_share="0.9")
+    np.testing.assert_array_equal(
+        _augmented(seed, n, decoy_share="1", shift_share="0.9", decoy_near="0").images, anywhere.images
+    )
+    trainer = _trainer(decoy_share="1", shift_share="0.9", decoy_near="1")
+    base = make_faces(n, seed, trainer.kinds, layout="wide")
+    faces = trainer.augment(base, seed, "wide")
+    plain = _trainer(shift_share="0.9").augment(base, seed, "wide")
+    changed = (faces.images != plain.images).any(-1)  # (n, 32, 32): the decoys' pixels
+    drawn = changed.any((1, 2))
+    assert drawn.mean() > 0.35
+    rows, side = np.arange(n), masked_side(seed, n)
+    kept, r = faces.eyes[rows, 1 - side], faces.eye_radius[:, 0]
+    yy, xx = np.mgrid[0:32, 0:32] + 0.5
+    far = np.hypot(yy - kept[:, :1, None], xx - kept[:, 1:, None])  # (n, 32, 32) px from the kept eye
+    # a decoy's pixels lie within its radius of a centre at most 1.15 x (2.15 r + gap) from the eye
+    reach = 1.15 * (2.15 * r + DECOY_GAP) + r + 0.5
+    assert (np.where(changed, far, 0).max((1, 2)) <= reach).all()
+    assert (np.where(changed, far, 99).min((1, 2))[drawn] >= 1.15 * r[drawn] + DECOY_GAP - 0.5).all()
+    elsewhere = (anywhere.images != plain.images).any(-1)  # the same measure can fail: of the decoys
+    outside = np.where(elsewhere, far, 0).max((1, 2)) > reach  # drawn anywhere, 45% lie beyond the ring
+    assert outside[elsewhere.any((1, 2))].mean() > 0.3

@@ -207,6 +207,12 @@ def _inpaint_recipe(run: dict) -> dict:
         f"; in {r.decoy_share:.0%} of the faces a decoy is asked for (a disc of the eye's size in the "
         "skin's hue, as bright or dark against it as the eye: the evaluation's decoy) and drawn "
         "elsewhere on the head, clear of the eyes and the mask, where one fits"
+        + (
+            f", {r.decoy_near:.0%} of them beside the kept eye (as close as a pixel of skin between "
+            "them allows, in any direction)"
+            if r.decoy_near > 0
+            else ""
+        )
         if r.decoy_share > 0
         else ""
     )

@@ -40,6 +40,7 @@ SHIFT_PX = (5.0, 3.0)  # up to this far in y and in x (less in x: eyes can be 8 
 KEEP_APART = 9.5  # px between the eyes' centres that a move in x keeps: a masked eye reaches <= 4.7
 DECOY_GAP = 1.0  # px of skin at least between a decoy and an eye (of any shape: bars reach 1.15 r)
 DECOY_TRIES = 64  # candidate places per face; the first that fits is kept, none fitting: no decoy
+NEAR_REACH = 1.15  # a decoy "beside the kept eye" lies at 1 to this many times the least clear distance
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,12 @@ class InpaintRecipe:
     #: cheek cells looking at the other eye as hard as the masked eye does (their rows are free: no
     #: loss reads them), which the cheek control counts against the model.
     visible_weight: float = 0.0
+    #: Of the decoys, those drawn *beside the kept eye* (as close as :data:`DECOY_GAP` allows, in any
+    #: direction, where it fits), the rest anywhere on the head. Round 2's decoys, drawn anywhere, left
+    #: the masked eye following a decoy moved in the kept eye's stead 45% of the time: a disc near
+    #: where the other eye usually is was never a wrong answer in training. Beside the kept eye (moved
+    #: or not) it is one the loss punishes: its colour is not the eye's.
+    decoy_near: float = 0.0
 
     @classmethod
     def from_settings(cls, extra: dict) -> InpaintRecipe:
@@ -95,24 +102,43 @@ class InpaintTrainer(OneModel):
         shift[rows, 1 - side] = step
         decoys = None
         if r.decoy_share > 0:  # its own generator: the moves above are drawn as they always were
-            decoys = self.decoy_places(batch, np.random.default_rng([seed, 43]), batch.eyes + shift, side)
+            eyes = batch.eyes + shift
+            decoys = self.decoy_places(batch, np.random.default_rng([seed, 43]), eyes, side)
+            if r.decoy_near > 0:  # a third generator: the decoys drawn anywhere keep their places
+                near = self.decoy_places(batch, np.random.default_rng([seed, 47]), eyes, side, True)
+                pick = np.random.default_rng([seed, 53]).uniform(0, 1, n) < r.decoy_near
+                decoys = np.where(pick[:, None] & ~np.isnan(near).any(1, keepdims=True), near, decoys)
         return make_faces(n, seed, self.kinds, Edit(shift=shift, decoys=decoys), layout)
 
     def decoy_places(
-        self, batch: FaceBatch, rng: np.random.Generator, eyes: np.ndarray, side: np.ndarray
+        self,
+        batch: FaceBatch,
+        rng: np.random.Generator,
+        eyes: np.ndarray,
+        side: np.ndarray,
+        beside_kept: bool = False,
     ) -> np.ndarray:
         """(n, 2) a decoy's centre (y, x) for :attr:`InpaintRecipe.decoy_share` of the faces, NaN for
         the rest: on the head between its top and the mouth, on the canvas, :data:`DECOY_GAP` clear
         of both eyes (``eyes``, after their moves) and of every patch masked around eye ``side``
         (it must not be painted: nothing tells where it is). The first of :data:`DECOY_TRIES`
-        uniform candidates that fits; none (rare): no decoy."""
+        uniform candidates that fits; none (rare): no decoy. ``beside_kept``: the candidates lie
+        on a ring around the kept eye (after its move), from the least clear distance to
+        :data:`NEAR_REACH` times it: about where the evaluation's decoy control puts its disc."""
         n, k = len(batch), DECOY_TRIES
         top, left, bottom, right = batch.face_box.T  # (n,) each
         cy, cx, ry, rx = (top + bottom) / 2, (left + right) / 2, (bottom - top) / 2, (right - left) / 2
         r = batch.eye_radius[:, 0]
         wanted = rng.uniform(0, 1, n) < self.recipe.decoy_share
-        y = cy[:, None] + ry[:, None] * rng.uniform(-0.8, 0.38, (n, k))  # (n, k)
-        x = cx[:, None] + rx[:, None] * rng.uniform(-0.9, 0.9, (n, k))
+        if beside_kept:
+            kept = eyes[np.arange(n), 1 - side]  # (n, 2)
+            reach = ((1 + 1.15) * r[:, None] + DECOY_GAP) * rng.uniform(1.001, NEAR_REACH, (n, k))
+            angle = rng.uniform(0, 2 * np.pi, (n, k))
+            y = kept[:, :1] + reach * np.sin(angle)
+            x = kept[:, 1:] + reach * np.cos(angle)
+        else:
+            y = cy[:, None] + ry[:, None] * rng.uniform(-0.8, 0.38, (n, k))  # (n, k)
+            x = cx[:, None] + rx[:, None] * rng.uniform(-0.9, 0.9, (n, k))
         rk = r[:, None]
         fits = (np.minimum(y, x) >= rk + 0.5) & (np.maximum(y, x) <= 32 - rk - 0.5)  # on the canvas
         inner_y, inner_x = ry[:, None] - rk - 0.5, rx[:, None] - rk - 0.5
