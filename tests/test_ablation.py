@@ -140,3 +140,20 @@ def test_a_private_copy_taken_during_another_capture_carries_none_of_its_hooks()
     assert count(copied.module) == 0
     with torch.no_grad():
         assert copied.run(copied.prepare(default_image()[0])) == vit.run(vit.prepare(default_image()[0]))
+
+
+def test_without_the_judges_checkpoint_the_tab_shows_samples_without_a_verdict(tmp_path, monkeypatch):
+    from spatial_attn.analysis.explore import Exploration
+    from spatial_attn.app.blocks import Library
+    from spatial_attn.app.views.ablation import HOW, AblationView
+    from spatial_attn.models import bundle
+
+    (tmp_path / "sagan-faces").symlink_to(bundle.CHECKPOINTS / "sagan-faces")  # every model but the judge
+    monkeypatch.setattr(bundle, "CHECKPOINTS", tmp_path)
+    with pytest.warns(UserWarning, match="without a verdict"):
+        library = Library(["sagan-faces"])
+    assert library.judge is None
+    ex = Exploration(library["sagan-faces"], None, seed=3)
+    session = SimpleNamespace(exploration=ex, source=None, point=(13, 9))
+    body = AblationView.show(SimpleNamespace(library=library), session, "generator.attn", next(iter(HOW)))
+    assert "sample from the same seed" in body and "judged by" not in body
