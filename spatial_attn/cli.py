@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.faces import LAYOUTS
+from .faces.protocol import SEALED_RECORD
 
 MODELS = ("ddpm", "sagan", "vit", "vit-inpaint", "judge")
 RECIPES = ("vit", "judge", "sagan", "vit-inpaint")  # the models whose trainer reads ``--set`` switches
@@ -142,7 +143,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         "--sealed",
         action="store_true",
         help="run the sealed seeds of spatial_attn/faces/protocol.py: once, at the protocol's sizes, "
-        "leaving CHECKPOINTS/sealed-run-2.json",
+        f"leaving CHECKPOINTS/{SEALED_RECORD}",
     )
     p.add_argument("--force", action="store_true", help="with --sealed: run them again (the record says so)")
     p.add_argument(
