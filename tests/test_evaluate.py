@@ -26,9 +26,18 @@ from spatial_attn.faces.evaluate import (
     pooled_figures,
     probes,
     ratio,
+    verdict,
     write_cards,
 )
-from spatial_attn.faces.eye_attention import FIGURES, collapsed, eye_cells, follows, measure, variants
+from spatial_attn.faces.eye_attention import (
+    FIGURES,
+    black_eyes,
+    collapsed,
+    eye_cells,
+    follows,
+    measure,
+    variants,
+)
 from spatial_attn.faces.sample_eval import coverage, eye_traits, locate_eyes
 from spatial_attn.models import BundledModel, Prepared
 
@@ -181,7 +190,14 @@ def _figs(content: float, follows: float) -> dict[str, dict[str, np.ndarray]]:
     one = np.ones(4)
     keys = {"valid": content * one, "erased": one, "blank": one, "follows": follows * one}
     controls = {"cheek": 0.2 * content * one, "decoy": 0.1 * follows * one}
-    return {**keys, **controls, "stays": 0 * one, "chance": 0.05 * one, "collapsed": 0 * one}
+    return {
+        **keys,
+        **controls,
+        "stays": 0 * one,
+        "chance": 0.05 * one,
+        "collapsed": 0 * one,
+        "black_eye": 0 * one,
+    }
 
 
 def test_headline_is_the_layer_nearest_both_targets_and_the_table_says_what_is_met():
@@ -305,3 +321,27 @@ def test_the_probes_cover_the_judges_blind_spots_and_pair_each_change_with_its_u
     met = {r.metric.split(":")[0]: r for r in rows}
     assert met["valid"].met and met["valid, head scaled 0.8-0.9x"].met and met["mouthless"].met is False
     assert met["mouthless"].control == "same faces with a mouth: 100.0%" and met["eye_color"].control == ""
+
+
+def test_black_eyes_are_the_faces_whose_eye_colour_is_nearest_the_palettes_black():
+    faces = make_faces(96, 3)
+    rgb = faces.eye_color[:, 0].astype(float)
+    nearest = np.argmin(((rgb[:, None] - EYE_COLORS[None]) ** 2).sum(-1), 1)  # squared distance, by hand
+    assert EYE_COLORS[0].max() < 40  # the palette's first colour is the black one
+    want = (nearest == 0).astype(float)
+    assert 0 < want.sum() < 96
+    np.testing.assert_array_equal(black_eyes(faces), want)
+
+
+def test_the_decoy_share_without_black_eyes_leaves_those_faces_out_and_the_verdict_says_it():
+    """Black-eyed faces follow both the eye and their near-black decoy; the others follow the eye
+    only. Their share is 0, every face's 0.5 (and the protocol's verdict still reads that one)."""
+    black = np.array([1.0, 1.0, 0.0, 0.0])
+    figs = {k: np.ones(4) for k in FIGURES} | {"black_eye": black, "decoy": black, "cheek": np.zeros(4)}
+    figs |= {"valid": np.full(4, 8.0), "erased": np.ones(4), "stays": np.zeros(4), "collapsed": np.zeros(4)}
+    (row,) = layer_rows("toy", [{"a": figs}], [{"a": figs}], "a")
+    assert row.decoy_share.value == 0.5 and row.decoy_share_no_black.value == 0
+    assert row.decoy_share_no_black.high == 0  # no resample brings a black-eyed face back in
+    line = verdict("toy", [row])
+    assert "black-eyed faces left out is 0.00 [0.00, 0.00]" in line
+    assert row.met is (row.decoy_share.high <= 0.5)  # the verdict is the protocol's, all faces counted

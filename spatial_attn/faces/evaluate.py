@@ -183,6 +183,8 @@ class LayerRow:
     collapsed: float
     headline: bool = False
     per_seed: dict = field(default_factory=dict)
+    #: decoy / follows over the faces whose eyes are not black (no target; see eye_attention)
+    decoy_share_no_black: Estimate = NONE
 
     @property
     def met(self) -> bool | None:
@@ -426,6 +428,7 @@ def _layer_row(
         return _cat(figs, layer, key + (suffix if key in ("valid", "erased", "blank") else ""))
 
     kept = bool(suffix)
+    other = col("black_eye") < 0.5  # the faces whose decoy is not a near-black disc
     content = [float(f[layer]["valid" + suffix].mean() / f[layer]["erased" + suffix].mean()) for f in trained]
     return LayerRow(
         name,
@@ -445,6 +448,7 @@ def _layer_row(
         float(col("collapsed").mean()),
         headline=headline,
         per_seed={"content": content, "follows": [float(f[layer]["follows"].mean()) for f in trained]},
+        decoy_share_no_black=NONE if kept else ratio(col("decoy")[other], col("follows")[other]),
     )
 
 
@@ -655,6 +659,11 @@ def verdict(name: str, rows: list[LayerRow]) -> str:
         return f"- {name}: no headline layer measured"
     met = "meets" if head.met else "**does not meet**"
     line = f"- {name}: the headline layer `{head.layer}` (picked on the dev seeds) {met} {targets}"
+    if not np.isnan(head.decoy_share_no_black.value):
+        line += (
+            f"; its decoy share with black-eyed faces left out is {head.decoy_share_no_black.show()} "
+            "(no target: a black eye's decoy is a near-black disc, eye-like itself)"
+        )
     others = [f"`{r.layer}`" for r in rows if r.met and not r.headline]
     return line + (f"; also meeting them here, not picked in advance: {', '.join(others)}" if others else "")
 

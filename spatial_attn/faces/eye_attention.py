@@ -14,8 +14,12 @@ seed with one thing changed (:class:`spatial_attn.data.Edit`, so every other byt
   its new cells than on its old ones (:func:`_peak_on`). Its controls: ``decoy``, the same test
   with the moved eye drawn as a decoy (a skin-toned disc of its size and contrast,
   :class:`~spatial_attn.data.Edit`): does the peak follow the eye, or anything that moved?
-  ``chance``: the new cells' share of the candidate cells. (``stays``, the test on the unmoved
-  face, is ~0 by construction for any layer that looks at the eye, so the table leaves it out.)
+  ``chance``: the new cells' share of the candidate cells. ``black_eye`` marks the faces whose eyes
+  are black (nearest palette colour): their decoy, skin-toned but as dark against the skin as a
+  black eye, is a near-black disc, an eye-like object itself, so the table also gives the decoy
+  share without them (no target: the protocol's share counts every face). (``stays``, the test on
+  the unmoved face, is ~0 by construction for any layer that looks at the eye, so the table leaves
+  it out.)
 * ``cheek``: the lift onto the other eye from a *non-eye* query, a cheek cell ``cheek_px`` below
   the query eye's centre, on the valid faces. A layer that looks for the other eye because the
   query is an eye reaches it far less from the cheek.
@@ -38,6 +42,7 @@ import torch
 from PIL import Image
 
 from ..data import Edit, FaceBatch, make_faces
+from ..data.faces import EYE_COLORS
 from ..engine import AttentionLayer, capture, cell_at, cell_box
 from ..models import BundledModel, Prepared
 from .protocol import CHEEK_PX
@@ -46,8 +51,20 @@ IMAGE_HW = (32, 32)
 SHIFT_PX = 5.0  # > one 4-px cell: a moved eye covers cells it did not cover before
 COLLAPSE = 0.9
 #: Per-face figures a layer gets (each an (n,) array); ``*_cls`` only where there are special keys.
-FIGURES = ("valid", "erased", "blank", "cheek", "follows", "decoy", "stays", "chance", "collapsed")
+FIGURES = (
+    "valid",
+    "erased",
+    "blank",
+    "cheek",
+    "follows",
+    "decoy",
+    "stays",
+    "chance",
+    "collapsed",
+    "black_eye",
+)
 BATCH = 32
+BLACK = 0  # EYE_COLORS' black
 
 Figures = dict[str, dict[str, np.ndarray]]  # layer -> figure -> (n,) per face
 Runner = Callable[[FaceBatch, range, int], dict[str, AttentionLayer]]
@@ -125,7 +142,17 @@ def measure(
             for layer, lv in run(v.blank, rows, src).items():
                 for key, value in _lifts(lv, faces, rows, src, 1 - src).items():
                     add(layer, key.replace("valid", "blank"), value)
-    return {layer: {k: _per_face(vals, n) for k, vals in figs.items()} for layer, figs in per.items()}
+    black = black_eyes(faces)
+    return {
+        layer: {**{k: _per_face(vals, n) for k, vals in figs.items()}, "black_eye": black}
+        for layer, figs in per.items()
+    }
+
+
+def black_eyes(faces: FaceBatch) -> np.ndarray:
+    """(n,) 1.0 where a face's eyes are black (eye 0's colour nearest the palette's black), else 0."""
+    gap = np.abs(faces.eye_color[:, 0, None].astype(np.float32) - EYE_COLORS[None]).sum(-1)  # (n, colours)
+    return (np.argmin(gap, 1) == BLACK).astype(np.float64)
 
 
 def _per_face(values: list[float], n: int) -> np.ndarray:
