@@ -135,9 +135,10 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="the models' folder")
     p.add_argument(
         "--split",
-        choices=("dev", "spent"),
+        choices=("dev", "spent", "sealed-3"),
         default="dev",
-        help="development seeds: dev, or spent (the earlier held-out seeds, consulted while developing)",
+        help="development seeds: dev, spent (the held-out seeds of issues 11 to 13) or sealed-3 (round 3's "
+        "sealed seeds, run once, then consulted in round 4)",
     )
     p.add_argument(
         "--sealed",

@@ -54,10 +54,11 @@ from .protocol import (
     SEALED_RECORD,
     SEALED_SEEDS,
     SPENT_SEEDS,
+    THIRD_SEALED_SEEDS,
 )
 from .sample_eval import coverage, generator_figures
 
-SPLITS = {"dev": DEV_SEEDS, "spent": SPENT_SEEDS, "sealed": SEALED_SEEDS}
+SPLITS = {"dev": DEV_SEEDS, "spent": SPENT_SEEDS, "sealed-3": THIRD_SEALED_SEEDS, "sealed": SEALED_SEEDS}
 ATTENTION = ("vit-faces", "ddpm-faces", "sagan-faces", "vit-inpaint")  # the models with attention rows
 NAMES = (JUDGE, *ATTENTION)
 COLLAPSE_REPORTED = 0.05  # share of collapsed rows from which a layer's collapse is spelled out
