@@ -17,7 +17,7 @@ import torch
 from spatial_attn.data import Edit, make_faces
 from spatial_attn.data.faces import decoy_colour
 from spatial_attn.faces.train.common import Settings
-from spatial_attn.faces.train.vit_inpaint import DECOY_GAP, InpaintTrainer, masked_side
+from spatial_attn.faces.train.vit_inpaint import DECOY_GAP, InpaintTrainer, block_attention, masked_side
 from spatial_attn.models.vit_inpaint import InpaintConfig, eye_mask
 
 TINY = InpaintConfig(dim=16, depth=2, heads=2, mlp_ratio=2)
@@ -224,3 +224,49 @@ def test_decoys_beside_the_kept_eye_lie_on_a_ring_around_it_and_anywhere_decoys_
     elsewhere = (anywhere.images != plain.images).any(-1)  # the same measure can fail: of the decoys
     outside = np.where(elsewhere, far, 0).max((1, 2)) > reach  # drawn anywhere, 45% lie beyond the ring
     assert outside[elsewhere.any((1, 2))].mean() > 0.3
+
+
+def test_the_supervised_attention_is_the_blocks_own_softmax_heads_averaged():
+    """Round 4's ``block_attention`` against torch's own weights (``need_weights=True``, heads
+    averaged) on the block's normed input, and the block's output left as it was."""
+    torch.manual_seed(0)
+    trainer = _trainer(attn_weight="1", attn_block="1")
+    model = trainer.model.eval()
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    mask = torch.from_numpy(eye_mask(np.array([[12.0, 10.0]] * 3), np.full(3, 3.0), TINY))
+    h = model.embed(x, mask)
+    h = model.blocks[0](h)
+    block = model.blocks[1]
+    normed = block.norm1(h)
+    _, reference = block.self_attn(normed, normed, normed, need_weights=True, average_attn_weights=True)
+    torch.testing.assert_close(block_attention(block, h), reference, rtol=1e-5, atol=1e-6)
+    painted, attention = trainer.forward(x, mask)
+    torch.testing.assert_close(painted, model(x, mask))
+    torch.testing.assert_close(attention, reference, rtol=1e-5, atol=1e-6)
+    assert _trainer().forward(x, mask)[1] is None  # off by default: the model's own forward
+
+
+@pytest.mark.parametrize("target", ["kept", "masked"])
+def test_the_supervision_reads_the_masked_eyes_row_onto_the_kept_eye(monkeypatch, target):
+    """A crafted attention whose masked-eye row lies on the kept eye's cells costs nothing; on the
+    masked eye's own cells it costs -log(1e-6)-ish. Query token and cells by hand: patch 4, 8 x 8."""
+    n = 8
+    trainer = _trainer(attn_weight="1")
+    faces = _augmented(n=n, decoy_share="1", attn_weight="1")
+    side = masked_side(5, n)
+    attention = torch.zeros(n, 64, 64)
+    yy, xx = np.mgrid[0:8, 0:8]
+    for b in range(n):
+        qy, qx = (int(v) // 4 for v in np.floor(faces.eyes[b, side[b]]))
+        eye = faces.eyes[b, 1 - side[b] if target == "kept" else side[b]]
+        near_y = np.clip(eye[0], yy * 4, yy * 4 + 4) - eye[0]  # nearest point of each 4 x 4 patch
+        near_x = np.clip(eye[1], xx * 4, xx * 4 + 4) - eye[1]
+        cells = (near_y**2 + near_x**2 < faces.eye_radius[b, 1 - side[b]] ** 2).reshape(-1)
+        attention[b, qy * 8 + qx, torch.from_numpy(cells)] = 1 / cells.sum()
+    monkeypatch.setattr(trainer, "forward", lambda images, mask: (images, attention))
+    loss = trainer.loss(faces, side)
+    assert trainer.logs["paint"] == 0
+    if target == "kept":
+        assert loss.item() == pytest.approx(0, abs=1e-5)
+    else:
+        assert loss.item() > 10

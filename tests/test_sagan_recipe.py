@@ -18,19 +18,22 @@ import torch
 from conftest import assert_rows_match, reference_probs
 
 import spatial_attn as sa
-from spatial_attn.data import EYE_COLORS, SHAPES, make_faces, shape_masks
+from spatial_attn.data import EYE_COLORS, SHAPES, Edit, make_faces, shape_masks
 from spatial_attn.data.eyes import locate_eyes
 from spatial_attn.faces.cards import write_card
 from spatial_attn.faces.train.common import Settings, run
 from spatial_attn.faces.train.sagan import (
     GANRecipe,
     SAGANTrainer,
+    asked_eyes,
     class_loss,
     collapse_penalty,
     eye_classes,
     eye_seeking_loss,
     moved_eye_faces,
+    shape_hinge_loss,
     shape_template_loss,
+    stray_loss,
     widened,
 )
 from spatial_attn.models import load_model
@@ -244,7 +247,24 @@ def test_the_default_recipe_is_the_old_one_and_unknown_fields_are_refused(tmp_pa
         SAGANTrainer(Settings(steps=1, batch_size=4, lr=1e-4, extra={"head_shift_px": "4"}))
 
 
-def test_fine_tuning_with_the_recipe_trains_exports_and_loads(tmp_path):
+@pytest.mark.parametrize(
+    ("shape_loss", "shape_find", "words"),
+    [
+        (
+            "template",
+            "reader",
+            "located eyes were pushed towards the template of the shape asked for "
+            "(plus; weight 10; a soft colour mask against it)",
+        ),
+        (
+            "hinge",
+            "asked",
+            "asked-colour eyes were pushed towards the template of the shape asked for "
+            "(plus; weight 10; a hinge on the eval reader's own colour test, pixel by pixel)",
+        ),
+    ],
+)
+def test_fine_tuning_with_the_recipe_trains_exports_and_loads(tmp_path, shape_loss, shape_find, words):
     first = Settings(steps=1, batch_size=4, lr=1e-4, out=tmp_path / "a")
     run(SAGANTrainer(first), first, tmp_path / "run-a")
     extra = {
@@ -257,6 +277,8 @@ def test_fine_tuning_with_the_recipe_trains_exports_and_loads(tmp_path):
         "d_eye_attn_weight": "0.5",
         "shape_weight": "10",
         "shape_only": "plus",
+        "shape_loss": shape_loss,
+        "shape_find": shape_find,
     }
     s = Settings(steps=2, batch_size=4, lr=1e-4, out=tmp_path / "b", extra=extra)
     trainer = SAGANTrainer(s)
@@ -274,7 +296,12 @@ def test_fine_tuning_with_the_recipe_trains_exports_and_loads(tmp_path):
     assert "also read 4 sin-cos position channels" in card and "Conditional (AC-GAN)" in card
     assert "onto the other eye (weight 0.5)" in card and "beyond 0.5 (weight 1)" in card
     assert "The discriminator's attention was trained with the same cross-entropy (weight 0.5)" in card
-    assert "up to 6 px" in card and "(plus; weight 10)" in card
+    assert "up to 6 px" in card and words in card
+    # a fine-tune's budget is the chain's: the run it started from is in its record and on its card
+    first_record = json.loads((tmp_path / "a" / "sagan-faces" / "training.json").read_text())
+    assert record["started_from"] == first_record
+    assert record["chain_seconds"] == round(first_record["train_seconds"] + record["train_seconds"], 1)
+    assert f"- **Started from:** the model made by `{first_record['command']}`" in card
 
 
 def test_train_cli_passes_set_to_the_sagan_only(tmp_path, capsys):
@@ -442,3 +469,94 @@ def test_shape_only_names_shapes_and_refuses_unknown_ones():
     assert GANRecipe(shape_only="plus, ring").template_shapes == [SHAPES.index("plus"), SHAPES.index("ring")]
     with pytest.raises(SystemExit, match="unknown shape"):
         _ = GANRecipe(shape_only="star").template_shapes
+
+
+def test_shape_hinge_loss_by_hand_and_it_pulls_a_skin_pixel_the_template_wants():
+    """Round 4's loss: per window pixel, levels on the wrong side of the reader's test (45) with a
+    margin of 12, over 100, averaged. An eye drawn crisp as a template costs nothing for its own
+    shape and something for each other; a skin pixel the asked template covers is pulled."""
+    faces = make_faces(8, 5)
+    colour, _ = eye_classes(faces)
+    found = [(faces.eyes[b], 3.0) for b in range(len(faces))]
+    x = torch.from_numpy(faces.images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    every = list(range(len(SHAPES)))
+    for b in range(len(faces)):
+        for asked in range(len(SHAPES)):
+            diff = np.abs(faces.images[b].astype(np.float64) - EYE_COLORS[int(colour[b])]).max(-1)
+            by_hand = []
+            for centre in faces.eyes[b]:
+                y, x0 = (int(v) for v in np.floor(centre))
+                inside = shape_masks(centre, 3.0)[asked]
+                win = (slice(max(0, y - 5), y + 6), slice(max(0, x0 - 5), x0 + 6))
+                wrong = np.where(inside[win], np.maximum(0, diff[win] - 33), np.maximum(0, 57 - diff[win]))
+                by_hand.append(wrong.mean() / 100)
+            one = slice(b, b + 1)
+            got = shape_hinge_loss(x[one], found[one], colour[one], torch.tensor([asked]), every)
+            assert float(got) == pytest.approx(np.mean(by_hand), rel=1e-5, abs=1e-7)
+    # crisp templates on faces without eyes: zero for the shape drawn, more for any other
+    bare = make_faces(len(SHAPES), 5, edit=Edit(erase=np.ones((len(SHAPES), 2), bool)))
+    crisp, eyes = bare.images.copy(), np.array([[12.3, 10.6], [12.3, 21.6]])
+    for k in range(len(SHAPES)):
+        for centre in eyes:
+            crisp[k][shape_masks(centre, 3.0)[k]] = EYE_COLORS[1]
+    xc = torch.from_numpy(crisp).permute(0, 3, 1, 2).float() / 127.5 - 1
+    blue = torch.ones(1, dtype=torch.long)
+    for k in range(len(SHAPES)):
+        costs = [
+            float(shape_hinge_loss(xc[k : k + 1], [(eyes, 3.0)], blue, torch.tensor([j]), every))
+            for j in range(len(SHAPES))
+        ]
+        assert costs[k] == 0 and min(c for j, c in enumerate(costs) if j != k) > 0.01
+    # a skin-coloured pixel inside the asked template gets a full-strength gradient (round 3's soft
+    # mask gave it none): on a face without eyes, ask for a plus
+    xb = (torch.from_numpy(bare.images[:1]).permute(0, 3, 1, 2).float() / 127.5 - 1).requires_grad_(True)
+    plus = torch.tensor([SHAPES.index("plus")])
+    shape_hinge_loss(xb, [(eyes, 3.0)], blue, plus, every).backward()
+    assert xb.grad[0, :, 12, 10].abs().max() > 1e-4  # the plus's centre pixel, skin now
+
+
+def test_asked_eyes_finds_the_asked_colour_and_falls_back_to_the_usual_place():
+    faces = make_faces(64, 8)
+    colour, _ = eye_classes(faces)
+    found = asked_eyes(faces.images, colour)
+    assert {radius for _, radius in found} == {3.0}
+    off = np.array([np.abs(centres - faces.eyes[b]).max() for b, (centres, _) in enumerate(found)])
+    assert (off <= 0.6).mean() >= 0.9  # the rest: a background patch of the eye's colour nearby
+    # a patch of the eye's colour elsewhere in the half (the background, a generator's smudge) does
+    # not drag the centre: a plain mean of the pixels would move it by over a pixel here
+    smudged = np.full((1, 32, 32, 3), (250, 214, 180), np.uint8)
+    eyes = np.array([[12.5, 10.5], [12.5, 21.5]])
+    for centre in eyes:
+        smudged[0][shape_masks(centre, 3.0)[SHAPES.index("disc")]] = EYE_COLORS[1]
+    smudged[0, 20:22, 3:7] = EYE_COLORS[1]
+    centres, _ = asked_eyes(smudged, torch.tensor([1]))[0]
+    np.testing.assert_allclose(centres, eyes, atol=0.05)
+    skin = np.full((len(EYE_COLORS), 32, 32, 3), (250, 214, 180), np.uint8)  # no eye colour anywhere
+    for centres, _ in asked_eyes(skin, torch.arange(len(EYE_COLORS))):
+        np.testing.assert_array_equal(centres, [[12.5, 10.0], [12.5, 22.0]])
+
+
+def test_shape_loss_and_shape_find_are_checked():
+    assert (GANRecipe().shape_loss, GANRecipe().shape_find) == ("template", "reader")
+    with pytest.raises(SystemExit, match="shape_loss"):
+        GANRecipe(shape_loss="l2")
+    with pytest.raises(SystemExit, match="shape_find"):
+        GANRecipe(shape_find="metadata")
+
+
+def test_stray_loss_counts_palette_pixels_away_from_the_eyes_only():
+    """By hand: a skin face with two blue discs costs nothing; one blue pixel far from both eyes
+    costs (45 + 12 - 0) / 100 over the region's 17 x 26 pixels; a pixel at an eye costs nothing."""
+    img = np.full((1, 32, 32, 3), (250, 214, 180), np.uint8)
+    eyes = np.array([[12.5, 10.5], [12.5, 21.5]])
+    for centre in eyes:
+        img[0][shape_masks(centre, 3.0)[SHAPES.index("disc")]] = EYE_COLORS[1]
+    x = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float() / 127.5 - 1  # noqa: E731
+    assert float(stray_loss(x(img), [(eyes, 3.0)])) == 0
+    far = img.copy()
+    far[0, 20, 4] = EYE_COLORS[4]  # purple, 8+ px from both eyes, inside the reader's region
+    assert float(stray_loss(x(far), [(eyes, 3.0)])) == pytest.approx(57 / 100 / (17 * 26), rel=1e-4)
+    outside = img.copy()
+    outside[0, 25, 4] = EYE_COLORS[4]  # below the region the reader searches
+    assert float(stray_loss(x(outside), [(eyes, 3.0)])) == 0
+    assert float(stray_loss(x(far), [None])) == 0

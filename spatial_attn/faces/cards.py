@@ -97,7 +97,7 @@ DATA = {
         "can reach (1.22 radii + 0.5 px); the kept eye of {moved_share} of the faces drawn moved, up "
         "to {shift_y:g} px in y and {shift_x:g} px in x (not closer than 9.5 px to the masked eye in "
         "x), so that it must be found, not placed by the head's symmetry{decoys}; loss L1 on the "
-        "masked patches' pixels, those within the eye's reach weighted 5x{visible}{init}"
+        "masked patches' pixels, those within the eye's reach weighted 5x{visible}{attention}{init}"
     ),
     "sagan-faces": (
         "valid faces as real; faces with mismatched eyes ({negative_kinds}) shown to the discriminator "
@@ -133,6 +133,7 @@ def write_card(root: Path, name: str, table: str, results: list[dict]) -> Path:
         f"images), peak lr {run['lr']:g}, {run['train_seconds'] / 60:.1f} min wall-clock on "
         f"{run['threads']} CPU thread(s) ({run['machine']}; torch {run['torch']}, CPU shared with "
         "other work)" + _final_logs(run["final_logs"]) + ".",
+        *_started_from(run),
         f"- **Deterministic settings:** seed {run['seed']} for initialisation, data and noise "
         "(per-step generators, no global random state); same torch build and thread count -> "
         "same weights.",
@@ -199,6 +200,18 @@ def _card_fields(name: str, config: dict, run: dict) -> dict:
     return {**config, "block_out_channels": " / ".join(map(str, config.get("block_out_channels", ())))}
 
 
+def _started_from(run: dict) -> list[str]:
+    """The card's line for a fine-tune (``init_from`` with a run record): the run it started from,
+    and the chain's time in all, which is what a training budget counts."""
+    if "started_from" not in run:
+        return []
+    before = run["started_from"]
+    return [
+        f"- **Started from:** the model made by `{before['command']}` ({before['train_seconds'] / 60:.1f} "
+        f"min); the chain took {run['chain_seconds'] / 60:.1f} min of training in all."
+    ]
+
+
 def _inpaint_recipe(run: dict) -> dict:
     """The in-painter's recipe (``faces/train/vit_inpaint.py`` ``InpaintRecipe``; its ``--set``
     values are in the run record, as strings) as the DATA text's fields."""
@@ -223,7 +236,16 @@ def _inpaint_recipe(run: dict) -> dict:
         else ""
     )
     init = f"; started from the trained in-painter `{r.init_from}` (a fine-tune)" if r.init_from else ""
+    attention = (
+        f"; plus, weighted {r.attn_weight:g}, the cross-entropy of `blocks.{r.attn_block}`'s row from "
+        "the masked eye (heads averaged) onto the kept eye's cells: a supervision of where the masked "
+        "eye looks, so that layer's *follows* row measures that it took hold on new faces; its decoy "
+        "and cheek rows (never trained on) say whether it looks for the eye"
+        if r.attn_weight > 0
+        else ""
+    )
     return {
+        "attention": attention,
         "moved_share": f"{r.shift_share:.0%}",
         "shift_y": r.shift_y_px,
         "shift_x": r.shift_x_px,
@@ -267,9 +289,16 @@ def _sagan_recipe(config: dict) -> str:
         )
     if recipe.get("shape_weight"):
         only = recipe.get("shape_only") or "every shape"
+        found = "located" if recipe.get("shape_find", "reader") == "reader" else "asked-colour"
+        how = (
+            "a hinge on the eval reader's own colour test, pixel by pixel"
+            if recipe.get("shape_loss", "template") == "hinge"
+            else "a soft colour mask against it"
+        )
         parts.append(
-            " The generator's located eyes were pushed towards the template of the shape asked for "
-            f"({only}; weight {recipe['shape_weight']:g}), the templates the eval's coverage matches."
+            f" The generator's {found} eyes were pushed towards the template of the shape asked for "
+            f"({only}; weight {recipe['shape_weight']:g}; {how}), the templates the eval's coverage "
+            "matches."
         )
     return "".join(parts)
 

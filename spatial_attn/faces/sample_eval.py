@@ -27,7 +27,8 @@ from ..models import BundledModel
 from .eye_attention import collapsed, eye_cells, grid_lift, row_at, stack
 from .protocol import CHEEK_PX
 
-_USUAL_EYES = np.array([[12.5, 10.0], [12.5, 22.0]])  # where drawn faces' eyes are, about (y, x)
+#: Where drawn faces' eyes are, about (y, x).
+USUAL_EYES = np.array([[12.5, 10.0], [12.5, 22.0]], dtype=np.float32)
 
 
 def eye_traits(image: np.ndarray, centre: np.ndarray) -> tuple[int, int]:
@@ -109,7 +110,7 @@ def generator_figures(gan: BundledModel, twin: BundledModel, seeds: list[int]) -
     twin_layer, _ = _generator_rows(twin, seeds)
     found = [locate_eyes(img) for img in images]
     located = [i for i, f in enumerate(found) if f is not None]
-    mean_eyes = np.mean([found[i][0] for i in located], 0) if located else _USUAL_EYES
+    mean_eyes = np.mean([found[i][0] for i in located], 0) if located else USUAL_EYES
     out: dict[str, list[float]] = {"located": [float(f is not None) for f in found], "collapsed": []}
     for i, f in enumerate(found):
         eyes, radius = f if f is not None else (mean_eyes, 3.0)

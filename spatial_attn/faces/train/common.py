@@ -32,6 +32,8 @@ from tqdm import tqdm
 
 from ...data import FaceBatch, make_faces
 from ...data.tensors import to_tensor, to_uint8  # noqa: F401 - re-exported for the trainers
+from ...engine import cell_at
+from ..eye_attention import IMAGE_HW, eye_cells
 
 #: Training faces come from seeds >= this; evaluation uses small seeds, so they never overlap.
 TRAIN_SEED_BASE = 10**12
@@ -157,6 +159,13 @@ def run(trainer: Trainer, s: Settings, run_dir: Path) -> dict:
         "machine": _machine(),
         **s.extra,
     }
+    start_record = Path(s.extra.get("init_from", "")) / "training.json"
+    if s.extra.get("init_from") and start_record.is_file():  # a fine-tune: its budget is the chain's
+        before = json.loads(start_record.read_text())
+        record["started_from"] = before
+        record["chain_seconds"] = round(
+            before.get("chain_seconds", before["train_seconds"]) + record["train_seconds"], 1
+        )
     out_dir = s.out / trainer.name
     trainer.export(out_dir)
     (out_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -269,3 +278,29 @@ def save_image_grid(images: np.ndarray, path: Path, cols: int = 8, scale: int = 
 
 def _machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores ({platform.processor() or 'cpu'})"
+
+
+def eye_to_eye_loss(
+    attention: torch.Tensor,
+    grid: tuple[int, int],
+    found: list[tuple[np.ndarray, float] | None],
+    sources: tuple[int, ...] = (0, 1),
+) -> tuple[torch.Tensor, int]:
+    """Mean over the eye queries of ``-log(mass on the other eye's cells)``: a supervision of where
+    an eye looks, read as the eval reads it (the query is the cell holding the eye's centre, the
+    cells the eval's :func:`~spatial_attn.faces.eye_attention.eye_cells`); and how many images
+    counted. ``attention`` (B, N, N) with keys and queries on ``grid`` (token = y * W + x); each
+    image's eyes ``(centres (2, 2), radius)`` as :func:`~spatial_attn.data.eyes.locate_eyes`
+    returns them, or None to leave the image out; eye ``src`` of ``sources`` queries eye ``1 - src``.
+    Zero (with a graph) when no image counts."""
+    terms = []
+    for b, eyes_radius in enumerate(found):
+        if eyes_radius is None:
+            continue
+        eyes, radius = eyes_radius
+        for src in sources:
+            y, x = cell_at(tuple(int(v) for v in np.floor(eyes[src])), IMAGE_HW, grid)
+            cells = torch.from_numpy(eye_cells(eyes[1 - src], radius, grid).reshape(-1))
+            terms.append(-torch.log(attention[b, y * grid[1] + x][cells].sum() + 1e-6))
+    located = len(terms) // len(sources)
+    return (torch.stack(terms).mean() if terms else attention.sum() * 0), located

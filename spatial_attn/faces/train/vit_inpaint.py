@@ -27,11 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ...data import Edit, FaceBatch, make_faces
-from ...models.vit_inpaint import EYE_REACH, InpaintConfig, InpaintViT, eye_mask
+from ...models.vit_inpaint import EYE_REACH, InpaintConfig, InpaintViT, eye_mask, unpatchify
 from ...models.weights import load_weights, save_weights
-from .common import OneModel, Settings, batch_seed, cosine_lr, recipe_from, set_lr, to_tensor
+from .common import OneModel, Settings, batch_seed, cosine_lr, eye_to_eye_loss, recipe_from, set_lr, to_tensor
 
 DEFAULTS = {"steps": 6000, "batch_size": 128, "lr": 1e-3}
 EYE_WEIGHT = 4.0  # an eye pixel's weight in the loss is 1 + this, against 1 for the masked skin around it
@@ -64,6 +66,15 @@ class InpaintRecipe:
     #: where the other eye usually is was never a wrong answer in training. Beside the kept eye (moved
     #: or not) it is one the loss punishes: its colour is not the eye's.
     decoy_near: float = 0.0
+    #: Round 4: weight of a supervision of block ``attn_block``'s attention: the cross-entropy of the
+    #: masked eye's row (heads averaged, as the app and the eval show it) onto the kept eye's cells.
+    #: Round 3's in-painter followed a decoy moved in the other eye's stead 41% as often as the eye
+    #: (a black eye's decoy, near-black, 87 to 97%): painting a black eye from a dark brown disc
+    #: costs the L1 loss little, so the loss alone never taught the two apart. With decoys on the
+    #: faces (``decoy_share``) the supervision says which of the two the masked eye must read. The
+    #: eval's decoy control (the other eye *replaced* by a decoy, no eye to read) is not trained on.
+    attn_weight: float = 0.0
+    attn_block: int = 1
 
     @classmethod
     def from_settings(cls, extra: dict) -> InpaintRecipe:
@@ -157,9 +168,10 @@ class InpaintTrainer(OneModel):
 
     def step(self, step: int, batch: FaceBatch, gen: torch.Generator) -> dict[str, float]:
         set_lr(self.opt, cosine_lr(step, self.s.steps, self.s.lr, warmup=300))
+        self.logs: dict[str, float] = {}
         loss = self.loss(batch, masked_side(batch_seed(self.s.seed, step), len(batch)))
         self.update(loss)
-        return {"loss": loss.item()}
+        return {"loss": loss.item(), **self.logs}
 
     def loss(self, batch: FaceBatch, side: np.ndarray) -> torch.Tensor:
         """Weighted L1 over the masked patches' pixels of ``batch``, eye ``side[i]`` of face i masked
@@ -172,11 +184,42 @@ class InpaintTrainer(OneModel):
         weight = masked * (1 + EYE_WEIGHT * near_eye(centres, radii))  # (B, 1, 32, 32)
         if self.recipe.visible_weight > 0:  # else the first recipe's loss, as it was
             weight = weight + self.recipe.visible_weight * (1 - masked)
-        err = (self.model(x, mask) - x).abs()  # (B, 3, 32, 32)
-        return (err * weight).sum() / (3 * weight.sum())
+        painted, attention = self.forward(x, mask)
+        err = (painted - x).abs()  # (B, 3, 32, 32)
+        loss = (err * weight).sum() / (3 * weight.sum())
+        if attention is None:  # else round 4's supervision: the masked eye (source 0) reads the kept one
+            return loss
+        eyes = batch.eyes[rows[:, None], np.stack([side, 1 - side], 1)]  # (B, 2 (masked, kept), 2)
+        found = [(eyes[b], float(batch.eye_radius[b, 1 - side[b]])) for b in rows]
+        seeking, _ = eye_to_eye_loss(attention, (self.cfg.grid, self.cfg.grid), found, sources=(0,))
+        self.logs = {"paint": loss.item(), "attn": seeking.item()}
+        return loss + self.recipe.attn_weight * seeking
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The painted image and, when the recipe supervises it, block ``attn_block``'s attention
+        (B, N, N), heads averaged; otherwise None and the model's own forward, as it always was."""
+        if self.recipe.attn_weight <= 0:
+            return self.model(x, mask), None
+        h, attention = self.model.embed(x, mask), None
+        for i, block in enumerate(self.model.blocks):
+            if i == self.recipe.attn_block:
+                attention = block_attention(block, h)
+            h = block(h)
+        return unpatchify(self.model.decoder(self.model.norm(h)), self.cfg), attention
 
     def export(self, out_dir: Path) -> None:
         save_weights(out_dir, {"kind": "vit-inpaint", **self.cfg.to_dict()}, self.model.state_dict())
+
+
+def block_attention(block: nn.TransformerEncoderLayer, h: torch.Tensor) -> torch.Tensor:
+    """(B, N, N): the softmax attention of a pre-norm encoder block on its input ``h`` (B, N, D),
+    heads averaged: its own ``norm1`` and ``in_proj`` (no mask, no dropout, as the in-painter runs
+    it), recomputed with a graph since ``nn.MultiheadAttention`` gives no weights on its fast path."""
+    attn = block.self_attn
+    q, k, _ = F.linear(block.norm1(h), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)
+    B, N, D = q.shape
+    q, k = (t.view(B, N, attn.num_heads, D // attn.num_heads).transpose(1, 2) for t in (q, k))
+    return torch.softmax(q @ k.transpose(-1, -2) / (D // attn.num_heads) ** 0.5, -1).mean(1)
 
 
 def masked_side(seed: int, n: int) -> np.ndarray:
