@@ -560,3 +560,10 @@ def test_stray_loss_counts_palette_pixels_away_from_the_eyes_only():
     outside[0, 25, 4] = EYE_COLORS[4]  # below the region the reader searches
     assert float(stray_loss(x(outside), [(eyes, 3.0)])) == 0
     assert float(stray_loss(x(far), [None])) == 0
+
+
+def test_the_stray_loss_alone_reads_the_generators_pixels_itself():
+    """``stray_weight`` with no shape or attention loss on: the step still finds the eyes it needs."""
+    s = Settings(steps=1, batch_size=4, lr=1e-4, extra={"stray_weight": "1", "shape_find": "asked"})
+    logs = SAGANTrainer(s).step(0, make_faces(4, 7), torch.Generator().manual_seed(0))
+    assert "stray" in logs and "shape" not in logs

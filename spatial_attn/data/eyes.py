@@ -17,8 +17,7 @@ def locate_eyes(image: np.ndarray) -> tuple[np.ndarray, float] | None:
     one on each side of the middle column; diffuse matches (a background of a similar colour)
     are rejected by their spread.
     """
-    near = palette_distance(image).min(-1) < NEAR  # (32, 32)
-    near[:5], near[22:], near[:, :3], near[:, 29:] = False, False, False, False
+    near = in_search_region(palette_distance(image).min(-1) < NEAR)  # (32, 32)
     eyes, areas = [], []
     for side in (slice(0, 16), slice(16, 32)):
         ys, xs = np.nonzero(near[:, side])
@@ -29,6 +28,17 @@ def locate_eyes(image: np.ndarray) -> tuple[np.ndarray, float] | None:
     if abs(eyes[0][0] - eyes[1][0]) > 3:
         return None
     return np.array(eyes, dtype=np.float32), float(np.clip(np.sqrt(np.mean(areas) / np.pi), 2.0, 4.0))
+
+
+#: Where :func:`locate_eyes` looks for eyes: the upper face, away from the image's sides (rows, columns).
+SEARCH = (slice(5, 22), slice(3, 29))
+
+
+def in_search_region(mask: np.ndarray) -> np.ndarray:
+    """``mask`` (32, 32) with everything outside :data:`SEARCH` cleared (a new array)."""
+    out = np.zeros_like(mask)
+    out[SEARCH] = mask[SEARCH]
+    return out
 
 
 def palette_distance(image: np.ndarray) -> np.ndarray:

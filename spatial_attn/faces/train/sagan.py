@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +88,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...data import EYE_COLORS, LATE_KINDS, SHAPES, Edit, FaceBatch, make_faces, shape_masks
-from ...data.eyes import NEAR, locate_eyes
+from ...data.eyes import NEAR, in_search_region, locate_eyes
 from ...models.sagan import SAGAN, SAGANConfig, condition
 from ...models.weights import load_weights, save_weights
 from ..eye_attention import IMAGE_HW
@@ -240,10 +241,14 @@ class SAGANTrainer:
                 loss_g = -score.mean() + MODE_SEEKING * seeking + r.aux_weight * extra["aux"]
             else:
                 loss_g = -D(fake).mean() + MODE_SEEKING * seeking
-        found = None
-        if r.attention_losses or r.shape_weight > 0:
+        found = eyes = None
+        if r.attention_losses or r.shape_weight > 0 or r.stray_weight > 0:
             pixels = to_uint8(fake.detach().float())
             found = [locate_eyes(img) for img in pixels]
+            if (r.shape_weight > 0 or r.stray_weight > 0) and r.shape_find == "asked":
+                eyes = asked_eyes(pixels, condition(z[1])[0])  # once, for the shape and stray losses
+            else:
+                eyes = found
         if r.attention_losses:
             attention, grid = G.attn.kept.float(), (fake.shape[-2] // 2, fake.shape[-1] // 2)
             extra["eye"], extra["located"] = eye_to_eye_loss(attention, grid, found)
@@ -252,12 +257,10 @@ class SAGANTrainer:
             G.attn.kept = None
         if r.shape_weight > 0:
             colour, shape = condition(z[1])
-            eyes = found if r.shape_find == "reader" else asked_eyes(pixels, colour)
             loss = shape_template_loss if r.shape_loss == "template" else shape_hinge_loss
             extra["shape"] = loss(fake.float(), eyes, colour, shape, r.template_shapes)
             loss_g = loss_g + r.shape_weight * extra["shape"]
         if r.stray_weight > 0:
-            eyes = asked_eyes(pixels, condition(z[1])[0]) if r.shape_find == "asked" else found
             extra["stray"] = stray_loss(fake.float(), eyes)
             loss_g = loss_g + r.stray_weight * extra["stray"]
         self.opt_g.zero_grad(set_to_none=True)
@@ -412,19 +415,36 @@ def shape_template_loss(
     colour (``sigmoid((NEAR - largest channel difference) / softness)``, the eval's reader made
     smooth) and the asked shape's template at ``radius`` (:func:`shape_masks`, what the eval matches).
     ``images`` (B, 3, 32, 32) in [-1, 1]. Zero (with a graph) when no eye counts."""
-    terms = []
+    terms = [
+        (torch.sigmoid((NEAR - diff) / softness) - inside.to(diff.dtype)).square().mean()
+        for diff, inside in _eye_windows(images, found, colour, shape, shapes, radius)
+    ]
+    return torch.stack(terms).mean() if terms else images.sum() * 0
+
+
+def _eye_windows(
+    images: torch.Tensor,
+    found: list[tuple[np.ndarray, float] | None],
+    colour: torch.Tensor,
+    shape: torch.Tensor,
+    shapes: list[int],
+    radius: float,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """For each eye given of each image asked for one of ``shapes``: over the 11 x 11 window about
+    the eye's centre, every pixel's largest channel difference from the asked colour (the eval
+    reader's test is ``< NEAR``) and the asked shape's template at ``radius`` (bool): what both
+    shape losses compare. ``images`` (B, 3, 32, 32) in [-1, 1]."""
     for b, eyes_radius in enumerate(found):
         if eyes_radius is None or int(shape[b]) not in shapes:
             continue
         rgb = (images[b] + 1) * 127.5  # (3, 32, 32)
         target_rgb = torch.as_tensor(EYE_COLORS[int(colour[b])], dtype=rgb.dtype)[:, None, None]
-        soft = torch.sigmoid((NEAR - (rgb - target_rgb).abs().amax(0)) / softness)  # (32, 32)
+        diff = (rgb - target_rgb).abs().amax(0)  # (32, 32)
         for centre in eyes_radius[0]:
-            template = torch.from_numpy(shape_masks(centre, radius)[int(shape[b])]).to(soft.dtype)
-            y, x = np.floor(centre).astype(int)
+            inside = torch.from_numpy(shape_masks(centre, radius)[int(shape[b])])
+            y, x = np.clip(np.floor(centre).astype(int), 0, IMAGE_HW[0] - 1)
             window = (slice(max(0, y - 5), y + 6), slice(max(0, x - 5), x + 6))
-            terms.append((soft[window] - template[window]).square().mean())
-    return torch.stack(terms).mean() if terms else images.sum() * 0
+            yield diff[window], inside[window]
 
 
 EYE_REACH_PX = 4.7  # how far a drawn eye's pixels reach from its centre (1.22 x the largest radius + 0.5)
@@ -440,8 +460,7 @@ def asked_eyes(images: np.ndarray, colour: torch.Tensor, least: int = 3) -> list
     long, half the images) still gets the loss that would make it findable."""
     out = []
     for image, c in zip(images, colour.tolist(), strict=True):
-        near = np.abs(image.astype(int) - EYE_COLORS[c].astype(int)).max(-1) < NEAR  # (32, 32)
-        near[:5], near[22:], near[:, :3], near[:, 29:] = False, False, False, False
+        near = in_search_region(np.abs(image.astype(int) - EYE_COLORS[c].astype(int)).max(-1) < NEAR)
         centres = USUAL_EYES.copy()
         for e, side in enumerate((slice(0, 16), slice(16, 32))):
             ys, xs = np.nonzero(near[:, side])
@@ -472,21 +491,10 @@ def shape_hinge_loss(
     corners (discs), and a plus was read as one in 13 to 30% of the asked eyes. A hinge on the
     difference itself pulls such a pixel at full strength until the reader would count it.
     ``images`` (B, 3, 32, 32) in [-1, 1]. Zero (with a graph) when no eye counts."""
-    terms = []
-    for b, eyes_radius in enumerate(found):
-        if eyes_radius is None or int(shape[b]) not in shapes:
-            continue
-        rgb = (images[b] + 1) * 127.5  # (3, 32, 32)
-        target_rgb = torch.as_tensor(EYE_COLORS[int(colour[b])], dtype=rgb.dtype)[:, None, None]
-        diff = (rgb - target_rgb).abs().amax(0)  # (32, 32): the reader's test is diff < NEAR
-        for centre in eyes_radius[0]:
-            inside = torch.from_numpy(shape_masks(centre, radius)[int(shape[b])])
-            y, x = np.clip(np.floor(centre).astype(int), 0, IMAGE_HW[0] - 1)
-            window = (slice(max(0, y - 5), y + 6), slice(max(0, x - 5), x + 6))
-            wrong = torch.where(
-                inside[window], F.relu(diff[window] - (NEAR - margin)), F.relu(NEAR + margin - diff[window])
-            )
-            terms.append(wrong.mean() / 100)
+    terms = [
+        torch.where(inside, F.relu(diff - (NEAR - margin)), F.relu(NEAR + margin - diff)).mean() / 100
+        for diff, inside in _eye_windows(images, found, colour, shape, shapes, radius)
+    ]
     return torch.stack(terms).mean() if terms else images.sum() * 0
 
 
@@ -500,8 +508,7 @@ def stray_loss(
     region. Such pixels are what make the reader reject a face (their spread), and a generator's
     face is not worse for lacking them. ``images`` (B, 3, 32, 32) in [-1, 1]."""
     yy, xx = np.mgrid[0 : IMAGE_HW[0], 0 : IMAGE_HW[1]].astype(np.float32) + 0.5
-    region = np.zeros(IMAGE_HW, dtype=bool)
-    region[5:22, 3:29] = True
+    region = in_search_region(np.ones(IMAGE_HW, dtype=bool))
     palette = torch.as_tensor(EYE_COLORS, dtype=images.dtype)[:, :, None, None]  # (colours, 3, 1, 1)
     terms = []
     for b, eyes_radius in enumerate(found):
